@@ -1,0 +1,1 @@
+"""`python -m train`: jaxla's training program."""
