@@ -6,6 +6,9 @@ a dot as 2 x output elements x contracted size (2 FLOPs per multiply-add), 1 FLO
 op and per reduction step, and exp/log/logistic/rsqrt/tanh/... as `transcendentals`, not FLOPs.
 What they get wrong, and what this module does about it:
 
+* XLA keeps its counts in float32: above 2^24 (~16.8M) they are exact only to float32 rounding
+  (relative 6e-8 per op, e.g. a 257^3 matmul reads 33,949,184 for 33,949,186). `XLA_RTOL` bounds
+  it for comparisons.
 * The result may be a dict, a one-element list of dicts (jax < 0.4.38) or None (lowered analysis
   on a PJRT C-API backend such as the CUDA plugin); keys are missing when zero. `read_analysis`
   copes with all of these; missing keys read as 0, an unavailable analysis as `None`.
@@ -44,6 +47,8 @@ import numpy as np
 
 Stage = Literal["lowered", "compiled"]
 STAGES: tuple[str, ...] = ("lowered", "compiled")
+# XLA's HloCostAnalysis accumulates float32 values: relative error of a few ulps (2^-24 each).
+XLA_RTOL = 2.0**-21
 CUMULATIVE_PRIMITIVES = ("cumsum", "cumprod", "cummax", "cummin")
 
 
