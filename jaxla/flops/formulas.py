@@ -436,12 +436,14 @@ def attention_layer(config: LMConfig, batch: int, seq_len: int, *, mask: Mask = 
 
 def mixer_layer(kind: str, config: LMConfig, batch: int, seq_len: int, *,
                 conventions: Conventions | None = None) -> Flops:
-    """Forward FLOPs of one mixer of `kind` on B x L tokens (training/prefill form)."""
+    """Forward FLOPs of one mixer of `kind` on B x L tokens (training/prefill form). GLA and
+    Lightning run their recurrent form for `seq_len <= conventions.recurrent_max_len`."""
     cv = conventions or Conventions()
+    short = seq_len <= cv.recurrent_max_len
     if kind == "gla":
-        return gla_layer(config, batch, seq_len, algorithm=cv.gla)
+        return gla_layer(config, batch, seq_len, algorithm=cv.gla, decode=short)
     if kind == "lightning":
-        return lightning_layer(config, batch, seq_len)
+        return lightning_layer(config, batch, seq_len, decode=short)
     if kind == "mamba":
         return mamba_layer(config, batch, seq_len, scan=cv.scan)
     if kind == "attention":
@@ -474,11 +476,14 @@ class Conventions:
     mask: "causal" (triangle, MaxText/FlashAttention/Kaplan: useful work) or "full" (PaLM's MFU
       and what XLA computes). gla: "fla" (FLA's kernel) or "xla" (jaxla's XLA path). scan:
       "convention" (9BLDN, Gu), "sequential" or "associative" (jaxla's XLA path).
+    recurrent_max_len: GLA and Lightning layers run their recurrent form, not the chunked one,
+      on sequences this short (FLA's layers switch at T <= 64; jaxla.layers follow).
     """
 
     mask: Mask = "causal"
     gla: GlaAlgorithm = "fla"
     scan: ScanAlgorithm = "convention"
+    recurrent_max_len: int = 64
 
 
 def block_extras(config: LMConfig, tokens: int) -> Flops:
