@@ -49,7 +49,8 @@ class Flops:
     def __add__(self, o: Flops) -> Flops:
         if not isinstance(o, Flops):
             return NotImplemented
-        return Flops(self.dot + o.dot, self.other + o.other, self.transcendentals + o.transcendentals)
+        return Flops(self.dot + o.dot, self.other + o.other,
+                     self.transcendentals + o.transcendentals)
 
     def __radd__(self, o):  # sum() starts from 0
         if o == 0:
@@ -87,7 +88,8 @@ ELEMENTWISE = {
 }
 
 
-def elementwise(n: int, fn: str | None = None, *, flops: int = 1, transcendentals: int = 0) -> Flops:
+def elementwise(n: int, fn: str | None = None, *, flops: int = 1,
+                transcendentals: int = 0) -> Flops:
     """`n` elements through `fn` (a key of `ELEMENTWISE`) or through `flops` plain ops each."""
     if fn is not None:
         flops, transcendentals = ELEMENTWISE[fn]
@@ -109,7 +111,7 @@ def linear(tokens: int, d_in: int, d_out: int, *, bias: bool = False) -> Flops:
 
 
 def swiglu_mlp(tokens: int, d_model: int, d_ff: int) -> Flops:
-    """SwiGLU MLP `down(silu(gate(x)) * up(x))`: `6 tokens D F` + silu and product per hidden unit."""
+    """SwiGLU MLP `down(silu(gate(x)) * up(x))`: `6 tokens D F` + silu and product per unit."""
     dense = linear(tokens, d_model, d_ff) * 2 + linear(tokens, d_ff, d_model)
     return dense + elementwise(tokens * d_ff, "silu") + elementwise(tokens * d_ff)
 
@@ -128,7 +130,7 @@ def rmsnorm(tokens: int, dim: int, *, weight: bool = True) -> Flops:
 
 
 def softmax(rows: int, n: int) -> Flops:
-    """Softmax over rows of `n`: max (n - 1), subtract, exp, sum (n - 1), divide (jax.nn: 4n - 1)."""
+    """Softmax over rows of `n`: max (n - 1), subtract, exp, sum (n - 1), divide: 4n - 1."""
     return Flops(other=rows * (4 * n - 1), transcendentals=rows * n)
 
 

@@ -106,11 +106,13 @@ def generation_curve(config: LMConfig, new_tokens: Sequence[int], *, mode: Mode,
     _check(targets[0], prompt_len)
     out: dict[int, Flops] = {}
     if mode == "naive":
-        term = lambda k: model_pass(config, prompt_len + k, batch=batch, logits=logits,  # noqa: E731
-                                    conventions=conventions)
+        def term(k):
+            return model_pass(config, prompt_len + k, batch=batch, logits=logits,
+                              conventions=conventions)
         acc = F.ZERO
     elif mode == "cached":
-        term = lambda k: model_step(config, prompt_len + k, batch=batch)  # noqa: E731
+        def term(k):
+            return model_step(config, prompt_len + k, batch=batch)
         acc = model_pass(config, prompt_len, batch=batch, logits=logits, conventions=conventions)
     else:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

@@ -88,7 +88,7 @@ def dense_cases() -> list[Case]:
     out.append(Case("SwiGLU MLP fwd+bwd", f"T{t} D{d} F{f}", F.swiglu_mlp(t, d, f).with_backward(),
                     functools.partial(fwd_bwd, P.swiglu_mlp),
                     (_s(t, d), _s(d, f), _s(d, f), _s(f, d), _s(t, d)),
-                    "dots exactly 3x forward; the elementwise backward ~2x forward (the convention)"))
+                    "dots exactly 3x forward; elementwise backward ~2x forward (the convention)"))
     return out
 
 

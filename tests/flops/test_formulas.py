@@ -1,4 +1,4 @@
-"""The formulas on their own (pure Python): identities, brute-force counts, hand parameter counts."""
+"""The formulas on their own (pure Python): identities, brute-force counts, parameter counts."""
 
 import jax.numpy as jnp
 import pytest
