@@ -209,8 +209,7 @@ class Count:
     @property
     def loop_undercount(self) -> float:
         """FLOPs XLA missed because it counted loops once (top-level loops, corrected)."""
-        return sum((lp.true_flops - lp.raw_flops) * lp.multiplicity for lp in self.loops
-                   if lp.multiplicity == 1)
+        return sum(lp.true_flops - lp.raw_flops for lp in self.loops if lp.multiplicity == 1)
 
     @property
     def corrected(self) -> bool:

@@ -41,6 +41,20 @@ def test_build_writes_markdown_and_plots(tmp_path, monkeypatch):
     assert "| transformer_340m | KV cache |" in md
 
 
+def test_device_check_runs_on_cpu(tmp_path, monkeypatch, capsys):
+    import json
+
+    from jaxla.flops import device_check
+
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert device_check.main() == 0
+    result = json.loads((tmp_path / "flops_device.json").read_text())
+    assert result["device"]["peak_bf16"] is None  # CPU: no MFU
+    matmul, gla = result["rows"]
+    assert matmul["compiled"] == matmul["formula"] and gla["error"] is None
+    assert "co/formula" in capsys.readouterr().out.splitlines()[-3]
+
+
 def test_number_format():
     assert report._num(33554432.0) == "33.55M"
     assert report._num(None) == "n/a"
