@@ -1,0 +1,61 @@
+"""The report pipeline on a small subset of its cases (the full report runs in ~40 s)."""
+
+import math
+import os
+
+import pytest
+
+from jaxla.flops import __main__ as cli
+from jaxla.flops import report
+
+
+def test_every_case_is_well_formed():
+    for title, cases_fn in report.GROUPS:
+        for case in cases_fn():
+            assert case.formula.total > 0, case.name
+            assert case.why and "\n" not in case.why, case.name
+            assert len(case.args) > 0, case.name
+
+
+def test_loop_case_is_corrected():
+    (case,) = report.loop_cases()
+    row = report.measure(case)
+    assert row.ratio_lowered == pytest.approx(1.0)
+    assert row.lowered.raw.flops < case.formula.total / 5  # XLA alone: one of 10 iterations
+    cells = report._row_cells(row)
+    assert cells[7].startswith("10x; raw")
+
+
+def test_build_writes_markdown_and_plots(tmp_path, monkeypatch):
+    small = (("Loops", report.loop_cases), ("Layers (jaxla.layers)", report.layer_cases))
+    monkeypatch.setattr(report, "GROUPS", small)
+    monkeypatch.setattr(report, "GEN_TS", (8, 16))
+    monkeypatch.setattr(report, "GEN_PLOT_TMAX", 64)
+    out = tmp_path / "flops"
+    assert cli.main(["--out", str(out)]) == 0
+    md = (out / "REPORT.md").read_text()
+    assert report.REPRODUCE in md.splitlines()[2]  # the command comes first
+    assert "lax.scan of matmuls" in md and "Not measured yet" in md
+    for name in ("generation.png", "training_per_token.png"):
+        assert os.path.getsize(out / name) > 10_000
+    assert "| transformer_340m | KV cache |" in md
+
+
+def test_device_check_runs_on_cpu(tmp_path, monkeypatch, capsys):
+    import json
+
+    from jaxla.flops import device_check
+
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert device_check.main() == 0
+    result = json.loads((tmp_path / "flops_device.json").read_text())
+    assert result["device"]["peak_bf16"] is None  # CPU: no MFU
+    matmul, gla = result["rows"]
+    assert matmul["compiled"] == matmul["formula"] and gla["error"] is None
+    assert "co/formula" in capsys.readouterr().out.splitlines()[-3]
+
+
+def test_number_format():
+    assert report._num(33554432.0) == "33.55M"
+    assert report._num(None) == "n/a"
+    assert report._r(math.nan) == "n/a"
