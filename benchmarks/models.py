@@ -200,8 +200,8 @@ COLUMNS = (("preset", "preset"), ("params", "params M"), ("remat", "remat"),
 
 
 def table(rows) -> str:
-    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |",
-             "|" + "|".join(" --- " if k in ("preset", "error") else " ---: " for k, _ in COLUMNS) + "|"]
+    align = [" --- " if k in ("preset", "error") else " ---: " for k, _ in COLUMNS]
+    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "|".join(align) + "|"]
     for r in rows:
         cells = []
         for key, _ in COLUMNS:
@@ -214,7 +214,8 @@ def table(rows) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=2048)
@@ -222,7 +223,8 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--remat", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--implementation", choices=("pallas", "xla", "naive"), default=None,
-                        help="force the ops' implementation (default: pallas on GPU where it exists)")
+                        help="force the ops' implementation (default: pallas on GPU "
+                             "where it exists)")
     parser.add_argument("--budget-s", type=float, default=540.0,
                         help="skip presets that would start after this many seconds")
     parser.add_argument("--verbose", action="store_true", help="log tracebacks of failures")
@@ -242,7 +244,8 @@ def main(argv=None):
     for preset in args.presets:
         elapsed = time.perf_counter() - start
         if elapsed > args.budget_s:
-            rows.append({"preset": preset, "error": f"skipped: {elapsed:.0f}s > budget {args.budget_s:.0f}s"})
+            reason = f"skipped: {elapsed:.0f}s > budget {args.budget_s:.0f}s"
+            rows.append({"preset": preset, "error": reason})
             log(f"[{preset}] skipped (time budget)")
         else:
             rows.append(run_preset(preset, args, log))
@@ -254,7 +257,8 @@ def main(argv=None):
 
     stats = meta["memory_stats_after"]
     if "peak_bytes_in_use" in stats:
-        log(f"device peak_bytes_in_use after all presets: {stats['peak_bytes_in_use'] / GiB:.2f} GiB")
+        log(f"device peak_bytes_in_use after all presets: "
+            f"{stats['peak_bytes_in_use'] / GiB:.2f} GiB")
     log(f"\nforward+backward, bf16 compute / fp32 params, B={args.batch}, T={args.seq}, "
         f"{meta['device']}, jax {meta['jax']} (total {time.perf_counter() - start:.0f}s)")
     log(table(rows))

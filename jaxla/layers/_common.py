@@ -20,7 +20,8 @@ def normal_init(stddev: float = 0.02):
 
 
 def linear(in_features: int, out_features: int, *, use_bias: bool = False, rngs: nnx.Rngs,
-           dtype, param_dtype, stddev: float = 0.02, kernel_init=None, bias_init=None) -> nnx.Linear:
+           dtype, param_dtype, stddev: float = 0.02, kernel_init=None,
+           bias_init=None) -> nnx.Linear:
     """`nnx.Linear` with FLA's init: kernel normal(0, stddev) `[in, out]`, zero bias."""
     return nnx.Linear(
         in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,

@@ -59,8 +59,8 @@ class Attention(nnx.Module):
         if head_dim % 2:
             raise ValueError(f"{name}: rotary embeddings need an even head_dim, got {head_dim=}")
         if implementation == "cudnn" and (head_dim > CUDNN_MAX_HEAD_DIM or head_dim % 8):
-            raise ValueError(f"{name}: cuDNN flash attention needs head_dim <= {CUDNN_MAX_HEAD_DIM} "
-                             f"and a multiple of 8, got {head_dim=}")
+            raise ValueError(f"{name}: cuDNN flash attention needs head_dim <= "
+                             f"{CUDNN_MAX_HEAD_DIM} and a multiple of 8, got {head_dim=}")
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads

@@ -1,4 +1,4 @@
-"""Causal depthwise 1-D convolution with a decode state (FLA's `ShortConvolution`, Mamba's conv1d)."""
+"""Causal depthwise 1-D convolution with a decode state (FLA's ShortConvolution, Mamba's conv1d)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ class ShortConvolution(nnx.Module):
             past = jnp.zeros((B, W - 1, C), cd)
         else:
             if cache.shape != (B, W - 1, C):
-                raise ValueError(f"conv cache must be [B, W-1, C] = {(B, W - 1, C)}, got {cache.shape=}")
+                raise ValueError(f"conv cache must be [B, W-1, C] = {(B, W - 1, C)}, "
+                                 f"got {cache.shape=}")
             past = cache.astype(cd)
         ext = jnp.concatenate([past, x], axis=1)  # [B, W-1+T, C]
         w = self.weight[...].astype(jnp.float32)

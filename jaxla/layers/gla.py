@@ -1,4 +1,4 @@
-"""FLA's `GatedLinearAttention` layer (Yang et al., 2024; research/fla.md §8) over `jaxla.ops.gla`."""
+"""FLA's GatedLinearAttention layer (Yang et al., 2024; research/fla.md §8) over jaxla.ops.gla."""
 
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ class GatedLinearAttention(nnx.Module):
         check_kernel_dim(name, "head_k_dim", self.head_k_dim, implementation)
         check_kernel_dim(name, "head_v_dim", self.head_v_dim, implementation)
         if gate_logit_normalizer <= 0:
-            raise ValueError(f"{name}: gate_logit_normalizer must be > 0, got {gate_logit_normalizer}")
+            raise ValueError(f"{name}: gate_logit_normalizer must be > 0, "
+                             f"got {gate_logit_normalizer}")
         self.use_short_conv = use_short_conv
         self.use_output_gate = use_output_gate
         self.gate_logit_normalizer = gate_logit_normalizer
@@ -97,7 +98,8 @@ class GatedLinearAttention(nnx.Module):
     def init_cache(self, batch_size: int, max_len: int | None = None) -> GLACache:
         """A zero state (max_len is ignored: the state does not grow)."""
         del max_len
-        state = jnp.zeros((batch_size, self.num_heads, self.head_k_dim, self.head_v_dim), jnp.float32)
+        shape = (batch_size, self.num_heads, self.head_k_dim, self.head_v_dim)
+        state = jnp.zeros(shape, jnp.float32)
         if not self.use_short_conv:
             return GLACache(state)
         return GLACache(state, *(c.init_cache(batch_size) for c in

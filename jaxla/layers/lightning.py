@@ -1,4 +1,4 @@
-"""MiniMax-01's lightning attention layer (research/fla.md §10.3) over `jaxla.ops.lightning_attention`."""
+"""MiniMax-01's lightning attention layer (research/fla.md §10.3) over lightning_attention."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ class LightningAttention(nnx.Module):
             head_dim = hidden_size // num_heads
         check_kernel_dim(name, "head_dim", head_dim, implementation)
         if not 0 <= layer_idx < num_layers:
-            raise ValueError(f"{name}: layer_idx must be in [0, num_layers), got {layer_idx=}, {num_layers=}")
+            raise ValueError(f"{name}: layer_idx must be in [0, num_layers), "
+                             f"got {layer_idx=}, {num_layers=}")
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.head_dim = head_dim

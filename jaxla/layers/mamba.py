@@ -23,13 +23,20 @@ class MambaCache(NamedTuple):
 
 
 def _dt_bias_init(dt_min: float, dt_max: float, dt_init_floor: float):
-    """mamba_ssm's dt_proj bias: inverse softplus of dt ~ logUniform[dt_min, dt_max], dt >= floor."""
+    """mamba_ssm's dt_proj bias: inverse softplus of dt ~ logUniform[dt_min, dt_max], >= floor."""
 
     def init(key, shape, dtype=jnp.float32):
         u = jax.random.uniform(key, shape, jnp.float32)
         dt = jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         dt = jnp.maximum(dt, dt_init_floor)
         return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)
+
+    return init
+
+
+def _uniform(bound: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
 
@@ -69,8 +76,7 @@ class Mamba(nnx.Module):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, stddev=initializer_range)
         self.in_proj = linear(hidden_size, 2 * self.d_inner, use_bias=bias, **kw)
         # PyTorch's Conv1d default init (kept by mamba_ssm): U(+-1/sqrt(fan_in)), fan_in = d_conv.
-        bound = 1.0 / math.sqrt(d_conv)
-        uniform = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
+        uniform = _uniform(1.0 / math.sqrt(d_conv))
         self.conv1d = ShortConvolution(self.d_inner, d_conv, use_bias=conv_bias, activation="silu",
                                        rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                                        kernel_init=uniform, bias_init=uniform)
@@ -79,11 +85,12 @@ class Mamba(nnx.Module):
         if dt_init == "constant":
             dt_kernel = nnx.initializers.constant(std)
         else:
-            dt_kernel = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -std, std)  # noqa: E731
+            dt_kernel = _uniform(std)
         self.dt_proj = linear(self.dt_rank, self.d_inner, use_bias=True, rngs=rngs, dtype=dtype,
                               param_dtype=param_dtype, kernel_init=dt_kernel,
                               bias_init=_dt_bias_init(dt_min, dt_max, dt_init_floor))
-        A = jnp.broadcast_to(jnp.arange(1, d_state + 1, dtype=jnp.float32), (self.d_inner, d_state))
+        A = jnp.broadcast_to(jnp.arange(1, d_state + 1, dtype=jnp.float32),
+                             (self.d_inner, d_state))
         self.A_log = nnx.Param(jnp.log(A).astype(param_dtype))
         self.D = nnx.Param(jnp.ones((self.d_inner,), param_dtype))
         self.out_proj = linear(self.d_inner, hidden_size, use_bias=bias, **kw)

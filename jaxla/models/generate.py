@@ -62,7 +62,7 @@ def _naive_step(graphdef, state, tokens, length, key, sampling):
 def generate(model, prompt_ids, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, rng=None,
              mode: str = "cached", naive_bucket: int = 64) -> jax.Array:
-    """Extend `prompt_ids [B, P]` by `max_new_tokens` tokens; returns `[B, P + max_new_tokens]` int32.
+    """Extend `prompt_ids [B, P]` by `max_new_tokens` tokens -> `[B, P + max_new_tokens]` int32.
 
     Greedy when `temperature == 0` or `rng` is None, else sampling (temperature, then top_k, then
     top_p) with a key drawn per token from `rng` (a `jax.random` key or an int seed).
@@ -78,7 +78,8 @@ def generate(model, prompt_ids, max_new_tokens: int, *, temperature: float = 1.0
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     prompt_ids = jnp.asarray(prompt_ids)
-    if prompt_ids.ndim != 2 or prompt_ids.shape[1] < 1 or not jnp.issubdtype(prompt_ids.dtype, jnp.integer):
+    is_int = jnp.issubdtype(prompt_ids.dtype, jnp.integer)
+    if prompt_ids.ndim != 2 or prompt_ids.shape[1] < 1 or not is_int:
         raise ValueError(f"prompt_ids must be an int array [B, P] with P >= 1, got "
                          f"{prompt_ids.shape=}, {prompt_ids.dtype=}")
     if max_new_tokens < 0:
