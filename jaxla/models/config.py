@@ -76,8 +76,15 @@ class LMConfig:
     # Compute and parameter dtypes, by name ("float32", "bfloat16").
     dtype: str = "float32"
     param_dtype: str = "float32"
+    # Implementation of the linear-attention / scan ops ("pallas", "xla", "naive"; None: pallas on
+    # GPU, xla elsewhere). Softmax attention reads "xla"/"naive" as XLA, else cuDNN on GPU for bf16.
+    implementation: str | None = None
+    # Rematerialise each block in the backward pass (saves activation memory, costs a forward).
+    remat: bool = False
 
     def __post_init__(self):
+        # Accept a list (e.g. read back from JSON); the config must stay hashable.
+        object.__setattr__(self, "layer_pattern", tuple(self.layer_pattern))
         positive = ("vocab_size", "hidden_size", "num_layers", "num_heads", "hidden_ratio",
                     "gate_low_rank_dim", "conv_size", "d_state", "d_conv", "expand")
         for name in positive:
@@ -99,6 +106,9 @@ class LMConfig:
             raise ValueError(f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}")
         if self.lightning_decay not in ("minimax", "fla"):
             raise ValueError(f"lightning_decay must be 'minimax' or 'fla', got {self.lightning_decay!r}")
+        if self.implementation not in (None, "pallas", "xla", "naive"):
+            raise ValueError(f"implementation must be None, 'pallas', 'xla' or 'naive', "
+                             f"got {self.implementation!r}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"{name} must be 'float32', 'bfloat16' or 'float16', "

@@ -1,0 +1,33 @@
+"""Flax NNX layers over `jaxla.ops`: GLA, Lightning Attention, Mamba, softmax attention, MLP, norm.
+
+Every mixer maps `x [B, T, D] -> [B, T, D]`, takes keyword-only `rngs`, `dtype` (compute) and
+`param_dtype`, and an `implementation` passed to its op (None: Pallas on GPU, XLA elsewhere). For
+decoding, `init_cache(batch_size, max_len)` gives the layer's cache and `layer(x, cache=c)`
+returns `(y, new_cache)`: a recurrent state (+ conv state) for the linear layers and Mamba, so a
+token costs O(1), and a preallocated KV cache for softmax attention.
+"""
+
+from jaxla.layers.attention import Attention, KVCache
+from jaxla.layers.conv import ShortConvolution
+from jaxla.layers.gla import GatedLinearAttention, GLACache
+from jaxla.layers.lightning import LightningAttention, LightningCache
+from jaxla.layers.mamba import Mamba, MambaCache
+from jaxla.layers.mlp import SwiGLU
+from jaxla.layers.norm import RMSNorm, rms_norm
+from jaxla.layers.rope import apply_rope
+
+__all__ = [
+    "Attention",
+    "GLACache",
+    "GatedLinearAttention",
+    "KVCache",
+    "LightningAttention",
+    "LightningCache",
+    "Mamba",
+    "MambaCache",
+    "RMSNorm",
+    "ShortConvolution",
+    "SwiGLU",
+    "apply_rope",
+    "rms_norm",
+]

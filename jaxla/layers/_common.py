@@ -1,0 +1,58 @@
+"""Small helpers shared by the layers: dtypes, initialisers, linear layers, kernel limits."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Largest head dim (K or V) and SSM state size the Pallas kernels take; larger ones raise at
+# construction unless the layer is built with implementation="xla" or "naive".
+KERNEL_MAX_DIM = 256
+# Inputs this long or shorter run the recurrent form of the op (FLA's switch), longer ones the
+# chunked form.
+RECURRENT_MAX_LEN = 64
+IMPLEMENTATIONS = (None, "pallas", "xla", "naive")
+
+
+def normal_init(stddev: float = 0.02):
+    return nnx.initializers.normal(stddev)
+
+
+def linear(in_features: int, out_features: int, *, use_bias: bool = False, rngs: nnx.Rngs,
+           dtype, param_dtype, stddev: float = 0.02, kernel_init=None,
+           bias_init=None) -> nnx.Linear:
+    """`nnx.Linear` with FLA's init: kernel normal(0, stddev) `[in, out]`, zero bias."""
+    return nnx.Linear(
+        in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+        kernel_init=kernel_init or normal_init(stddev),
+        bias_init=bias_init or nnx.initializers.zeros_init(), rngs=rngs,
+    )
+
+
+def check_implementation(implementation) -> None:
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+
+
+def check_kernel_dim(layer: str, name: str, value: int, implementation) -> None:
+    """Head dims / state sizes above KERNEL_MAX_DIM are refused when the kernel may run."""
+    if implementation in (None, "pallas") and value > KERNEL_MAX_DIM:
+        raise ValueError(
+            f"{layer}: {name}={value} exceeds {KERNEL_MAX_DIM}, the largest the Pallas kernels "
+            f"take; use more heads or implementation='xla'"
+        )
+
+
+def check_divides(layer: str, what: str, num: int, width_name: str, width: int) -> None:
+    if num < 1 or width % num:
+        raise ValueError(f"{layer}: {what}={num} must divide {width_name}={width}")
+
+
+def canonical_dtype(dtype):
+    return None if dtype is None else jnp.dtype(dtype)
+
+
+def compute_dtype(dtype, x: jax.Array):
+    """The module's compute dtype, or x's when the module has none."""
+    return x.dtype if dtype is None else dtype

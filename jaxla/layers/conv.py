@@ -1,0 +1,71 @@
+"""Causal depthwise 1-D convolution with a decode state (FLA's ShortConvolution, Mamba's conv1d)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxla.layers._common import compute_dtype, normal_init
+
+ACTIVATIONS = (None, "silu")
+
+
+class ShortConvolution(nnx.Module):
+    """`y_t = act(bias + sum_w weight[w] * x_{t - (W-1) + w})` per channel, zero before t = 0.
+
+    Input `[B, T, C]`, output `[B, T, C]` in the compute dtype. The decode state is the last
+    `W - 1` inputs, `[B, W - 1, C]` in the compute dtype: `__call__(x, cache=state)` prepends it
+    instead of zeros and returns `(y, new_state)`, for any T (prefill or one token).
+    Weight `[W, C]` (PyTorch's Conv1d stores `[C, 1, W]`; same numbers).
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 4, *, use_bias: bool = False,
+                 activation: str | None = "silu", rngs: nnx.Rngs, dtype=None,
+                 param_dtype=jnp.float32, kernel_init=None, bias_init=None):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if kernel_size < 1:
+            raise ValueError(f"kernel_size must be >= 1, got {kernel_size=}")
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.activation = activation
+        self.dtype = dtype
+        kernel_init = kernel_init or normal_init(0.02)
+        self.weight = nnx.Param(kernel_init(rngs.params(), (kernel_size, channels), param_dtype))
+        if use_bias:
+            bias_init = bias_init or nnx.initializers.zeros_init()
+            self.bias = nnx.Param(bias_init(rngs.params(), (channels,), param_dtype))
+        else:
+            self.bias = None
+
+    def init_cache(self, batch_size: int, dtype=None) -> jax.Array:
+        """Zeros `[batch_size, W - 1, C]` (dtype: the compute dtype, float32 by default)."""
+        dtype = dtype or self.dtype or jnp.float32
+        return jnp.zeros((batch_size, self.kernel_size - 1, self.channels), dtype)
+
+    def __call__(self, x: jax.Array, cache: jax.Array | None = None):
+        B, T, C = x.shape
+        if C != self.channels:
+            raise ValueError(f"ShortConvolution({self.channels}) got {x.shape=}")
+        cd = compute_dtype(self.dtype, x)
+        x = x.astype(cd)
+        W = self.kernel_size
+        if cache is None:
+            past = jnp.zeros((B, W - 1, C), cd)
+        else:
+            if cache.shape != (B, W - 1, C):
+                raise ValueError(f"conv cache must be [B, W-1, C] = {(B, W - 1, C)}, "
+                                 f"got {cache.shape=}")
+            past = cache.astype(cd)
+        ext = jnp.concatenate([past, x], axis=1)  # [B, W-1+T, C]
+        w = self.weight[...].astype(jnp.float32)
+        y = sum(ext[:, i:i + T].astype(jnp.float32) * w[i] for i in range(W))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        if self.activation == "silu":
+            y = jax.nn.silu(y)
+        y = y.astype(cd)
+        if cache is None:
+            return y
+        return y, ext[:, ext.shape[1] - (W - 1):].astype(cache.dtype)

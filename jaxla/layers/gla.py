@@ -1,0 +1,141 @@
+"""FLA's GatedLinearAttention layer (Yang et al., 2024; research/fla.md §8) over jaxla.ops.gla."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxla.layers._common import (
+    RECURRENT_MAX_LEN,
+    check_divides,
+    check_implementation,
+    check_kernel_dim,
+    compute_dtype,
+    linear,
+)
+from jaxla.layers.conv import ShortConvolution
+from jaxla.layers.norm import RMSNorm
+from jaxla.ops import gla, gla_recurrent
+
+
+class GLACache(NamedTuple):
+    """Decode state of a `GatedLinearAttention` layer."""
+
+    state: jax.Array  # [B, H, K, V] float32
+    conv_q: jax.Array | None = None  # [B, conv_size - 1, key_dim] with short convolutions
+    conv_k: jax.Array | None = None
+    conv_v: jax.Array | None = None
+
+
+class GatedLinearAttention(nnx.Module):
+    """Gated linear attention, `x [B, T, D] -> [B, T, D]`, with FLA's defaults.
+
+    q, k: `D -> key_dim = D * expand_k`; v and the output gate g: `D -> value_dim = D * expand_v`;
+    the forget gate is low rank, `D -> gate_low_rank_dim -> key_dim` (+bias), through
+    `logsigmoid(.) / gate_logit_normalizer`; optional short convolutions (+silu) on q, k, v. The
+    recurrence runs per head (K = key_dim / H, V = value_dim / H); its output is RMS-normalised
+    per head (one learnable `[V]` scale shared by the heads), times `swish(g)`, then
+    `o_proj: value_dim -> D`. Inputs of at most RECURRENT_MAX_LEN tokens use `gla_recurrent`,
+    longer ones the chunked `gla`.
+
+    Decoding: `init_cache(batch_size)` -> `GLACache`; `__call__(x, cache=c)` returns
+    `(y, new_cache)` for any T (prefill or one token) and costs O(T) whatever came before.
+    """
+
+    def __init__(self, hidden_size: int = 1024, *, num_heads: int = 4, expand_k: float = 0.5,
+                 expand_v: float = 1.0, use_short_conv: bool = False, conv_size: int = 4,
+                 conv_bias: bool = False, use_output_gate: bool = True, norm_eps: float = 1e-5,
+                 gate_logit_normalizer: float = 16.0, gate_low_rank_dim: int = 16,
+                 clamp_min: float | None = None, implementation: str | None = None,
+                 initializer_range: float = 0.02, rngs: nnx.Rngs, dtype=None,
+                 param_dtype=jnp.float32):
+        name = "GatedLinearAttention"
+        check_implementation(implementation)
+        self.key_dim = int(hidden_size * expand_k)
+        self.value_dim = int(hidden_size * expand_v)
+        check_divides(name, "num_heads", num_heads, "key_dim", self.key_dim)
+        check_divides(name, "num_heads", num_heads, "value_dim", self.value_dim)
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.head_k_dim = self.key_dim // num_heads
+        self.head_v_dim = self.value_dim // num_heads
+        check_kernel_dim(name, "head_k_dim", self.head_k_dim, implementation)
+        check_kernel_dim(name, "head_v_dim", self.head_v_dim, implementation)
+        if gate_logit_normalizer <= 0:
+            raise ValueError(f"{name}: gate_logit_normalizer must be > 0, "
+                             f"got {gate_logit_normalizer}")
+        self.use_short_conv = use_short_conv
+        self.use_output_gate = use_output_gate
+        self.gate_logit_normalizer = gate_logit_normalizer
+        self.clamp_min = clamp_min
+        self.implementation = implementation
+        self.dtype = dtype
+
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, stddev=initializer_range)
+        self.q_proj = linear(hidden_size, self.key_dim, **kw)
+        self.k_proj = linear(hidden_size, self.key_dim, **kw)
+        self.v_proj = linear(hidden_size, self.value_dim, **kw)
+        self.g_proj = linear(hidden_size, self.value_dim, **kw) if use_output_gate else None
+        self.gk_proj = nnx.Sequential(
+            linear(hidden_size, gate_low_rank_dim, **kw),
+            linear(gate_low_rank_dim, self.key_dim, use_bias=True, **kw),
+        )
+        self.o_proj = linear(self.value_dim, hidden_size, **kw)
+        if use_short_conv:
+            conv = lambda c: ShortConvolution(  # noqa: E731
+                c, conv_size, use_bias=conv_bias, activation="silu", rngs=rngs, dtype=dtype,
+                param_dtype=param_dtype, kernel_init=nnx.initializers.normal(initializer_range))
+            self.q_conv1d = conv(self.key_dim)
+            self.k_conv1d = conv(self.key_dim)
+            self.v_conv1d = conv(self.value_dim)
+        else:
+            self.q_conv1d = self.k_conv1d = self.v_conv1d = None
+        self.g_norm = RMSNorm(self.head_v_dim, eps=norm_eps, param_dtype=param_dtype)
+
+    def init_cache(self, batch_size: int, max_len: int | None = None) -> GLACache:
+        """A zero state (max_len is ignored: the state does not grow)."""
+        del max_len
+        shape = (batch_size, self.num_heads, self.head_k_dim, self.head_v_dim)
+        state = jnp.zeros(shape, jnp.float32)
+        if not self.use_short_conv:
+            return GLACache(state)
+        return GLACache(state, *(c.init_cache(batch_size) for c in
+                                 (self.q_conv1d, self.k_conv1d, self.v_conv1d)))
+
+    def __call__(self, x: jax.Array, cache: GLACache | None = None):
+        B, T, D = x.shape
+        if D != self.hidden_size:
+            raise ValueError(f"GatedLinearAttention({self.hidden_size}) got {x.shape=}")
+        cd = compute_dtype(self.dtype, x)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        convs = (None, None, None)
+        if self.use_short_conv:
+            if cache is None:
+                q, k, v = self.q_conv1d(q), self.k_conv1d(k), self.v_conv1d(v)
+            else:
+                (q, cq), (k, ck), (v, cv) = (
+                    self.q_conv1d(q, cache.conv_q), self.k_conv1d(k, cache.conv_k),
+                    self.v_conv1d(v, cache.conv_v))
+                convs = (cq, ck, cv)
+        gk = jax.nn.log_sigmoid(self.gk_proj(x).astype(jnp.float32)) / self.gate_logit_normalizer
+        if self.clamp_min is not None:
+            gk = jnp.maximum(gk, self.clamp_min)
+
+        H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
+        q, k, gk = (a.reshape(B, T, H, K) for a in (q, k, gk))
+        v = v.reshape(B, T, H, V)
+        op = gla_recurrent if T <= RECURRENT_MAX_LEN else gla
+        o, state = op(q.astype(cd), k.astype(cd), v.astype(cd), gk,
+                      initial_state=None if cache is None else cache.state,
+                      output_final_state=cache is not None, implementation=self.implementation)
+
+        o = self.g_norm(o, out_dtype=jnp.float32)
+        if self.use_output_gate:
+            o = o * jax.nn.silu(self.g_proj(x).astype(jnp.float32).reshape(B, T, H, V))
+        y = self.o_proj(o.astype(cd).reshape(B, T, self.value_dim))
+        if cache is None:
+            return y
+        return y, GLACache(state, *convs)

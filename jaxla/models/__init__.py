@@ -1,0 +1,16 @@
+"""Language models over `jaxla.layers`: `LMConfig` presets, `CausalLM` and `generate`."""
+
+from jaxla.models.config import MIXER_KINDS, LMConfig
+from jaxla.models.generate import Sampling, generate, sample_logits
+from jaxla.models.lm import Block, CausalLM, make_mixer
+
+__all__ = [
+    "MIXER_KINDS",
+    "Block",
+    "CausalLM",
+    "LMConfig",
+    "Sampling",
+    "generate",
+    "make_mixer",
+    "sample_logits",
+]

@@ -1,0 +1,137 @@
+"""`CausalLM`: embedding, pre-norm residual blocks of any mixer, final RMSNorm and LM head."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxla.layers import Attention, GatedLinearAttention, LightningAttention, Mamba, RMSNorm, SwiGLU
+from jaxla.models.config import LMConfig
+
+
+def make_mixer(config: LMConfig, layer_idx: int, *, rngs: nnx.Rngs, implementation=None):
+    """The mixer of block `layer_idx` as `config` describes it."""
+    kind = config.mixers[layer_idx]
+    kw = dict(rngs=rngs, dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
+              initializer_range=config.initializer_range, implementation=implementation)
+    D = config.hidden_size
+    if kind == "gla":
+        return GatedLinearAttention(
+            D, num_heads=config.num_heads, expand_k=config.expand_k, expand_v=config.expand_v,
+            use_short_conv=config.use_short_conv, conv_size=config.conv_size,
+            use_output_gate=config.use_output_gate, norm_eps=config.norm_eps,
+            gate_logit_normalizer=config.gate_logit_normalizer,
+            gate_low_rank_dim=config.gate_low_rank_dim, **kw)
+    if kind == "lightning":
+        return LightningAttention(
+            D, num_heads=config.num_heads, head_dim=config.attn_head_dim, layer_idx=layer_idx,
+            num_layers=config.num_layers, decay=config.lightning_decay, norm_eps=config.norm_eps,
+            **kw)
+    if kind == "mamba":
+        return Mamba(D, d_state=config.d_state, d_conv=config.d_conv, expand=config.expand,
+                     dt_rank=config.mamba_dt_rank, **kw)
+    if kind == "attention":
+        return Attention(D, num_heads=config.num_heads, num_kv_heads=config.kv_heads,
+                         head_dim=config.attn_head_dim, rope_theta=config.rope_theta, **kw)
+    raise ValueError(f"unknown mixer kind {kind!r} at layer {layer_idx}")
+
+
+class Block(nnx.Module):
+    """`x + mixer(norm(x))`, then `x + mlp(norm(x))` when the config has an MLP; `[B, T, D]`."""
+
+    def __init__(self, config: LMConfig, layer_idx: int, *, rngs: nnx.Rngs, implementation=None):
+        dtype, param_dtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+        D = config.hidden_size
+        self.kind = config.mixers[layer_idx]
+        self.attn_norm = RMSNorm(D, eps=config.norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.mixer = make_mixer(config, layer_idx, rngs=rngs, implementation=implementation)
+        if config.mlp:
+            self.mlp_norm = RMSNorm(D, eps=config.norm_eps, dtype=dtype, param_dtype=param_dtype)
+            self.mlp = SwiGLU(D, config.mlp_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                              initializer_range=config.initializer_range)
+        else:
+            self.mlp_norm = self.mlp = None
+
+    def __call__(self, x: jax.Array, cache=None):
+        if cache is None:
+            x = x + self.mixer(self.attn_norm(x))
+        else:
+            y, cache = self.mixer(self.attn_norm(x), cache=cache)
+            x = x + y
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x if cache is None else (x, cache)
+
+
+def _block_forward(block: Block, x: jax.Array) -> jax.Array:
+    return block(x)
+
+
+class CausalLM(nnx.Module):
+    """A decoder-only language model: `input_ids [B, T] int -> logits [B, T, vocab] float32`.
+
+    Token embedding (normal(0, initializer_range)), `num_layers` `Block`s whose mixers follow
+    `config.layer_pattern`, a final RMSNorm and the LM head (the embedding's transpose when
+    `tie_embeddings`, else its own `[D, vocab]` matrix). Compute in `config.dtype`, parameters in
+    `config.param_dtype`; logits are float32.
+
+    `implementation` overrides `config.implementation` for every mixer's op.
+
+    Decoding: `init_cache(batch_size, max_len)` is a tuple with one cache per block;
+    `model(input_ids, cache=cache)` returns `(logits, new_cache)` for a prefill of any T or one
+    token at a time.
+    """
+
+    def __init__(self, config: LMConfig, *, rngs: nnx.Rngs, implementation: str | None = None):
+        if not isinstance(config, LMConfig):
+            raise TypeError(f"config must be an LMConfig, got {type(config).__name__}")
+        implementation = config.implementation if implementation is None else implementation
+        if implementation != config.implementation:
+            config = config.replace(implementation=implementation)  # validates it
+        self.config = config
+        dtype, param_dtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+        self.embed = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype,
+                               param_dtype=param_dtype,
+                               embedding_init=nnx.initializers.normal(config.initializer_range),
+                               rngs=rngs)
+        self.blocks = nnx.List([Block(config, i, rngs=rngs, implementation=implementation)
+                                for i in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps, dtype=dtype,
+                            param_dtype=param_dtype)
+        if config.tie_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = nnx.Param(nnx.initializers.normal(config.initializer_range)(
+                rngs.params(), (config.hidden_size, config.vocab_size), param_dtype))
+
+    def init_cache(self, batch_size: int, max_len: int) -> tuple:
+        """One cache per block (recurrent states, conv states, KV caches of max_len positions)."""
+        return tuple(block.mixer.init_cache(batch_size, max_len) for block in self.blocks)
+
+    def __call__(self, input_ids: jax.Array, cache: tuple | None = None):
+        if input_ids.ndim != 2 or not jnp.issubdtype(input_ids.dtype, jnp.integer):
+            raise ValueError(f"input_ids must be an int array [B, T], got {input_ids.shape=}, "
+                             f"{input_ids.dtype=}")
+        if cache is not None and len(cache) != len(self.blocks):
+            raise ValueError(f"cache has {len(cache)} entries for {len(self.blocks)} blocks")
+        x = self.embed(input_ids)
+        new_cache = []
+        for i, block in enumerate(self.blocks):
+            if cache is not None:
+                x, c = block(x, cache[i])
+                new_cache.append(c)
+            elif self.config.remat:
+                x = nnx.remat(_block_forward)(block, x)
+            else:
+                x = block(x)
+        x = self.norm(x)
+        head = self.embed.embedding[...].T if self.lm_head is None else self.lm_head[...]
+        logits = jnp.dot(x, head.astype(x.dtype), preferred_element_type=jnp.float32)
+        return logits if cache is None else (logits, tuple(new_cache))
+
+    def num_params(self) -> int:
+        """Number of parameters (works on an abstract model from `nnx.eval_shape`)."""
+        return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(self, nnx.Param)))
