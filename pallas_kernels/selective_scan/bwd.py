@@ -88,10 +88,9 @@ def _bwd_kernel(*refs, T, chunk, sub, flags: Flags, prefetch, interpret):
         lax.fori_loop(0, n_adv, body, h)
         barrier()
 
-    def step_back(carry, row, a, h_prev, h, t):
+    def step_back(carry, row, dl, dt, a, h_prev, h, t):
         dh, dA, dD, dbias = carry
         u, B_t, C_t, do = (row[i].astype(F32) for i in (0, 2, 3, 4))
-        dl, dt = discretize(row[1], bias, flags)
         if flags.has_z:
             zt = row[5].astype(F32)
             sz = sigmoid(zt)
@@ -123,15 +122,14 @@ def _bwd_kernel(*refs, T, chunk, sub, flags: Flags, prefetch, interpret):
 
     def sub_chunk(carry, h, rows, t0, n):
         """Recompute the n states of steps t0.. from h (registers), then walk them backwards."""
-        states, decays = [h], []
+        states, decays, steps = [h], [], []
         for k in range(n):
-            u, dl, B_t = rows[k][0], rows[k][1], rows[k][2]
-            _, dt = discretize(dl, bias, flags)
-            a, h = advance(h, A2, u.astype(F32), dt, B_t.astype(F32))
+            steps.append(discretize(rows[k][1], bias, flags))
+            a, h = advance(h, A2, rows[k][0].astype(F32), steps[k][1], rows[k][2].astype(F32))
             decays.append(a)
             states.append(h)
         for k in reversed(range(n)):
-            carry = step_back(carry, rows[k], decays[k], states[k], states[k + 1], t0 + k)
+            carry = step_back(carry, rows[k], *steps[k], decays[k], states[k], states[k + 1], t0 + k)
         return carry
 
     bd, Np = A.shape
