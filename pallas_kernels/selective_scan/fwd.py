@@ -14,8 +14,10 @@ Why this shape (H100, Mamba-370M layer B=4, T=4096, D=2048, N=16, bf16 activatio
   with `block_d` = 32 there are 256 programs of 4 warps (2 per SM, 4 state elements per thread).
   Smaller blocks give more programs but fewer independent exps per thread; the tuning script
   (`benchmarks/gpu/selective_scan_tune.py`) measures the trade-off.
-- Expected: instruction issue ~50 per thread-step -> ~0.2-0.3 ms if latency is hidden
-  (mamba_ssm: 0.61 ms).
+- Per-channel work (softplus, silu: ~4 SFU ops per (t, d)) is repeated by every thread that
+  holds a piece of the channel's N states (likely 4 at N = 16), which about doubles the SFU
+  load: ~0.3 ms SFU-bound; instruction issue (~60 per thread-step, 8 warps per SM) is similar.
+  Expected ~0.3 ms if latency is hidden (mamba_ssm: 0.61 ms).
 - States are saved every `chunk` steps (`[B, T/chunk, D, N]` float32, 1 byte per (b, t, d) at
   N = 16, chunk = 64) for the backward, which recomputes the states inside a chunk.
 
