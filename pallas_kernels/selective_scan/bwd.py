@@ -129,7 +129,8 @@ def _bwd_kernel(*refs, T, chunk, sub, flags: Flags, prefetch, interpret):
             decays.append(a)
             states.append(h)
         for k in reversed(range(n)):
-            carry = step_back(carry, rows[k], *steps[k], decays[k], states[k], states[k + 1], t0 + k)
+            carry = step_back(carry, rows[k], *steps[k], decays[k], states[k], states[k + 1],
+                              t0 + k)
         return carry
 
     bd, Np = A.shape

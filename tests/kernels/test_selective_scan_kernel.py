@@ -1,8 +1,8 @@
 """Selective scan Pallas kernels against the float64 step spec: outputs and every gradient.
 
-Every test runs twice: in Pallas' interpreter (CPU) and compiled for the GPU (marked `gpu`,
-skipped without one). Run the GPU twins with
-`JAXLA_TEST_GPU=1 PYTHONPATH=. python3 -m pytest tests/kernels/test_selective_scan_kernel.py -m gpu`.
+Each numerical test runs in Pallas' interpreter (CPU) and has a compiled twin marked `gpu`
+(skipped without a GPU); bigger shapes and launch variants run only on the GPU. Run the GPU twins with `JAXLA_TEST_GPU=1 PYTHONPATH=. python3 -m pytest
+tests/kernels/test_selective_scan_kernel.py -m gpu`.
 """
 
 import jax
