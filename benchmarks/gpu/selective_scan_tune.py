@@ -34,20 +34,21 @@ from pallas_kernels.selective_scan import BlockSizes, selective_scan
 B = BlockSizes
 # Most informative first: the budget may cut the tail.
 VARIANTS = {
-    "default": B(),
+    "default": B(),  # block_d 32, 4 warps, unroll 8, chunk 64, sub 4, prefetch
     "bd16-w2": B(block_d=16, num_warps=2, block_d_bwd=16, num_warps_bwd=2),
     "bd64-w8": B(block_d=64, num_warps=8, block_d_bwd=64, num_warps_bwd=8),
     "bd16-w1": B(block_d=16, num_warps=1, block_d_bwd=16, num_warps_bwd=1),
+    "s8-nopf": B(sub=8, prefetch_bwd=False),
+    "flat-s8": B(chunk=8, sub=8, prefetch_bwd=False),
     "bd32-w8": B(num_warps=8, num_warps_bwd=8),
-    "flat-s16": B(chunk=16, sub=16),
-    "u4-s4": B(unroll=4, sub=4),
-    "u16-s16": B(unroll=16, sub=16),
+    "u4-s2": B(unroll=4, sub=2),
+    "u16": B(unroll=16),
     "nopf": B(prefetch=False, prefetch_bwd=False),
     "stages3": B(num_stages=3, num_stages_bwd=3),
-    "bd64-w4": B(block_d=64, block_d_bwd=64),
+    "s8": B(sub=8),
     "bd8-w1": B(block_d=8, num_warps=1, block_d_bwd=8, num_warps_bwd=1),
     "c256": B(chunk=256),
-    "bd32-w2": B(num_warps=2, num_warps_bwd=2),
+    "bd64-w4": B(block_d=64, block_d_bwd=64),
 }
 
 

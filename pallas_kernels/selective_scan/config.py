@@ -39,6 +39,10 @@ class BlockSizes:
         When `chunk > sub`, a first pass over each chunk writes the states at sub-chunk starts
         to a small per-program buffer (`chunk // sub` states, L2-resident).
       prefetch_bwd: load the previous sub-chunk's rows while computing the current one.
+
+    Registers bound `sub`: a sub-chunk keeps `2 sub + 1` states of `block_d * N / threads`
+    floats, plus (with prefetch) two sub-chunks of input rows. With 4 elements per thread,
+    sub = 4 with prefetch needs ~130 registers per thread, sub = 8 with prefetch ~270 (spills).
     """
 
     block_d: int = 32
@@ -48,7 +52,7 @@ class BlockSizes:
     num_warps: int = 4
     num_stages: int = 1
     block_d_bwd: int = 32
-    sub: int = 8
+    sub: int = 4
     prefetch_bwd: bool = True
     num_warps_bwd: int = 4
     num_stages_bwd: int = 1
@@ -79,9 +83,6 @@ class BlockSizes:
             raise ValueError(f"state size N must be in [1, {MAX_N}], got {N=}")
         block = max(1, min(32, _STATE_ELEMENTS // next_pow2(N)))
         sizes = dict(block_d=block, block_d_bwd=block)
-        if N > 32:
-            # Fewer registers per recomputed state: keep the unrolled backward within 255.
-            sizes.update(sub=4)
         sizes.update(overrides)
         return cls(**sizes)
 

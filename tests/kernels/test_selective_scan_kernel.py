@@ -171,9 +171,11 @@ def test_mamba_370m_layer_shape(rng, dtype):
 @pytest.mark.parametrize("bs", [
     BlockSizes(),
     BlockSizes(chunk=8, sub=8, prefetch=False, prefetch_bwd=False),
-    BlockSizes(block_d=16, block_d_bwd=16, num_warps=2, num_warps_bwd=2, chunk=128, sub=16),
-    BlockSizes(block_d=64, block_d_bwd=64, num_warps=8, num_warps_bwd=8, unroll=4, sub=4),
-], ids=["default", "flat", "bd16-w2-c128-s16", "bd64-w8"])
+    BlockSizes(block_d=16, block_d_bwd=16, num_warps=2, num_warps_bwd=2, chunk=128, sub=8),
+    BlockSizes(block_d=64, block_d_bwd=64, num_warps=8, num_warps_bwd=8, unroll=4),
+    BlockSizes(block_d=16, block_d_bwd=16, num_warps=1, num_warps_bwd=1, num_stages=3,
+               num_stages_bwd=3),
+], ids=["default", "flat", "bd16-w2-c128-s8", "bd64-w8", "bd16-w1-stages3"])
 def test_block_variants_on_gpu(rng, bs):
     """Launch variants the tuning script tries, at a GPU-sized shape with 4 groups."""
     check_against_spec(rng, 777, 512, 16, 4, (True, True, True, True, True), dtype=jnp.bfloat16,
