@@ -76,16 +76,23 @@ def _bwd_kernel(*refs, T, chunk, sub, flags: Flags, prefetch, interpret):
         h = hs_ref[c]
         temp_ref[0] = h
 
-        def body(k, h):
-            t0 = c * chunk + k * sub
-            rows = [(u_ref[t0 + s, :], delta_ref[t0 + s, :], B_ref[t0 + s, :]) for s in range(sub)]
+        def load_sub(t0):
+            return tuple((u_ref[t0 + s, :], delta_ref[t0 + s, :], B_ref[t0 + s, :])
+                         for s in range(sub))
+
+        def body(k, carry):
+            h, rows = carry if prefetch else (carry, None)
+            if prefetch:  # this pass is short of independent work: hide the load latency
+                nxt = load_sub(c * chunk + jnp.minimum(k + 1, n_adv - 1) * sub)
+            else:
+                rows = load_sub(c * chunk + k * sub)
             for u, dl, B_t in rows:
                 _, dt = discretize(dl, bias, flags)
                 _, h = advance(h, A2, u.astype(F32), dt, B_t.astype(F32))
             temp_ref[k + 1] = h
-            return h
+            return (h, nxt) if prefetch else h
 
-        lax.fori_loop(0, n_adv, body, h)
+        lax.fori_loop(0, n_adv, body, (h, load_sub(c * chunk)) if prefetch else h)
         barrier()
 
     def step_back(carry, row, dl, dt, a, h_prev, h, t):

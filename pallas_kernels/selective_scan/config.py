@@ -38,7 +38,8 @@ class BlockSizes:
       sub: steps whose states are recomputed into registers at a time, then walked backwards.
         When `chunk > sub`, a first pass over each chunk writes the states at sub-chunk starts
         to a small per-program buffer (`chunk // sub` states, L2-resident).
-      prefetch_bwd: load the previous sub-chunk's rows while computing the current one.
+      prefetch_bwd: load the rows of the sub-chunk computed next while computing this one
+        (both passes).
 
     Registers bound `sub`: a sub-chunk keeps `2 sub + 1` states of `block_d * N / threads`
     floats, plus (with prefetch) two sub-chunks of input rows. With 4 elements per thread,
