@@ -36,7 +36,7 @@ from jax.experimental.pallas import triton as pltriton
 from pallas_kernels.selective_scan.fwd import F32, LOG2E, Flags, advance, discretize, sigmoid
 
 
-def _bwd_kernel(*refs, T, chunk, sub, flags: Flags, prefetch, interpret):
+def _bwd_kernel(*refs, T, chunk, sub, unroll, flags: Flags, prefetch, interpret):
     refs = list(refs)
     u_ref, delta_ref, A_ref, B_ref, C_ref = refs[:5]
     rest = refs[5:]
@@ -70,29 +70,49 @@ def _bwd_kernel(*refs, T, chunk, sub, flags: Flags, prefetch, interpret):
     def load_block(t0, n):
         return tuple(load(t0 + k) for k in range(n))
 
+    # The state pass has little independent work per step: it advances `group` sub-chunks per
+    # loop iteration (`unroll` steps) and prefetches the next iteration's rows.
+    group = max(1, unroll // sub)
+
     def chunk_pass(c, n_adv):
         """Write the states at the starts of sub-chunks 0..n_adv of chunk c to the buffer."""
         barrier()
         h = hs_ref[c]
         temp_ref[0] = h
 
-        def load_sub(t0):
-            return tuple((u_ref[t0 + s, :], delta_ref[t0 + s, :], B_ref[t0 + s, :])
-                         for s in range(sub))
+        def load(first, n, clamp=False):  # rows of sub-chunks first .. first + n - 1 of chunk c
+            ts = [c * chunk + first * sub + s for s in range(n * sub)]
+            if clamp:  # the last chunk may be shorter than one group: stay inside the arrays
+                ts = [jnp.minimum(t, T - 1) for t in ts]
+            return tuple((u_ref[t, :], delta_ref[t, :], B_ref[t, :]) for t in ts)
+
+        def advance_subs(h, rows, first, n):
+            for g in range(n):
+                for u, dl, B_t in rows[g * sub:(g + 1) * sub]:
+                    _, dt = discretize(dl, bias, flags)
+                    _, h = advance(h, A2, u.astype(F32), dt, B_t.astype(F32))
+                temp_ref[first + g + 1] = h
+            return h
+
+        if isinstance(n_adv, int):
+            n_groups = n_adv // group
+        else:
+            n_groups = lax.div(n_adv, group)
 
         def body(k, carry):
             h, rows = carry if prefetch else (carry, None)
-            if prefetch:  # this pass is short of independent work: hide the load latency
-                nxt = load_sub(c * chunk + jnp.minimum(k + 1, n_adv - 1) * sub)
+            if prefetch:
+                nxt = load(jnp.minimum(k + 1, n_groups - 1) * group, group)
             else:
-                rows = load_sub(c * chunk + k * sub)
-            for u, dl, B_t in rows:
-                _, dt = discretize(dl, bias, flags)
-                _, h = advance(h, A2, u.astype(F32), dt, B_t.astype(F32))
-            temp_ref[k + 1] = h
+                rows = load(k * group, group)
+            h = advance_subs(h, rows, k * group, group)
             return (h, nxt) if prefetch else h
 
-        lax.fori_loop(0, n_adv, body, (h, load_sub(c * chunk)) if prefetch else h)
+        h = lax.fori_loop(0, n_groups, body, (h, load(0, group, clamp=True)) if prefetch else h)
+        h = h[0] if prefetch else h
+        if group > 1:  # the remaining n_adv % group sub-chunks
+            h = lax.fori_loop(n_groups * group, n_adv,
+                              lambda k, h: advance_subs(h, load(k, 1), k, 1), h)
         barrier()
 
     def step_back(carry, row, dl, dt, a, h_prev, h, t):
@@ -254,7 +274,8 @@ def backward(u, delta, A, B, C, D, z, bias, states, dout, dlast, *, flags: Flags
     io_bytes = sum(x.size * x.dtype.itemsize for x in args) + sum(
         s.size * s.dtype.itemsize for s, _ in outs)
     kernel = functools.partial(
-        _bwd_kernel, T=T, chunk=chunk, sub=sub, flags=flags, prefetch=block_sizes.prefetch_bwd,
+        _bwd_kernel, T=T, chunk=chunk, sub=sub, unroll=block_sizes.unroll, flags=flags,
+        prefetch=block_sizes.prefetch_bwd,
         interpret=interpret,
     )
     res = pl.pallas_call(

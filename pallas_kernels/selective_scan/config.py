@@ -27,7 +27,8 @@ class BlockSizes:
     Forward:
       block_d: channels per program (power of two).
       unroll: time steps per loop iteration, unrolled in Python so that the exps and loads of
-        these steps are independent instructions the GPU can overlap.
+        these steps are independent instructions the GPU can overlap (also used by the
+        backward's state pass).
       chunk: the forward saves the state every `chunk` steps (multiple of `unroll` and `sub`);
         the backward recomputes the states inside a chunk from its saved start state.
       prefetch: load the next iteration's rows while computing the current one.
