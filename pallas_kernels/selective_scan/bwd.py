@@ -15,10 +15,15 @@ Cost at the Mamba-370M layer (B=4, T=4096, D=2048, N=16, bf16, block_d 32):
 - Bytes: u, delta, z, dout read and du, ddelta, dz written (bf16) = 470 MB; saved states 34 MB;
   dB/dC partials `[B, D/block_d, T, N]` float32 written and summed by XLA = 2 x 2 x 67 MB.
   Total ~0.8 GB -> ~0.27 ms at 3 TB/s.
-- Exps: 2 per (t, d, n) (first pass + register recomputation) = 1.07G -> ~0.3 ms on the SFUs.
+- Exps: 2 per (t, d, n) (first pass + register recomputation) = 1.07G -> ~0.3 ms on the SFUs,
+  plus the per-channel softplus / sigmoid / silu, repeated by the threads sharing a channel.
 - Per (t, d, n) about 20 float32 ops and five reductions per step (three over N, two over
   the channel block for dB/dC, which may cross warps). Instruction issue dominates: expect
-  3-4x the forward, ~0.8-1.2 ms (mamba_ssm: 2.44 ms backward).
+  3-4x the forward, ~1-1.5 ms (mamba_ssm: 2.44 ms backward).
+- Latency: 256 programs of 4 warps leave ~8 warps per SM, so each pass needs its own
+  independent work: the first pass advances `unroll` steps per iteration and prefetches the
+  next rows; the second recomputes `sub` steps (the exps do not wait for the state load) and
+  prefetches the rows of the sub-chunk it handles next. Registers bound `sub` (config.py).
 - dA, dD, d delta_bias are per-program partials summed over the batch by XLA (deterministic,
   no atomics). Grid programs run concurrently; nothing depends on their order.
 """
