@@ -213,27 +213,33 @@ def test_unsupported_inputs_raise(rng):
 
 
 LOWERING = [
-    # (B, T, D, N, groups, dtype, block sizes)
-    (4, 4096, 2048, 16, None, jnp.bfloat16, None),
-    (2, 65, 40, 12, 4, jnp.float32, SMALL),
-    (2, 300, 64, 64, None, jnp.float32, None),
-    (2, 63, 32, 16, 2, jnp.bfloat16, FLAT),
+    # (B, T, D, N, groups, dtype, block sizes, with the optional inputs)
+    (4, 4096, 2048, 16, None, jnp.bfloat16, None, True),
+    (2, 65, 40, 12, 4, jnp.float32, SMALL, True),
+    (2, 300, 64, 64, None, jnp.float32, None, True),
+    (2, 63, 32, 16, 2, jnp.bfloat16, FLAT, True),
+    (2, 100, 32, 16, None, jnp.float32, None, False),
 ]
 
 
-@pytest.mark.parametrize("case", LOWERING, ids=lambda c: f"B{c[0]}-T{c[1]}-D{c[2]}-N{c[3]}-G{c[4]}")
+@pytest.mark.parametrize("case", LOWERING,
+                         ids=lambda c: f"B{c[0]}-T{c[1]}-D{c[2]}-N{c[3]}-G{c[4]}-opt{int(c[7])}")
 def test_kernels_lower_for_cuda(case):
     """Forward and backward lower through Pallas-Triton for an H100 (no GPU needed)."""
-    batch, T, D, N, groups, dtype, bs = case
+    batch, T, D, N, groups, dtype, bs, optional = case
     bc = (batch, T, N) if groups is None else (batch, T, groups, N)
     shapes = [((batch, T, D), dtype), ((batch, T, D), dtype), ((D, N), jnp.float32),
               (bc, dtype), (bc, dtype), ((D,), jnp.float32), ((batch, T, D), dtype),
               ((D,), jnp.float32), ((batch, D, N), jnp.float32)]
     args = tuple(jax.ShapeDtypeStruct(s, d) for s, d in shapes)
+    if not optional:  # no D, z, delta_bias, initial state, softplus
+        args = args[:5]
 
     def fwd(*args):
-        return selective_scan(*args[:7], delta_bias=args[7], delta_softplus=True,
-                              initial_state=args[8], block_sizes=bs, interpret=False)
+        rest = args[5:] if optional else (None,) * 4
+        return selective_scan(*args[:5], rest[0], rest[1], delta_bias=rest[2],
+                              delta_softplus=optional, initial_state=rest[3], block_sizes=bs,
+                              interpret=False)
 
     def fwd_bwd(*args):
         outs, vjp = jax.vjp(fwd, *args)
