@@ -13,7 +13,7 @@ from jaxla.ops.reference.selective_scan import (
     naive_selective_scan,
 )
 
-_IMPLEMENTATIONS = ("xla", "naive")
+_IMPLEMENTATIONS = ("pallas", "xla", "naive")
 
 
 def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state):
@@ -78,8 +78,10 @@ def selective_scan(
       D: optional `[D]` skip; z: optional `[B, T, D]` gate, `out = y * silu(z)`.
       delta_bias: optional `[D]` added to delta; delta_softplus: apply softplus to the step.
       initial_state: optional float32 `[B, D, N]`; output_final_state: also return the final one.
-      implementation: "pallas", "xla" (chunked associative scan), "naive" (step scan, the spec)
-        or None: pallas on GPU, xla elsewhere.
+      implementation: "pallas" (the Pallas kernels in `pallas_kernels.selective_scan`, interpret
+        mode without a GPU; float32/bfloat16/float16 inputs, N <= 256), "xla" (chunked
+        associative scan), "naive" (step scan, the spec) or None: pallas on GPU (xla for inputs
+        the kernel does not take), xla elsewhere.
 
     Returns:
       `(out [B, T, D] in u.dtype, final_state [B, D, N] float32 or None)`. Unlike mamba_ssm, the
@@ -87,11 +89,46 @@ def selective_scan(
     """
     B4, C4 = _validate(u, delta, A, B, C, D, z, delta_bias, initial_state)
     impl = checks.resolve_implementation(implementation, _IMPLEMENTATIONS, "selective_scan")
+    if impl == "pallas":
+        problem = _pallas_problem(u, delta, A, B4, C4, z)
+        if problem is None:
+            return _pallas(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, initial_state,
+                           output_final_state)
+        if implementation == "pallas":
+            raise problem
+        impl = "xla"  # the GPU default falls back to the chunked path for what the kernel lacks
     fn = naive_selective_scan if impl == "naive" else chunk_selective_scan
     out, final = fn(
         u, delta, A, B4, C4, D, z, delta_bias=delta_bias, delta_softplus=delta_softplus,
         initial_state=initial_state,
     )
+    return out, (final if output_final_state else None)
+
+
+def _pallas_problem(u, delta, A, B, C, z) -> Exception | None:
+    """Why the Pallas kernel cannot take these inputs (None when it can)."""
+    from pallas_kernels.selective_scan import MAX_N
+
+    if A.shape[1] > MAX_N:
+        return ValueError(
+            f"the pallas selective scan takes a state size N = A.shape[1] <= {MAX_N}, "
+            f"got {A.shape=}"
+        )
+    if any(x is not None and x.dtype == jnp.float64 for x in (u, delta, B, C, z)):
+        return TypeError(
+            f"the pallas selective scan computes in float32; got {u.dtype=}, {delta.dtype=}: use "
+            "implementation='naive' or 'xla' for float64"
+        )
+    return None
+
+
+def _pallas(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+            output_final_state):
+    # Imported here: the kernels (and Pallas) load only when the pallas path is used.
+    from pallas_kernels.selective_scan import selective_scan as kernel
+
+    out, final = kernel(u, delta, A, B, C, D, z, delta_bias=delta_bias,
+                        delta_softplus=delta_softplus, initial_state=initial_state)
     return out, (final if output_final_state else None)
 
 

@@ -1,0 +1,131 @@
+"""`selective_scan`: the Pallas forward and backward kernels behind one `jax.custom_vjp`."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels._common import default_interpret, next_pow2, pad_axis
+from pallas_kernels.selective_scan.bwd import backward
+from pallas_kernels.selective_scan.config import MAX_N, BlockSizes
+from pallas_kernels.selective_scan.fwd import Flags, forward
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Static:
+    flags: Flags
+    block_sizes: BlockSizes
+    interpret: bool
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _scan(static: _Static, u, delta, A, B, C, D, z, bias, h0):
+    out, last, _ = forward(u, delta, A, B, C, D, z, bias, h0, flags=static.flags,
+                           block_sizes=static.block_sizes, save=False, interpret=static.interpret)
+    return out, last
+
+
+def _scan_fwd(static: _Static, u, delta, A, B, C, D, z, bias, h0):
+    out, last, states = forward(u, delta, A, B, C, D, z, bias, h0, flags=static.flags,
+                                block_sizes=static.block_sizes, save=True,
+                                interpret=static.interpret)
+    return (out, last), (u, delta, A, B, C, D, z, bias, h0, states)
+
+
+def _scan_bwd(static: _Static, res, cts):
+    u, delta, A, B, C, D, z, bias, h0, states = res
+    dout, dlast = cts
+    du, ddelta, dz, dB, dC, dA, dD, dbias, dh0 = backward(
+        u, delta, A, B, C, D, z, bias, states, dout.astype(u.dtype), dlast.astype(jnp.float32),
+        flags=static.flags, block_sizes=static.block_sizes, interpret=static.interpret,
+    )
+    cast = lambda g, x: None if x is None else g.astype(x.dtype)  # noqa: E731
+    return (du, ddelta, cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), dz, cast(dbias, bias),
+            cast(dh0, h0))
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+def _expand_groups(x, G: int):
+    """`[Bt, T, g, N]` -> `[Bt, T, G, N]` for g dividing G (group i of G reads x's i // (G/g))."""
+    Bt, T, g, N = x.shape
+    if g == G:
+        return x
+    x = jnp.broadcast_to(x[:, :, :, None, :], (Bt, T, g, G // g, N))
+    return x.reshape(Bt, T, G, N)
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, *, delta_bias=None,
+                   delta_softplus: bool = False, initial_state=None,
+                   block_sizes: BlockSizes | None = None, interpret: bool | None = None):
+    """Mamba's selective scan on the Pallas kernels (interpret mode without a GPU).
+
+    Layout is time before channels (mamba_ssm uses `[B, D, L]`). Inputs are validated by
+    `jaxla.ops.selective_scan`; this function only pads and dispatches.
+
+    Args:
+      u, delta: `[Bt, T, D]` float32/bfloat16/float16; z: optional `[Bt, T, D]`.
+      A: `[D, N]`; B, C: `[Bt, T, N]` or `[Bt, T, G, N]` (G dividing D, may differ for B and C).
+      D, delta_bias: optional `[D]`; initial_state: optional float32 `[Bt, D, N]`.
+      block_sizes: tiling (default `BlockSizes.get_default(N)`).
+
+    Returns:
+      `(out [Bt, T, D] in u.dtype, final_state [Bt, D, N] float32)`, both differentiable.
+    """
+    if u.dtype == jnp.float64:
+        raise TypeError(
+            f"the pallas selective scan computes in float32; got {u.dtype=} (use "
+            "implementation='naive' or 'xla' for float64)"
+        )
+    Bt, T, Dm = u.shape
+    N = A.shape[1]
+    if not 1 <= N <= MAX_N:
+        raise ValueError(f"the pallas selective scan takes N <= {MAX_N}, got {A.shape=}")
+    if interpret is None:
+        interpret = default_interpret()
+    if block_sizes is None:
+        block_sizes = BlockSizes.get_default(N)
+
+    B4 = B[:, :, None] if B.ndim == 3 else B
+    C4 = C[:, :, None] if C.ndim == 3 else C
+    G = math.lcm(B4.shape[2], C4.shape[2])
+    B4, C4 = _expand_groups(B4, G), _expand_groups(C4, G)
+
+    # Pad the channels of each group to a multiple of the channel blocks and N to a power of two.
+    Dg = Dm // G
+    block_sizes = block_sizes.for_channels(Dg)
+    block = max(block_sizes.block_d, block_sizes.block_d_bwd)
+    Dg_pad = -(-Dg // block) * block
+    Np = next_pow2(N)
+
+    def pad_channels(x, axis):
+        if x is None or Dg_pad == Dg:
+            return x
+        shape = x.shape
+        x = x.reshape(shape[:axis] + (G, Dg) + shape[axis + 1:])
+        x = pad_axis(x, axis + 1, Dg_pad)
+        return x.reshape(shape[:axis] + (G * Dg_pad,) + shape[axis + 1:])
+
+    def unpad_channels(x, axis):
+        if Dg_pad == Dg:
+            return x
+        shape = x.shape
+        x = x.reshape(shape[:axis] + (G, Dg_pad) + shape[axis + 1:])
+        x = jax.lax.slice_in_dim(x, 0, Dg, axis=axis + 1)
+        return x.reshape(shape[:axis] + (Dm,) + shape[axis + 1:])
+
+    pad_n = lambda x, axis: x if x is None else pad_axis(x, axis, Np)  # noqa: E731
+    args = (
+        pad_channels(u, 2), pad_channels(delta, 2), pad_n(pad_channels(A, 0), 1),
+        pad_n(B4, 3), pad_n(C4, 3), pad_channels(D, 0), pad_channels(z, 2),
+        pad_channels(delta_bias, 0), pad_n(pad_channels(initial_state, 1), 2),
+    )
+    flags = Flags(has_D=D is not None, has_z=z is not None, has_bias=delta_bias is not None,
+                  has_h0=initial_state is not None, softplus=bool(delta_softplus))
+    out, last = _scan(_Static(flags, block_sizes, bool(interpret)), *args)
+    return unpad_channels(out, 2), unpad_channels(last[:, :, :N], 1)
