@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxla import ops
-from jaxla.testing import assert_close, outputs_and_grads
+from jaxla.testing import assert_close, outputs_and_grads, rel_error
 from pallas_kernels import simple_gla as kernels
 from pallas_kernels._common import lower_for_cuda
 from pallas_kernels.simple_gla import api
@@ -318,3 +318,80 @@ def test_default_block_sizes():
     big = kernels.BlockSizes.get_default(256, 256, F32)
     assert big.num_warps_fwd == 8 and big.num_stages_fwd == 1
     assert kernels.BlockSizes(block_v=128).resolve(32, 16).block_v == 16
+
+
+def _to_torch(torch, x):
+    """A JAX array as a CUDA tensor of the same dtype (bf16 goes through exact float32)."""
+    t = torch.from_numpy(np.array(jnp.asarray(x, F32))).cuda()
+    return t.to(torch.bfloat16) if x.dtype == BF16 else t
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("which", ["chunk_lightning_attn", "chunk_simple_gla"])
+def test_matches_fla(rng, which):
+    """bf16, identical inputs and cotangents: output, final state and every gradient agree with
+    FLA's kernels within the bf16 bound (both are also measured against the float64 spec)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("fla")
+    from fla.ops.lightning_attn import chunk_lightning_attn
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    B, T, H, K, V = 2, 1000, 4, 128, 128
+    layer_idx, num_layers = 1, 12
+    q, k, v, _, _, h0 = _inputs(rng, (B, T, H, K, V), "medium", "none", True, BF16)
+    # FLA's test gates: logsigmoid(randn) / 16 (anchors.md)
+    g = jnp.asarray(jax.nn.log_sigmoid(jnp.asarray(rng.standard_normal((B, T, H)), F32)) / 16)
+    do, dht = normal(rng, (B, T, H, V), BF16), normal(rng, (B, H, K, V), F32)
+
+    if which == "chunk_lightning_attn":
+        names, args = ["q", "k", "v", "h0"], (q, k, v, h0)
+
+        def ours(q, k, v, h0):
+            return ops.lightning_attention(q, k, v, layer_idx=layer_idx, num_layers=num_layers,
+                                           decay="fla", initial_state=h0, output_final_state=True,
+                                           implementation="pallas")
+
+        def theirs(q, k, v, h0):
+            return chunk_lightning_attn(q, k, v, layer_idx, num_layers, initial_state=h0,
+                                        output_final_state=True)
+
+        decays = ops.lightning_decay(H, layer_idx, num_layers, "fla")
+
+        def spec(q, k, v, h0):
+            return _spec(q, k, v, g=None, g_gamma=jnp.asarray(decays, q.dtype), h0=h0)
+    else:
+        names, args = ["q", "k", "v", "g", "h0"], (q, k, v, g, h0)
+
+        def ours(q, k, v, g, h0):
+            return ops.simple_gla(q, k, v, g, initial_state=h0, output_final_state=True,
+                                  implementation="pallas")
+
+        def theirs(q, k, v, g, h0):
+            return chunk_simple_gla(q, k, v, g=g, initial_state=h0, output_final_state=True)
+
+        def spec(q, k, v, g, h0):
+            return _spec(q, k, v, g=g, g_gamma=None, h0=h0)
+
+    outs, vjp = jax.vjp(jax.jit(ours), *args)
+    ours_all = [*outs, *vjp((do, dht))]
+
+    t_args = [_to_torch(torch, x).requires_grad_() for x in args]
+    o_t, ht_t = theirs(*t_args)
+    ((o_t.float() * _to_torch(torch, do).float()).sum() + (ht_t * _to_torch(torch, dht)).sum()).backward()
+    to_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+    theirs_all = [to_np(o_t), to_np(ht_t)] + [to_np(t.grad) for t in t_args]
+
+    with jax.enable_x64(True):
+        args64 = tuple(jnp.asarray(x, jnp.float64) for x in args)
+        outs64, vjp64 = jax.vjp(spec, *args64)
+        spec_all = [np.asarray(x) for x in (*outs64, *vjp64((jnp.asarray(do, jnp.float64),
+                                                            jnp.asarray(dht, jnp.float64))))]
+
+    labels = ["o", "final_state"] + ["d" + n for n in names]
+    report = []
+    for label, a, b, s in zip(labels, ours_all, theirs_all, spec_all):
+        report.append(f"{label}: ours-vs-spec {rel_error(a, s):.2e}, fla-vs-spec "
+                      f"{rel_error(b, s):.2e}, ours-vs-fla {rel_error(a, b):.2e}")
+    print("\n".join(report))
+    for label, a, b in zip(labels, ours_all, theirs_all):
+        assert_close(np.asarray(a, np.float32), b, dtype=BF16, name=f"{label} vs FLA ({which})")
