@@ -176,7 +176,7 @@ def _static(q, v, g, g_gamma, scale, output_final_state, block_sizes, interpret,
         raise TypeError(f"the Pallas kernel takes bfloat16, float16 or float32 inputs, got {q.dtype=}")
     if block_sizes is None:
         block_sizes = BlockSizes.get_default(K, V, q.dtype, chunk)
-    block_sizes = block_sizes.resolve(padded_dim(K), padded_dim(V))
+    block_sizes = block_sizes.resolve(padded_dim(K), padded_dim(V), q.dtype)
     return _Static(
         scale=float(scale),
         output_final_state=bool(output_final_state),

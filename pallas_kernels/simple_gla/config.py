@@ -63,29 +63,32 @@ class BlockSizes:
     @classmethod
     def get_default(cls, head_dim_k: int = 128, head_dim_v: int = 128, dtype=jnp.bfloat16,
                     chunk: int = 64) -> BlockSizes:
-        """Defaults for `[.., K]` / `[.., V]` heads: state tiles of at most 128 x 64 float32
-        (64 registers per thread at 4 warps); 8 warps once a tile or a chunk row gets larger."""
+        """Defaults for `[.., K]` / `[.., V]` heads.
+
+        State tiles of at most 128 x 64 float32 (64 registers per thread at 4 warps); 8 warps
+        once a head dim exceeds 128 or the chunk exceeds 64. Shared memory holds num_stages
+        copies of the loaded [chunk, head dim] tiles plus the dot operands: past 128 (or with
+        chunks over 64) one stage, and float32 inputs with 256-wide heads also take 32-wide
+        state tiles, to stay under the H100's 227 KB.
+        """
         Kp, Vp = padded_dim(head_dim_k), padded_dim(head_dim_v)
         big = max(Kp, Vp) > 128 or chunk > 64
-        wide = jnp.dtype(dtype).itemsize >= 4
-        # Shared memory holds num_stages copies of the loaded [chunk, head_dim] tiles; fp32
-        # tiles or 256-wide heads leave room for fewer stages.
-        stages = 1 if (wide and big) else 2
+        tile = 32 if (big and jnp.dtype(dtype).itemsize >= 4 and max(Kp, Vp) > 128) else 64
         return cls(
             chunk=chunk,
-            block_v=min(64, Vp),
-            block_k_dq=min(64, Kp),
-            block_k_dk=min(64, Kp),
-            block_v_dv=min(64, Vp),
+            block_v=min(tile, Vp),
+            block_k_dq=min(tile, Kp),
+            block_k_dk=min(tile, Kp),
+            block_v_dv=min(tile, Vp),
             num_warps_fwd=8 if big else 4,
-            num_stages_fwd=stages,
+            num_stages_fwd=1 if big else 2,
             num_warps_bwd=8 if big else 4,
-            num_stages_bwd=stages,
+            num_stages_bwd=1 if big else 2,
         )
 
-    def resolve(self, Kp: int, Vp: int) -> BlockSizes:
-        """Clamp tiles to the padded head dims `Kp`, `Vp` and fill unset launch parameters."""
-        default = BlockSizes.get_default(Kp, Vp, jnp.bfloat16, self.chunk)
+    def resolve(self, Kp: int, Vp: int, dtype=jnp.bfloat16) -> BlockSizes:
+        """Clamp tiles to the padded head dims `Kp`, `Vp`; fill unset launch parameters."""
+        default = BlockSizes.get_default(Kp, Vp, dtype, self.chunk)
         return dataclasses.replace(
             self,
             block_v=min(self.block_v, Vp),

@@ -316,7 +316,8 @@ def test_default_block_sizes():
     bs = kernels.BlockSizes.get_default(128, 128, BF16)
     assert (bs.chunk, bs.block_v, bs.num_warps_fwd) == (64, 64, 4)
     big = kernels.BlockSizes.get_default(256, 256, F32)
-    assert big.num_warps_fwd == 8 and big.num_stages_fwd == 1
+    assert big.num_warps_fwd == 8 and big.num_stages_fwd == 1 and big.block_v == 32
+    assert kernels.BlockSizes.get_default(256, 100, BF16).block_k_dq == 64
     assert kernels.BlockSizes(block_v=128).resolve(32, 16).block_v == 16
 
 
