@@ -18,6 +18,7 @@ from jax import lax
 from pallas_kernels._common import default_interpret, pad_axis, padded_dim
 from pallas_kernels.simple_gla.chunk_bwd import chunk_bwd
 from pallas_kernels.simple_gla.chunk_fwd import chunk_fwd
+from pallas_kernels.simple_gla.common import LOG2E
 from pallas_kernels.simple_gla.config import BlockSizes, check_head_dims
 from pallas_kernels.simple_gla.recurrent import recurrent_fwd
 
@@ -52,10 +53,11 @@ def _prepare(q, k, v, g, g_gamma, h0, chunk):
         total = g.astype(jnp.float32)
         if g_gamma is not None:
             total = total + g_gamma.astype(jnp.float32)
-        # zero log-decay on padded steps: they keep the state
-        mode, gate = "g", jnp.transpose(pad_axis(total, 1, Tp), (0, 2, 1))
+        # zero log-decay on padded steps: they keep the state; log2 units (common.py)
+        mode, gate = "g", jnp.transpose(pad_axis(total * LOG2E, 1, Tp), (0, 2, 1))
     elif g_gamma is not None:
-        mode, gate = "gamma", jnp.broadcast_to(g_gamma.astype(jnp.float32)[:, None], (H, chunk))
+        gamma = g_gamma.astype(jnp.float32) * LOG2E
+        mode, gate = "gamma", jnp.broadcast_to(gamma[:, None], (H, chunk))
     else:
         mode, gate = "none", None
     return (_pad_seq(q, Tp, Kp), _pad_seq(k, Tp, Kp), _pad_seq(v, Tp, Vp), mode, gate,

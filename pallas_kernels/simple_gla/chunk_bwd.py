@@ -90,9 +90,9 @@ def _dq_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, h0_ref, dq_ref, ga_ref,
         rows = pl.ds(n * C, C)
         k, v, do = k_ref[rows, cols], v_ref[rows, :], do_ref[rows, :]
         G, G_last, G_rev, diff = _gates(gate_ref, n, cfg, dtype)
-        dA = dot(do, v, tb=True, precision=precision) * (jnp.exp(diff) * cfg["scale"])
+        dA = dot(do, v, tb=True, precision=precision) * (jnp.exp2(diff) * cfg["scale"])
         dq_inter = dot(do, S.astype(dtype), tb=True, precision=precision) * (
-            cfg["scale"] * jnp.exp(G))[:, None]
+            cfg["scale"] * jnp.exp2(G))[:, None]
         dq = dot(dA.astype(dtype), k, precision=precision) + dq_inter
         dq_ref[rows, cols] = dq.astype(dq_ref.dtype)
         if gate_grad:
@@ -101,8 +101,8 @@ def _dq_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, h0_ref, dq_ref, ga_ref,
             ga_ref[ik, rows] = jnp.sum(q.astype(jnp.float32) * dq_inter, axis=1)
             qk = dot(q, k, tb=True, precision=precision)
             gc_ref[ik, rows] = _crossing(qk, dA, chunk=C, dtype=dtype)
-        v_decayed = (v.astype(jnp.float32) * jnp.exp(G_rev)[:, None]).astype(dtype)
-        return S * jnp.exp(G_last) + dot(k, v_decayed, ta=True, precision=precision)
+        v_decayed = (v.astype(jnp.float32) * jnp.exp2(G_rev)[:, None]).astype(dtype)
+        return S * jnp.exp2(G_last) + dot(k, v_decayed, ta=True, precision=precision)
 
     S = h0_ref[cols, :].astype(jnp.float32) if h0_ref is not None else jnp.zeros((bk, Vp), jnp.float32)
     lax.fori_loop(0, cfg["num_chunks"], body, S)
@@ -120,18 +120,18 @@ def _dk_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, dht_ref, states_ref, dk
         rows = pl.ds(n * C, C)
         q, v, do = q_ref[rows, cols], v_ref[rows, :], do_ref[rows, :]
         G, G_last, G_rev, diff = _gates(gate_ref, n, cfg, dtype)
-        dA = dot(do, v, tb=True, precision=precision) * (jnp.exp(diff) * cfg["scale"])
-        dk_inter = dot(v, dS.astype(dtype), tb=True, precision=precision) * jnp.exp(G_rev)[:, None]
+        dA = dot(do, v, tb=True, precision=precision) * (jnp.exp2(diff) * cfg["scale"])
+        dk_inter = dot(v, dS.astype(dtype), tb=True, precision=precision) * jnp.exp2(G_rev)[:, None]
         dk = dot(dA.astype(dtype), q, ta=True, precision=precision) + dk_inter
         dk_ref[rows, cols] = dk.astype(dk_ref.dtype)
         if states_ref is not None:
             k = k_ref[rows, cols]
             gb_ref[ik, rows] = jnp.sum(k.astype(jnp.float32) * dk_inter, axis=1)
             # one axis at a time: Triton reductions take a single axis
-            P = jnp.exp(G_last) * jnp.sum(jnp.sum(states_ref[n, cols, :] * dS, axis=1), axis=0)
+            P = jnp.exp2(G_last) * jnp.sum(jnp.sum(states_ref[n, cols, :] * dS, axis=1), axis=0)
             gp_ref[ik, rows] = jnp.full((C,), P, jnp.float32)
-        q_decayed = (q.astype(jnp.float32) * (cfg["scale"] * jnp.exp(G))[:, None]).astype(dtype)
-        return dS * jnp.exp(G_last) + dot(q_decayed, do, ta=True, precision=precision)
+        q_decayed = (q.astype(jnp.float32) * (cfg["scale"] * jnp.exp2(G))[:, None]).astype(dtype)
+        return dS * jnp.exp2(G_last) + dot(q_decayed, do, ta=True, precision=precision)
 
     dS = dht_ref[cols, :].astype(jnp.float32) if dht_ref is not None else jnp.zeros((bk, Vp), jnp.float32)
     dh0_ref[cols, :] = lax.fori_loop(0, N, body, dS)
@@ -148,12 +148,12 @@ def _dv_sweep(iv, q_ref, k_ref, do_ref, gate_ref, dht_ref, dv_ref, *, cfg):
         rows = pl.ds(n * C, C)
         q, k, do = q_ref[rows, :], k_ref[rows, :], do_ref[rows, cols]
         G, G_last, G_rev, diff = _gates(gate_ref, n, cfg, dtype)
-        A = dot(q, k, tb=True, precision=precision) * (jnp.exp(diff) * cfg["scale"])
+        A = dot(q, k, tb=True, precision=precision) * (jnp.exp2(diff) * cfg["scale"])
         dv = dot(A.astype(dtype), do, ta=True, precision=precision)
-        dv += dot(k, dS.astype(dtype), precision=precision) * jnp.exp(G_rev)[:, None]
+        dv += dot(k, dS.astype(dtype), precision=precision) * jnp.exp2(G_rev)[:, None]
         dv_ref[rows, cols] = dv.astype(dv_ref.dtype)
-        do_decayed = (do.astype(jnp.float32) * (cfg["scale"] * jnp.exp(G))[:, None]).astype(dtype)
-        return dS * jnp.exp(G_last) + dot(q, do_decayed, ta=True, precision=precision)
+        do_decayed = (do.astype(jnp.float32) * (cfg["scale"] * jnp.exp2(G))[:, None]).astype(dtype)
+        return dS * jnp.exp2(G_last) + dot(q, do_decayed, ta=True, precision=precision)
 
     dS = dht_ref[:, cols].astype(jnp.float32) if dht_ref is not None else jnp.zeros((Kp, bv), jnp.float32)
     lax.fori_loop(0, N, body, dS)

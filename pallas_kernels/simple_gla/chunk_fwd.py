@@ -56,12 +56,12 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, chunk, seq_len, num_chunks, scale, g
         q, k, v = q_ref[rows, :], k_ref[rows, :], v_ref[rows, :]
         G, G_last, G_rev, diff = chunk_gates(gate_ref, n, mode=gate_mode, chunk=C,
                                              seq_len=seq_len, exact=dtype == jnp.float32)
-        A = dot(q, k, tb=True, precision=precision) * (jnp.exp(diff) * scale)
+        A = dot(q, k, tb=True, precision=precision) * (jnp.exp2(diff) * scale)
         o = dot(A.astype(dtype), v, precision=precision)
-        o += dot(q, S.astype(dtype), precision=precision) * (scale * jnp.exp(G))[:, None]
+        o += dot(q, S.astype(dtype), precision=precision) * (scale * jnp.exp2(G))[:, None]
         o_ref[rows, :] = o.astype(o_ref.dtype)
-        v_decayed = (v.astype(jnp.float32) * jnp.exp(G_rev)[:, None]).astype(dtype)
-        return S * jnp.exp(G_last) + dot(k, v_decayed, ta=True, precision=precision)
+        v_decayed = (v.astype(jnp.float32) * jnp.exp2(G_rev)[:, None]).astype(dtype)
+        return S * jnp.exp2(G_last) + dot(k, v_decayed, ta=True, precision=precision)
 
     S = h0_ref[...].astype(jnp.float32) if has_h0 else jnp.zeros((Kp, bv), jnp.float32)
     ht_ref[...] = lax.fori_loop(0, num_chunks, body, S)

@@ -1,8 +1,10 @@
 """Pieces shared by the simple GLA kernels: dots, per-chunk gates, the intra-chunk decay mask.
 
 Gate modes (static): "g" = a `[Tp]` ref of per-step log-decays (float32, g + g_gamma, zero on
-padded steps); "gamma" = a `[C]` ref holding the head's constant log-decay
-(no gate tensor at all); "none" = no decay.
+padded steps); "gamma" = a `[C]` ref holding the head's constant log-decay (no gate tensor at
+all); "none" = no decay. Gates arrive in log2 units (times log2(e), as FLA does since 2025-12) and
+the kernels use exp2 (libdevice's expf wraps the same ex2 instruction in a range reduction);
+gradients stay with respect to the natural-log gates (they never differentiate G itself).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 GATE_MODES = ("g", "gamma", "none")
+LOG2E = 1.4426950408889634
 
 
 def dot(a, b, *, ta: bool = False, tb: bool = False, precision=None):
@@ -31,7 +34,7 @@ def dot_precision(dtype):
 class Gates(NamedTuple):
     """Decays of one chunk: G [C] (cumulative from the chunk start through row i, <= 0),
     G_last (whole chunk, scalar), G_rev [C] = G_last - G (from row j to the chunk end) and
-    diff [C, C] = G_i - G_j below the diagonal, -inf above (so exp(diff) is the causal mask)."""
+    diff [C, C] = G_i - G_j below the diagonal, -inf above (so exp2(diff) is the causal mask)."""
 
     G: jax.Array
     G_last: jax.Array
@@ -42,9 +45,9 @@ class Gates(NamedTuple):
 def chunk_gates(gate_ref, n, *, mode: str, chunk: int, seq_len: int, exact: bool = False):
     """The `Gates` of chunk `n`.
 
-    mode "g": `gate_ref` is a `[Tp]` ref of per-step log-decays (g + g_gamma). A difference of
+    mode "g": `gate_ref` is a `[Tp]` ref of per-step log2-decays (g + g_gamma). A difference of
     two cumulative sums loses eps * |G| (|G| reaches C * 20 with strong gates, an error of 6e-5
-    in exp(G_i - G_j) for float32); with `exact` (float32 inputs) diff and G_rev are summed
+    in exp2(G_i - G_j) for float32); with `exact` (float32 inputs) diff and G_rev are summed
     directly over their segments by an IEEE matmul with a 0/1 matrix instead.
     """
     C = chunk
