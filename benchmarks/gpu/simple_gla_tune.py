@@ -90,7 +90,8 @@ def pipelined(run, *args, calls=50):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gated", action="store_true", help="data-dependent gate with gradient")
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="variants to run")
     parser.add_argument("--shape", nargs=4, type=int, metavar=("B", "T", "H", "D"),
@@ -148,7 +149,8 @@ def main(argv=None):
     if out:
         path = Path(out) / f"simple_gla_tune{'_gated' if args.gated else ''}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"device": jax.devices()[0].device_kind, "rows": results}, indent=1))
+        meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__}
+        path.write_text(json.dumps({**meta, "rows": results}, indent=1))
         print(f"wrote {path}", file=sys.stderr)
 
 

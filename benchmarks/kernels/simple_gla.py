@@ -1,4 +1,4 @@
-"""Lightning Attention / simple GLA kernel benchmark: `python -m benchmarks.kernels --op simple_gla`.
+"""Lightning Attention / simple GLA kernels: `python -m benchmarks.kernels --op simple_gla`.
 
 Shapes as the GLA benchmark: B=4, H=16, K=V=128, bf16 q, k, v ~ randn, T in DEFAULT_T; the same
 arrays for every implementation at a given T. The decay is FLA's lightning convention at
@@ -35,7 +35,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.timing import floor_ms, jax_peak_bytes, time_jax, time_torch, torch_peak_bytes  # noqa: E402
+from benchmarks.timing import (  # noqa: E402
+    floor_ms,
+    jax_peak_bytes,
+    time_jax,
+    time_torch,
+    torch_peak_bytes,
+)
 from jaxla import ops  # noqa: E402
 from jaxla.testing import rel_error  # noqa: E402
 
@@ -161,7 +167,8 @@ def fla_rows(name, args, do, modes, reference):
 
             out = fn()
             row = {"impl": name, "mode": mode, "ms": time_torch(fn),
-                   "peak_gib": torch_peak_bytes(fn) / GIB, "floor_ms": floor(args[0].shape[1], mode)}
+                   "peak_gib": torch_peak_bytes(fn) / GIB,
+                   "floor_ms": floor(args[0].shape[1], mode)}
             if reference.get(mode) is not None:
                 mine = [np.asarray(t.detach().float().cpu().numpy()) for t in out]
                 row["error"] = max(rel_error(a, b) for a, b in zip(mine, reference[mode]))
@@ -185,7 +192,8 @@ def _family(T, modes, names, fns, args, do, fla_name):
     """xla (the reference) first, then pallas, then FLA."""
     rows, reference = [], {}
     for mode in modes:
-        row, outs = _guarded(names[0], mode, T, lambda: jax_row(names[0], fns[0], args, do, mode, None))
+        row, outs = _guarded(names[0], mode, T,
+                             lambda: jax_row(names[0], fns[0], args, do, mode, None))
         if outs is not None:
             row["error"] = 0.0
         reference[mode] = None if outs is None else [np.asarray(x, np.float32) for x in outs]
@@ -208,5 +216,6 @@ def rows(T: int, modes) -> list[dict]:
                        (q, k, v, g), do, "fla chunk_simple_gla (g)")
     for r in out:
         ms = f"{r['ms']:.3f} ms" if r.get("ms") is not None else f"failed ({r.get('error')})"
-        print(f"[simple_gla] T={T} {r['impl']:>26} {r['mode']:>8}: {ms}", file=sys.stderr, flush=True)
+        print(f"[simple_gla] T={T} {r['impl']:>26} {r['mode']:>8}: {ms}", file=sys.stderr,
+              flush=True)
     return out

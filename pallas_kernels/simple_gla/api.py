@@ -175,7 +175,8 @@ def _static(q, v, g, g_gamma, scale, output_final_state, block_sizes, interpret,
     K, V = q.shape[-1], v.shape[-1]
     check_head_dims(K, V)
     if jnp.dtype(q.dtype) not in DTYPES:
-        raise TypeError(f"the Pallas kernel takes bfloat16, float16 or float32 inputs, got {q.dtype=}")
+        raise TypeError(
+            f"the Pallas kernel takes bfloat16, float16 or float32 inputs, got {q.dtype=}")
     if block_sizes is None:
         block_sizes = BlockSizes.get_default(K, V, q.dtype, chunk)
     block_sizes = block_sizes.resolve(padded_dim(K), padded_dim(V), q.dtype)

@@ -52,6 +52,11 @@ from pallas_kernels.simple_gla.common import (
 ROLES = ("dq", "dk", "dv")
 
 
+def _state(ref, index, shape):
+    """A float32 state tile read from `ref` (zeros when there is none)."""
+    return jnp.zeros(shape, jnp.float32) if ref is None else ref[index].astype(jnp.float32)
+
+
 def _gates(gate_ref, n, cfg, dtype):
     return chunk_gates(gate_ref, n, mode=cfg["gate_mode"], chunk=cfg["chunk"],
                        seq_len=cfg["seq_len"], exact=jnp.dtype(dtype) == jnp.float32)
@@ -104,7 +109,7 @@ def _dq_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, h0_ref, dq_ref, ga_ref,
         v_decayed = (v.astype(jnp.float32) * jnp.exp2(G_rev)[:, None]).astype(dtype)
         return S * jnp.exp2(G_last) + dot(k, v_decayed, ta=True, precision=precision)
 
-    S = h0_ref[cols, :].astype(jnp.float32) if h0_ref is not None else jnp.zeros((bk, Vp), jnp.float32)
+    S = _state(h0_ref, (cols, slice(None)), (bk, Vp))
     lax.fori_loop(0, cfg["num_chunks"], body, S)
 
 
@@ -133,7 +138,7 @@ def _dk_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, dht_ref, states_ref, dk
         q_decayed = (q.astype(jnp.float32) * (cfg["scale"] * jnp.exp2(G))[:, None]).astype(dtype)
         return dS * jnp.exp2(G_last) + dot(q_decayed, do, ta=True, precision=precision)
 
-    dS = dht_ref[cols, :].astype(jnp.float32) if dht_ref is not None else jnp.zeros((bk, Vp), jnp.float32)
+    dS = _state(dht_ref, (cols, slice(None)), (bk, Vp))
     dh0_ref[cols, :] = lax.fori_loop(0, N, body, dS)
 
 
@@ -155,7 +160,7 @@ def _dv_sweep(iv, q_ref, k_ref, do_ref, gate_ref, dht_ref, dv_ref, *, cfg):
         do_decayed = (do.astype(jnp.float32) * (cfg["scale"] * jnp.exp2(G))[:, None]).astype(dtype)
         return dS * jnp.exp2(G_last) + dot(q, do_decayed, ta=True, precision=precision)
 
-    dS = dht_ref[:, cols].astype(jnp.float32) if dht_ref is not None else jnp.zeros((Kp, bv), jnp.float32)
+    dS = _state(dht_ref, (slice(None), cols), (Kp, bv))
     lax.fori_loop(0, N, body, dS)
 
 
@@ -174,7 +179,8 @@ def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, *refs, roles, tiles, cfg):
                 [refs.pop(0) for _ in range(3)] if cfg["gate_grad"] else [None] * 3)
         elif role == "dk":
             outs["dk"], outs["dh0"] = refs.pop(0), refs.pop(0)
-            outs["gb"], outs["gp"] = [refs.pop(0) for _ in range(2)] if cfg["gate_grad"] else [None] * 2
+            outs["gb"], outs["gp"] = (
+                [refs.pop(0) for _ in range(2)] if cfg["gate_grad"] else [None] * 2)
         else:
             outs["dv"] = refs.pop(0)
     assert not refs, refs

@@ -100,7 +100,8 @@ def chunk_fwd(q, k, v, gate, h0, *, scale, seq_len, gate_mode, block_sizes, inte
         args.append(h0)
     NV = Vp // bv
     flops = B * H * N * NV * 2 * C * (C * Kp + C * bv + 2 * Kp * bv)
-    nbytes = itemsize(q) * B * Tp * H * (2 * Kp + 2 * Vp) + 4 * B * H * Kp * Vp * (2 if h0 is not None else 1)
+    states = 4 * B * H * Kp * Vp * (2 if h0 is not None else 1)
+    nbytes = itemsize(q) * B * Tp * H * (2 * Kp + 2 * Vp) + states
     return pl.pallas_call(
         kernel,
         out_shape=(
