@@ -41,7 +41,10 @@ VARIANTS = {
     "fuse_bwd": dataclasses.replace(BS.get_default(D, D, jnp.bfloat16), fuse_bwd=True),
     "tiles32": BS(block_v=32, block_k_dq=32, block_k_dk=32, block_v_dv=32),
     "tiles32_fuse": BS(block_v=32, block_k_dq=32, block_k_dk=32, block_v_dv=32, fuse_bwd=True),
+    # Whole heads per program: fewer FLOPs (no recomputed q k^T / do v^T), fewer programs.
     "fwd_bv128": BS(block_v=128, num_warps_fwd=8),
+    "tiles128_fuse": BS(block_v=128, block_k_dq=128, block_k_dk=128, block_v_dv=128,
+                        fuse_bwd=True, num_warps_fwd=8, num_warps_bwd=8),
     "warps8": BS(num_warps_fwd=8, num_warps_bwd=8),
     "warps8_fuse": BS(num_warps_fwd=8, num_warps_bwd=8, fuse_bwd=True),
     "stages1": BS(num_stages_fwd=1, num_stages_bwd=1),
