@@ -11,8 +11,10 @@ import jax.numpy as jnp
 from jaxla.ops import _checks as checks
 from jaxla.ops.reference.simple_gla import chunk_simple_gla, naive_simple_gla
 
-_CHUNK_IMPLEMENTATIONS = ("xla", "naive")
-_RECURRENT_IMPLEMENTATIONS = ("xla", "naive")
+_CHUNK_IMPLEMENTATIONS = ("pallas", "xla", "naive")
+_RECURRENT_IMPLEMENTATIONS = ("pallas", "xla", "naive")
+_PALLAS_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
+_PALLAS_MAX_HEAD_DIM = 256  # pallas_kernels.simple_gla.MAX_HEAD_DIM (not imported eagerly)
 
 
 def _validate(q, k, v, g, g_gamma, initial_state, scale):
@@ -38,6 +40,28 @@ def _validate(q, k, v, g, g_gamma, initial_state, scale):
     checks.check_state("initial_state", initial_state, (B, H, K, V), "[B, H, K, V]", q.dtype)
     checks.check_scale(scale)
     return K
+
+
+def _resolve(implementation, available, op, q, v):
+    """`None` picks the kernel on GPU only for inputs it takes; explicit "pallas" checks them."""
+    impl = checks.resolve_implementation(implementation, available, op)
+    if impl != "pallas":
+        return impl
+    K, V = q.shape[-1], v.shape[-1]
+    fits = (K <= _PALLAS_MAX_HEAD_DIM and V <= _PALLAS_MAX_HEAD_DIM
+            and jnp.dtype(q.dtype) in _PALLAS_DTYPES)
+    if implementation is None and not fits:
+        return "xla"
+    if K > _PALLAS_MAX_HEAD_DIM:
+        raise ValueError(
+            f"implementation='pallas' supports K <= {_PALLAS_MAX_HEAD_DIM}, got {q.shape=}")
+    if V > _PALLAS_MAX_HEAD_DIM:
+        raise ValueError(
+            f"implementation='pallas' supports V <= {_PALLAS_MAX_HEAD_DIM}, got {v.shape=}")
+    if jnp.dtype(q.dtype) not in _PALLAS_DTYPES:
+        raise TypeError(
+            f"implementation='pallas' takes bfloat16, float16 or float32 inputs, got {q.dtype=}")
+    return impl
 
 
 def total_gate(q, g, g_gamma):
@@ -73,14 +97,24 @@ def simple_gla(
       g: optional `[B, T, H]` data-dependent log-decays (<= 0).
       g_gamma: optional `[H]` constant log-decay per head (<= 0). With neither, no decay.
       scale, initial_state, output_final_state, chunk_size, implementation: as in `jaxla.ops.gla`.
+        "pallas" (the default on GPU) takes bf16/f16/f32 inputs with K, V <= 256; it uses
+        `chunk_size` as its chunk; a constant gate (numpy g_gamma, as lightning attention
+        passes) gets no gradient work in the backward.
 
     Returns:
       `(o [B, T, H, V] in q.dtype, final_state [B, H, K, V] float32 or None)`.
     """
     K = _validate(q, k, v, g, g_gamma, initial_state, scale)
     checks.check_chunk_size(chunk_size)
-    impl = checks.resolve_implementation(implementation, _CHUNK_IMPLEMENTATIONS, "simple_gla")
+    impl = _resolve(implementation, _CHUNK_IMPLEMENTATIONS, "simple_gla", q, v)
     scale = K**-0.5 if scale is None else scale
+    if impl == "pallas":
+        from pallas_kernels import simple_gla as kernels
+
+        return kernels.simple_gla(
+            q, k, v, g, g_gamma, scale=scale, initial_state=initial_state,
+            output_final_state=output_final_state, chunk=chunk_size,
+        )
     gate = total_gate(q, g, g_gamma)
     if impl == "naive":
         o, final = naive_simple_gla(q, k, v, gate, scale=scale, initial_state=initial_state)
@@ -103,12 +137,21 @@ def simple_gla_recurrent(
     output_final_state: bool = False,
     implementation: checks.Implementation | None = None,
 ):
-    """Simple GLA in its recurrent form (decoding, short inputs); arguments as `simple_gla`."""
+    """Simple GLA in its recurrent form (decoding, short inputs); arguments as `simple_gla`.
+
+    "pallas" runs one step per loop iteration in a kernel (its gradients use the chunked
+    backward kernels); "xla" and "naive" both run the step-by-step spec.
+    """
     K = _validate(q, k, v, g, g_gamma, initial_state, scale)
-    checks.resolve_implementation(
-        implementation, _RECURRENT_IMPLEMENTATIONS, "simple_gla_recurrent"
-    )
+    impl = _resolve(implementation, _RECURRENT_IMPLEMENTATIONS, "simple_gla_recurrent", q, v)
     scale = K**-0.5 if scale is None else scale
+    if impl == "pallas":
+        from pallas_kernels import simple_gla as kernels
+
+        return kernels.simple_gla_recurrent(
+            q, k, v, g, g_gamma, scale=scale, initial_state=initial_state,
+            output_final_state=output_final_state,
+        )
     gate = total_gate(q, g, g_gamma)
     o, final = naive_simple_gla(q, k, v, gate, scale=scale, initial_state=initial_state)
     return o, (final if output_final_state else None)

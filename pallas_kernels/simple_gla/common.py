@@ -1,0 +1,105 @@
+"""Pieces shared by the simple GLA kernels: dots, per-chunk gates, the intra-chunk decay mask.
+
+Gate modes (static): "g" = a `[Tp]` ref of per-step log-decays (float32, g + g_gamma, zero on
+padded steps); "gamma" = a `[C]` ref holding the head's constant log-decay (no gate tensor at
+all); "none" = no decay. Gates arrive in log2 units (times log2(e), as FLA does since 2025-12) and
+the kernels use exp2 (libdevice's expf wraps the same ex2 instruction in a range reduction);
+gradients stay with respect to the natural-log gates (they never differentiate G itself).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+GATE_MODES = ("g", "gamma", "none")
+LOG2E = 1.4426950408889634
+
+
+def dot(a, b, *, ta: bool = False, tb: bool = False, precision=None):
+    """`a @ b` (optionally with a or b transposed) accumulated in float32. 2-D operands only."""
+    dims = (((0 if ta else 1,), (1 if tb else 0,)), ((), ()))
+    return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
+
+
+def dot_precision(dtype):
+    """float32 operands: IEEE dots (Triton's default for float32 would be TF32)."""
+    return lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
+
+
+class Gates(NamedTuple):
+    """Decays of one chunk: G [C] (cumulative from the chunk start through row i, <= 0),
+    G_last (whole chunk, scalar), G_rev [C] = G_last - G (from row j to the chunk end) and
+    diff [C, C] = G_i - G_j below the diagonal, -inf above (so exp2(diff) is the causal mask)."""
+
+    G: jax.Array
+    G_last: jax.Array
+    G_rev: jax.Array
+    diff: jax.Array
+
+
+def chunk_gates(gate_ref, n, *, mode: str, chunk: int, seq_len: int, exact: bool = False):
+    """The `Gates` of chunk `n`.
+
+    mode "g": `gate_ref` is a `[Tp]` ref of per-step log2-decays (g + g_gamma). A difference of
+    two cumulative sums loses eps * |G| (|G| reaches C * 20 with strong gates, an error of 6e-5
+    in exp2(G_i - G_j) for float32); with `exact` (float32 inputs) diff and G_rev are summed
+    directly over their segments by an IEEE matmul with a 0/1 matrix instead.
+    """
+    C = chunk
+    row = lax.broadcasted_iota(jnp.int32, (C, C), 0)
+    col = lax.broadcasted_iota(jnp.int32, (C, C), 1)
+    causal = row >= col
+    if mode == "g":
+        g = gate_ref[pl.ds(n * C, C)]
+        G = jnp.cumsum(g)
+        G_last = jnp.min(G)  # G is non-increasing, so its minimum is its last row, exactly
+        if exact:
+            # diff[i, j] = sum_t [t <= i] * g_t [t > j]: only the steps in (j, i], all <= 0.
+            upto = jnp.where(causal, 1.0, 0.0)  # [i, t] = [t <= i]
+            after = jnp.where(row > col, g[:, None], 0.0)  # [t, j] = g_t [t > j]
+            diff = jnp.dot(upto, after, precision=lax.Precision.HIGHEST,
+                           preferred_element_type=jnp.float32)
+            G_rev = jnp.sum(jnp.where(row == C - 1, diff, 0.0), axis=0)
+        else:
+            diff = G[:, None] - G[None, :]
+            G_rev = G_last - G
+    elif mode == "gamma":
+        gamma = gate_ref[...]  # [C], all equal to the head's decay
+        # Rows past the end of the sequence (T padded up to a chunk) do not decay: the final
+        # state must be the state after the last real token.
+        length = jnp.minimum(seq_len - n * C, C)
+        steps = jnp.minimum(lax.iota(jnp.int32, C) + 1, length)
+        G = gamma * steps.astype(jnp.float32)
+        G_last = jnp.min(G)
+        G_rev = gamma * (length - steps).astype(jnp.float32)
+        diff = gamma[:, None] * (row - col).astype(jnp.float32)
+    elif mode == "none":
+        G = jnp.zeros((C,), jnp.float32)
+        G_last = jnp.float32(0.0)
+        G_rev = G
+        diff = jnp.zeros((C, C), jnp.float32)
+    else:
+        raise ValueError(f"unknown gate mode {mode!r}; expected one of {GATE_MODES}")
+    return Gates(G, G_last, G_rev, jnp.where(causal, diff, -jnp.inf))
+
+
+def cost(flops: float, transcendentals: float, bytes_accessed: float) -> pl.CostEstimate:
+    return pl.CostEstimate(
+        flops=int(flops), transcendentals=int(transcendentals), bytes_accessed=int(bytes_accessed)
+    )
+
+
+def itemsize(x) -> int:
+    return jnp.dtype(x.dtype).itemsize
+
+
+def compiler_params(num_warps, num_stages):
+    from jax.experimental.pallas import triton as pltriton
+
+    return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+

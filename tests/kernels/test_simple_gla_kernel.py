@@ -1,0 +1,401 @@
+"""Simple GLA / Lightning Attention Pallas kernels against the float64 spec.
+
+Every numeric test runs the kernels in Pallas' interpreter on CPU and has a compiled twin marked
+`gpu` (the same assertions; the gpu list adds larger shapes and head dims of 256). Outputs, final
+state and the gradients of q, k, v, g, g_gamma and initial_state (random cotangents for the
+output and the final state) are compared with the naive spec computed in float64 on the upcast
+inputs, within the bound of the kernel's input dtype. The spec sees the very cotangents the
+kernel sees (rounded to the output dtype), so bf16 errors measure the kernel alone.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxla import ops
+from jaxla.testing import assert_close, outputs_and_grads, rel_error
+from pallas_kernels import simple_gla as kernels
+from pallas_kernels._common import lower_for_cuda
+from pallas_kernels.simple_gla import api
+from tests.inputs import log_decay, normal
+
+F32, BF16 = jnp.float32, jnp.bfloat16
+ON = [pytest.param("cpu", id="interpret"), pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)]
+
+
+def _inputs(rng, shape, gate, kind, with_h0, dtype):
+    """q, k, v in `dtype`; g [B, T, H] / g_gamma [H] float32 per `kind`; h0 float32 or None."""
+    B, T, H, K, V = shape
+    q, k = normal(rng, (B, T, H, K), dtype), normal(rng, (B, T, H, K), dtype)
+    v = normal(rng, (B, T, H, V), dtype)
+    g = log_decay(rng, (B, T, H), gate) if kind in ("g", "both") else None
+    g_gamma = log_decay(rng, (H,), gate) if kind in ("g_gamma", "both") else None
+    h0 = normal(rng, (B, H, K, V), F32) if with_h0 else None
+    return q, k, v, g, g_gamma, h0
+
+
+def _packed(q, k, v, g, g_gamma, h0):
+    """Differentiable arguments and their names (q, k, v first)."""
+    optional = [(n, x) for n, x in (("g", g), ("g_gamma", g_gamma), ("h0", h0)) if x is not None]
+    return ["q", "k", "v"] + [n for n, _ in optional], (q, k, v) + tuple(x for _, x in optional)
+
+
+def _bind(fn, names):
+    """`fn(q, k, v, g=, g_gamma=, h0=)` as a function of the packed arguments."""
+    def call(*args):
+        kw = dict(zip(names, args))
+        return fn(kw["q"], kw["k"], kw["v"], g=kw.get("g"), g_gamma=kw.get("g_gamma"),
+                  h0=kw.get("h0"))
+
+    return call
+
+
+def _spec(q, k, v, *, g, g_gamma, h0, scale=None):
+    return ops.simple_gla(q, k, v, g, g_gamma=g_gamma, scale=scale, initial_state=h0,
+                          output_final_state=True, implementation="naive")
+
+
+def _check(kernel_fn, spec_fn, args, names, dtype, rng):
+    """Run the kernel (jitted) and the float64 spec with the same cotangents; compare all."""
+    seed = int(rng.integers(1 << 30))
+    def with_grads(fn):
+        return jax.jit(lambda *a: outputs_and_grads(fn, a, np.random.default_rng(seed)))
+
+    (o, ht), grads = with_grads(_bind(kernel_fn, names))(*args)
+    with jax.enable_x64(True):
+        spec = _bind(spec_fn, names)
+        args64 = tuple(jnp.asarray(x, jnp.float64) for x in args)
+
+        def spec_cast(*a):  # outputs in the kernel's dtypes, so the cotangents are the kernel's
+            o_, ht_ = spec(*a)
+            return o_.astype(o.dtype), ht_.astype(ht.dtype)
+
+        _, grads_ref = with_grads(spec_cast)(*args64)
+        o_ref, ht_ref = jax.jit(spec)(*args64)
+        o_ref, ht_ref, grads_ref = jax.tree.map(np.asarray, (o_ref, ht_ref, grads_ref))
+    assert_close(o, o_ref, dtype=dtype, name="o")
+    assert_close(ht, ht_ref, dtype=dtype, name="final_state")
+    for name, a, b in zip(names, grads, grads_ref):
+        assert a.shape == b.shape, (name, a.shape, b.shape)
+        assert_close(a, b, dtype=dtype, name="d" + name)
+
+
+def _id(case):
+    shape, gate, kind, with_h0, dtype = case[:5]
+    h0 = "h0" if with_h0 else "no_h0"
+    return "B{}-T{}-H{}-K{}-V{}".format(*shape) + f"-{gate}-{kind}-{h0}-{jnp.dtype(dtype).name}"
+
+
+# (shape (B, T, H, K, V), gate regime, which gates, initial state, dtype): a covering subset of
+# DESIGN.md §6 (every T, head dim, H, regime and gate kind appears; not the full product).
+CASES = [
+    ((1, 1, 1, 16, 16), "medium", "both", True, F32),
+    ((2, 63, 3, 48, 100), "strong", "g", False, F32),
+    ((1, 64, 1, 64, 64), "weak", "g_gamma", True, F32),
+    ((2, 65, 3, 100, 48), "medium", "both", True, F32),
+    ((1, 200, 3, 128, 16), "strong", "both", False, F32),
+    ((1, 200, 1, 16, 128), "weak", "g", True, F32),
+    ((2, 65, 1, 32, 32), "medium", "none", True, F32),
+    ((1, 130, 3, 64, 48), "strong", "g_gamma", True, F32),
+    ((2, 65, 3, 64, 64), "medium", "both", True, BF16),
+    ((1, 200, 1, 48, 100), "strong", "g", False, BF16),
+    ((1, 63, 3, 128, 128), "weak", "g_gamma", True, BF16),
+]
+GPU_CASES = [
+    ((2, 1000, 4, 128, 128), "medium", "both", True, BF16),
+    ((1, 300, 2, 256, 256), "medium", "g", True, BF16),
+    ((1, 300, 2, 256, 256), "strong", "g_gamma", True, F32),
+    ((1, 2048, 2, 64, 128), "weak", "g", True, BF16),
+    ((4, 256, 16, 128, 128), "medium", "g_gamma", False, BF16),
+]
+
+
+def _chunked(q, k, v, *, g, g_gamma, h0):
+    return ops.simple_gla(q, k, v, g, g_gamma=g_gamma, initial_state=h0, output_final_state=True,
+                          implementation="pallas")
+
+
+@pytest.mark.parametrize("on", ON)
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_chunked_matches_spec(rng, on, case):
+    shape, gate, kind, with_h0, dtype = case
+    names, args = _packed(*_inputs(rng, shape, gate, kind, with_h0, dtype))
+    _check(_chunked, _spec, args, names, dtype, rng)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=_id)
+def test_chunked_matches_spec_large(rng, case):
+    shape, gate, kind, with_h0, dtype = case
+    names, args = _packed(*_inputs(rng, shape, gate, kind, with_h0, dtype))
+    _check(_chunked, _spec, args, names, dtype, rng)
+
+
+# Block-size variants through the kernel API: other chunks, narrow tiles, the fused backward.
+BLOCK_CASES = [
+    (((2, 100, 2, 32, 48), "medium", "both", True, F32),
+     kernels.BlockSizes(chunk=32, block_v=16, block_k_dq=16, block_k_dk=32, block_v_dv=16,
+                        fuse_bwd=True)),
+    (((1, 150, 2, 64, 32), "strong", "g_gamma", True, BF16),
+     kernels.BlockSizes(chunk=128, block_v=32, fuse_bwd=True)),
+    (((1, 70, 1, 16, 16), "weak", "none", False, F32), kernels.BlockSizes(chunk=16, fuse_bwd=True)),
+]
+
+
+@pytest.mark.parametrize("on", ON)
+@pytest.mark.parametrize("case,block_sizes", BLOCK_CASES,
+                         ids=lambda c: _id(c) if isinstance(c, tuple) else None)
+def test_block_sizes(rng, on, case, block_sizes):
+    shape, gate, kind, with_h0, dtype = case
+
+    def kernel(q, k, v, *, g, g_gamma, h0):
+        return kernels.simple_gla(q, k, v, g, g_gamma, initial_state=h0, output_final_state=True,
+                                  block_sizes=block_sizes)
+
+    names, args = _packed(*_inputs(rng, shape, gate, kind, with_h0, dtype))
+    _check(kernel, _spec, args, names, dtype, rng)
+
+
+RECURRENT_CASES = [
+    ((2, 1, 3, 48, 100), "medium", "both", True, F32),
+    ((1, 63, 1, 64, 64), "strong", "g", True, F32),
+    ((1, 20, 3, 128, 16), "weak", "g_gamma", False, BF16),
+    ((2, 17, 2, 32, 32), "medium", "none", True, F32),
+]
+
+
+def _recurrent(q, k, v, *, g, g_gamma, h0):
+    return ops.simple_gla_recurrent(q, k, v, g, g_gamma=g_gamma, initial_state=h0,
+                                    output_final_state=True, implementation="pallas")
+
+
+@pytest.mark.parametrize("on", ON)
+@pytest.mark.parametrize("case", RECURRENT_CASES, ids=_id)
+def test_recurrent_matches_spec(rng, on, case):
+    """The decode kernel's forward; its gradients come from the chunked backward kernels."""
+    shape, gate, kind, with_h0, dtype = case
+    names, args = _packed(*_inputs(rng, shape, gate, kind, with_h0, dtype))
+    _check(_recurrent, _spec, args, names, dtype, rng)
+
+
+@pytest.mark.parametrize("on", ON)
+def test_decode_token_by_token_matches_full_forward(rng, on):
+    """Prefill with the chunked kernel, then decode one token at a time with the recurrent one."""
+    q, k, v, g, g_gamma, h0 = _inputs(rng, (2, 9, 3, 32, 48), "medium", "both", True, F32)
+    prefill = 4
+    kw = dict(g_gamma=g_gamma, output_final_state=True, implementation="pallas")
+    chunked = jax.jit(lambda q, k, v, g, h: ops.simple_gla(q, k, v, g, initial_state=h, **kw))
+    step = jax.jit(
+        lambda q, k, v, g, h: ops.simple_gla_recurrent(q, k, v, g, initial_state=h, **kw))
+    o, state = chunked(q[:, :prefill], k[:, :prefill], v[:, :prefill], g[:, :prefill], h0)
+    outs = [o]
+    for t in range(prefill, q.shape[1]):
+        o, state = step(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], g[:, t:t + 1], state)
+        outs.append(o)
+    with jax.enable_x64(True):
+        q, k, v, g, g_gamma, h0 = (jnp.asarray(x, jnp.float64) for x in (q, k, v, g, g_gamma, h0))
+        o_ref, h_ref = _spec(q, k, v, g=g, g_gamma=g_gamma, h0=h0)
+        o_ref, h_ref = np.asarray(o_ref), np.asarray(h_ref)
+    assert_close(jnp.concatenate(outs, axis=1), o_ref, name="o")
+    assert_close(state, h_ref, name="final_state")
+
+
+@pytest.mark.parametrize("on", ON)
+@pytest.mark.parametrize("decay,recurrent", [("fla", False), ("minimax", False), ("minimax", True)])
+def test_lightning_attention(rng, on, decay, recurrent):
+    """Both decay conventions through `ops.lightning_attention`: the decay is a numpy constant,
+    so the backward skips gate-gradient work; q, k, v and h0 gradients are still checked."""
+    H = 3
+    q, k, v, _, _, h0 = _inputs(rng, (2, 70, H, 32, 32), "medium", "none", True, F32)
+    layer_idx, num_layers = 2, 12
+    op = ops.lightning_attention_recurrent if recurrent else ops.lightning_attention
+
+    def kernel(q, k, v, *, g, g_gamma, h0):
+        return op(q, k, v, layer_idx=layer_idx, num_layers=num_layers, decay=decay,
+                  initial_state=h0, output_final_state=True, implementation="pallas")
+
+    decays = ops.lightning_decay(H, layer_idx, num_layers, decay)
+    scale = ops.default_scale(decay, 32)
+
+    def spec(q, k, v, *, g, g_gamma, h0):
+        return _spec(q, k, v, g=None, g_gamma=jnp.asarray(decays, q.dtype), h0=h0, scale=scale)
+
+    names, args = _packed(q, k, v, None, None, h0)
+    _check(kernel, spec, args, names, F32, rng)
+
+
+def test_constant_gate_skips_gradient_work():
+    """A numpy g_gamma (lightning attention) cannot be differentiated: no gate terms computed."""
+    q = jnp.ones((1, 8, 2, 16), F32)
+    st = api._static(q, q, None, np.float32([-0.5, -1.0]), 1.0, False, None, True, 64)
+    assert not st.gate_grad
+    traced = []
+    jax.make_jaxpr(lambda g: traced.append(api._static(q, q, g, None, 1.0, False, None, True, 64)))(
+        jnp.zeros((1, 8, 2), F32))
+    assert traced[0].gate_grad
+
+
+def _pallas_eqns(jaxpr):
+    """Every pallas_call equation, also inside custom_vjp / pjit sub-jaxprs."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pallas_call":
+            yield eqn
+            continue
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    yield from _pallas_eqns(sub)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F32], ids=["bf16", "f32"])
+@pytest.mark.parametrize("kind", ["g", "g_gamma", "none"])
+@pytest.mark.parametrize("fuse", [False, True], ids=["bwd3", "bwd_fused"])
+def test_kernels_lower_for_cuda(dtype, kind, fuse):
+    """Forward and backward kernels (both layouts of the backward, with and without gate
+    gradients) lower through Pallas-Triton for an H100; each declares a cost estimate."""
+    B, T, H, K, V = 2, 150, 3, 100, 128
+    q, v = jnp.zeros((B, T, H, K), dtype), jnp.zeros((B, T, H, V), dtype)
+    g, g_gamma = jnp.zeros((B, T, H), F32), jnp.zeros((H,), F32)
+    h0 = jnp.zeros((B, H, K, V), F32)
+    bs = kernels.BlockSizes(fuse_bwd=fuse)
+
+    def loss(q, k, v, g, g_gamma, h0):
+        o, ht = kernels.simple_gla(q, k, v, g if kind == "g" else None,
+                                   g_gamma if kind == "g_gamma" else None, initial_state=h0,
+                                   output_final_state=True, block_sizes=bs, interpret=False)
+        return jnp.sum(o.astype(F32)) + jnp.sum(ht)
+
+    grad = jax.grad(loss, argnums=(0, 1, 2, 3, 4, 5))
+    text = lower_for_cuda(grad, q, q, v, g, g_gamma, h0)
+    eqns = list(_pallas_eqns(jax.make_jaxpr(grad)(q, q, v, g, g_gamma, h0).jaxpr))
+    launches = 1 + (2 if kind != "none" else 1) if fuse else 4
+    assert text.count("__gpu$xla.gpu.triton") == launches == len(eqns)
+    for eqn in eqns:
+        assert eqn.params["name"].startswith("simple_gla_")
+        assert eqn.params["cost_estimate"] is not None and eqn.params["cost_estimate"].flops > 0
+
+
+@pytest.mark.parametrize("dtype", [BF16, F32], ids=["bf16", "f32"])
+def test_recurrent_kernel_lowers_for_cuda(dtype):
+    q, v = jnp.zeros((2, 1, 3, 48), dtype), jnp.zeros((2, 1, 3, 100), dtype)
+    h0 = jnp.zeros((2, 3, 48, 100), F32)
+    gates = ((jnp.zeros((2, 1, 3), F32), None), (None, jnp.zeros((3,), F32)), (None, None))
+    for g, g_gamma in gates:
+        text = lower_for_cuda(
+            lambda q, k, v, h: kernels.simple_gla_recurrent(
+                q, k, v, g, g_gamma, initial_state=h, output_final_state=True, interpret=False),
+            q, q, v, h0)
+        assert text.count("__gpu$xla.gpu.triton") == 1
+
+
+def test_head_dims_and_dtypes_the_kernel_cannot_take():
+    q = jnp.ones((1, 4, 1, 300), F32)
+    v = jnp.ones((1, 4, 1, 16), F32)
+    with pytest.raises(ValueError, match="q.shape"):
+        ops.simple_gla(q, q, v, implementation="pallas")
+    q, v = v, jnp.ones((1, 4, 1, 257), F32)
+    with pytest.raises(ValueError, match="v.shape"):
+        ops.simple_gla_recurrent(q, q, v, implementation="pallas")
+    with jax.enable_x64(True):
+        q64 = jnp.ones((1, 4, 1, 16), jnp.float64)
+        with pytest.raises(TypeError, match="q.dtype"):
+            ops.simple_gla(q64, q64, q64, implementation="pallas")
+    # None means the kernel only on a GPU; elsewhere (and for inputs it cannot take) the XLA path.
+    o, _ = ops.simple_gla(q, q, v)
+    assert o.shape == v.shape
+
+
+@pytest.mark.parametrize("bad", [dict(chunk=8), dict(chunk=48), dict(block_v=24),
+                                 dict(block_k_dq=8), dict(num_warps_fwd=3), dict(num_stages_bwd=0)])
+def test_block_sizes_validation(bad):
+    with pytest.raises(ValueError):
+        kernels.BlockSizes(**bad)
+
+
+def test_default_block_sizes():
+    bs = kernels.BlockSizes.get_default(128, 128, BF16)
+    assert (bs.chunk, bs.block_v, bs.num_warps_fwd) == (64, 64, 4)
+    big = kernels.BlockSizes.get_default(256, 256, F32)
+    assert big.num_warps_fwd == 8 and big.num_stages_fwd == 1 and big.block_v == 32
+    assert kernels.BlockSizes.get_default(256, 100, BF16).block_k_dq == 64
+    assert kernels.BlockSizes(block_v=128).resolve(32, 16).block_v == 16
+
+
+def _to_torch(torch, x):
+    """A JAX array as a CUDA tensor of the same dtype (bf16 goes through exact float32)."""
+    t = torch.from_numpy(np.array(jnp.asarray(x, F32))).cuda()
+    return t.to(torch.bfloat16) if x.dtype == BF16 else t
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("which", ["chunk_lightning_attn", "chunk_simple_gla"])
+def test_matches_fla(rng, which):
+    """bf16, identical inputs and cotangents: output, final state and every gradient agree with
+    FLA's kernels within the bf16 bound (both are also measured against the float64 spec)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("fla")
+    from fla.ops.lightning_attn import chunk_lightning_attn
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    B, T, H, K, V = 2, 1000, 4, 128, 128
+    layer_idx, num_layers = 1, 12
+    q, k, v, _, _, h0 = _inputs(rng, (B, T, H, K, V), "medium", "none", True, BF16)
+    # FLA's test gates: logsigmoid(randn) / 16 (anchors.md)
+    g = jnp.asarray(jax.nn.log_sigmoid(jnp.asarray(rng.standard_normal((B, T, H)), F32)) / 16)
+    do, dht = normal(rng, (B, T, H, V), BF16), normal(rng, (B, H, K, V), F32)
+
+    if which == "chunk_lightning_attn":
+        names, args = ["q", "k", "v", "h0"], (q, k, v, h0)
+
+        def ours(q, k, v, h0):
+            return ops.lightning_attention(q, k, v, layer_idx=layer_idx, num_layers=num_layers,
+                                           decay="fla", initial_state=h0, output_final_state=True,
+                                           implementation="pallas")
+
+        def theirs(q, k, v, h0):
+            return chunk_lightning_attn(q, k, v, layer_idx, num_layers, initial_state=h0,
+                                        output_final_state=True)
+
+        decays = ops.lightning_decay(H, layer_idx, num_layers, "fla")
+
+        def spec(q, k, v, h0):
+            return _spec(q, k, v, g=None, g_gamma=jnp.asarray(decays, q.dtype), h0=h0)
+    else:
+        names, args = ["q", "k", "v", "g", "h0"], (q, k, v, g, h0)
+
+        def ours(q, k, v, g, h0):
+            return ops.simple_gla(q, k, v, g, initial_state=h0, output_final_state=True,
+                                  implementation="pallas")
+
+        def theirs(q, k, v, g, h0):
+            return chunk_simple_gla(q, k, v, g=g, initial_state=h0, output_final_state=True)
+
+        def spec(q, k, v, g, h0):
+            return _spec(q, k, v, g=g, g_gamma=None, h0=h0)
+
+    outs, vjp = jax.vjp(jax.jit(ours), *args)
+    ours_all = [*outs, *vjp((do, dht))]
+
+    t_args = [_to_torch(torch, x).requires_grad_() for x in args]
+    o_t, ht_t = theirs(*t_args)
+    loss = (o_t.float() * _to_torch(torch, do).float()).sum() + (ht_t * _to_torch(torch, dht)).sum()
+    loss.backward()
+    to_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+    theirs_all = [to_np(o_t), to_np(ht_t)] + [to_np(t.grad) for t in t_args]
+
+    with jax.enable_x64(True):
+        args64 = tuple(jnp.asarray(x, jnp.float64) for x in args)
+        outs64, vjp64 = jax.vjp(spec, *args64)
+        spec_all = [np.asarray(x) for x in (*outs64, *vjp64((jnp.asarray(do, jnp.float64),
+                                                            jnp.asarray(dht, jnp.float64))))]
+
+    labels = ["o", "final_state"] + ["d" + n for n in names]
+    report = []
+    for label, a, b, s in zip(labels, ours_all, theirs_all, spec_all):
+        report.append(f"{label}: ours-vs-spec {rel_error(a, s):.2e}, fla-vs-spec "
+                      f"{rel_error(b, s):.2e}, ours-vs-fla {rel_error(a, b):.2e}")
+    print("\n".join(report))
+    for label, a, b in zip(labels, ours_all, theirs_all):
+        assert_close(np.asarray(a, np.float32), b, dtype=BF16, name=f"{label} vs FLA ({which})")
