@@ -81,9 +81,9 @@ class BlockSizes:
             block_k_dk=min(tile, Kp),
             block_v_dv=min(tile, Vp),
             num_warps_fwd=8 if big else 4,
-            num_stages_fwd=1 if big else 2,
+            num_stages_fwd=1 if big else 3,
             num_warps_bwd=8 if big else 4,
-            num_stages_bwd=1 if big else 2,
+            num_stages_bwd=1 if big else 3,
         )
 
     def resolve(self, Kp: int, Vp: int, dtype=jnp.bfloat16) -> BlockSizes:
