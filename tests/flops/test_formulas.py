@@ -108,8 +108,9 @@ def test_training_per_token_grows_with_length_only_through_attention():
     assert per_token_dot(L2) - per_token_dot(L1) == pytest.approx(expected)
     for name in ("gla_340m", "lightning_340m", "mamba_370m"):
         cfg = LMConfig.preset(name)
+        # Equal but for per-call constants spread over more tokens (Mamba's A = -exp(A_log)).
         assert F.training_flops_per_token(cfg, L1) == pytest.approx(
-            F.training_flops_per_token(cfg, L2))
+            F.training_flops_per_token(cfg, L2), rel=1e-5)
     # Linear models are within a few % of 6N (the LM head, state and chunk work are the rest).
     cfg = LMConfig.gla_340m()
     assert 1.0 < F.training_flops_per_token(cfg, 2048) / F.six_n(cfg) < 1.05
