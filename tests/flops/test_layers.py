@@ -19,41 +19,12 @@ from jaxla.flops import xla
 from jaxla.layers import RMSNorm, SwiGLU
 from jaxla.layers._common import RECURRENT_MAX_LEN
 from jaxla.models.config import LMConfig
-from jaxla.ops.reference.gla import SUB_CHUNK
+from tests.flops.expected import CHUNK, bookkeeping, einsum_excess, within
 
 S = jax.ShapeDtypeStruct
-CHUNK = 64  # the chunk size the layers' ops use (their default)
 # One block of each mixer: lightning, gla, mamba, attention (grouped KV heads: 4 query, 2 KV).
 HYBRID = LMConfig.tiny("hybrid", hidden_size=64, num_heads=4, num_kv_heads=2)
 KINDS = {kind: i for i, kind in enumerate(HYBRID.mixers)}
-
-
-def _within(measured, low, high):
-    """low <= measured <= high, up to XLA's float32 accumulation (exact below 2^24)."""
-    return low * (1 - xla.XLA_RTOL) <= measured <= high * (1 + xla.XLA_RTOL)
-
-
-def einsum_excess(config: LMConfig, batch: int, seq_len: int, kind: str) -> int:
-    """What XLA's lowered count adds to a chunked GLA layer: the three-operand einsums of the
-    XLA path (q x exp(G_i - G_j) on the diagonal sub-blocks, q x gap on the others) become
-    dot_generals without a contracted dimension, counted 2 FLOPs per product, not 1
-    (tests/flops/test_xla_formulas.py::test_gla_xla_path; compiled XLA counts 1)."""
-    if kind != "gla" or seq_len <= RECURRENT_MAX_LEN:
-        return 0
-    K = config.key_dim // config.num_heads
-    c = min(SUB_CHUNK, CHUNK)
-    M, n = CHUNK // c, -(-seq_len // CHUNK)
-    return batch * config.num_heads * n * (M * c * c * K + (M * M * c * K if M > 1 else 0))
-
-
-def bookkeeping(kind: str, seq_len: int) -> int:
-    """Per call, not in the formulas: the chunked forms build their masks once (`jnp.tril` on
-    C x C, on the c x c sub-chunks and on the M x M sub-chunk pairs: <= 3 FLOPs per element with
-    the bool -> float conversion), and every loop and KV-cache write adds a few counter and index
-    FLOPs (<= 32 here)."""
-    chunked = kind in ("gla", "lightning") and seq_len > RECURRENT_MAX_LEN
-    c = min(SUB_CHUNK, CHUNK)
-    return (3 * (CHUNK**2 + c**2 + (CHUNK // c) ** 2) if chunked else 0) + 32
 
 
 def _configs(kind):
@@ -82,7 +53,7 @@ def test_layer_forward_matches_formula(rng, kind, form):
         f = F.mixer_layer(kind, cfg, B, T, conventions=F.XLA_PATH)
         lo = counts["lowered"]
         expected = f.total + einsum_excess(cfg, B, T, kind)
-        assert _within(lo.flops, expected, expected + bookkeeping(kind, T)), (kind, cfg, B, T)
+        assert within(lo.flops, expected, expected + bookkeeping(kind, T)), (kind, cfg, B, T)
         assert lo.transcendentals == f.transcendentals, (kind, cfg, B, T)
         if "compiled" in counts:
             # After fusion: broadcast products are 1 FLOP (no einsum excess), and fusion may
@@ -100,14 +71,14 @@ def test_decode_step_and_prefill_through_the_cache(rng, kind):
         c = xla.count(fn, *args)
         # A step costs the same at any position: the KV cache reads all its slots, masked.
         f = F.mixer_step(kind, cfg, B, position, cache_len=S_len)
-        assert _within(c.flops, f.total, f.total + 8), (kind, cfg, B, S_len)
+        assert within(c.flops, f.total, f.total + 8), (kind, cfg, B, S_len)
         assert c.transcendentals == f.transcendentals
         # A prefill of T > 1 tokens through the cache (Mamba: the scan with an initial state).
         T = int(rng.integers(2, S_len + 1))
         fn, args = P.mixer_program(cfg, idx, B, T, cache_len=S_len)
         c = xla.count(fn, *args)
         f = F.mixer_layer(kind, cfg, B, T, conventions=F.XLA_PATH, cache_len=S_len)
-        assert _within(c.flops, f.total, f.total + bookkeeping(kind, T)), (kind, cfg, B, T)
+        assert within(c.flops, f.total, f.total + bookkeeping(kind, T)), (kind, cfg, B, T)
         assert c.transcendentals == f.transcendentals
     if kind == "attention":  # the exact KV cache reads only the `position` keys that exist
         exact = F.mixer_step(kind, HYBRID, B, position)
@@ -126,7 +97,7 @@ def test_recurrent_switch_matches_the_layers(kind):
         assert [lp.trip_count for lp in c.loops] == [trips]
         f = F.mixer_layer(kind, HYBRID, 1, T, conventions=F.XLA_PATH)
         expected = f.total + einsum_excess(HYBRID, 1, T, kind)
-        assert _within(c.flops, expected, expected + bookkeeping(kind, T))
+        assert within(c.flops, expected, expected + bookkeeping(kind, T))
 
 
 @pytest.mark.parametrize("stage", xla.STAGES)
