@@ -1,6 +1,8 @@
 """FLOP accounting: hand-derived formulas held against XLA's cost analysis.
 
-* `formulas`: ops, layers, whole models, training steps (`Flops(dot, other, transcendentals)`).
+* `formulas`: ops, layers, whole models, training steps (`Flops(dot, other, transcendentals)`);
+  `XLA_PATH` are the conventions under which they equal XLA's count of jaxla's layers and
+  `CausalLM` with implementation="xla" (tests/flops/test_layers.py, test_models.py).
 * `generation`: generating T tokens by naive re-encoding, KV cache or recurrent state.
 * `xla`: XLA's cost analysis read defensively, loops and cumulative ops corrected.
 * `hardware`: peak FLOP/s per device.
@@ -11,11 +13,13 @@ For the training program's MFU:
 """
 
 from jaxla.flops.formulas import (
+    XLA_PATH,
     Conventions,
     Flops,
     model_breakdown,
     model_forward,
     param_count,
+    recomputation,
     six_n,
     training_flops_per_token,
     training_step,
@@ -25,6 +29,7 @@ from jaxla.flops.hardware import peak_flops
 from jaxla.flops.xla import count, count_all, xla_flops
 
 __all__ = [
+    "XLA_PATH",
     "Conventions",
     "Flops",
     "count",
@@ -35,6 +40,7 @@ __all__ = [
     "model_forward",
     "param_count",
     "peak_flops",
+    "recomputation",
     "six_n",
     "training_flops_per_token",
     "training_step",

@@ -28,7 +28,7 @@ from typing import Literal
 
 from jaxla.models.config import LMConfig
 
-Mask = Literal["causal", "full"]
+Mask = Literal["causal", "full", "masked"]
 GlaAlgorithm = Literal["fla", "xla"]
 ScanAlgorithm = Literal["convention", "sequential", "associative"]
 
@@ -56,6 +56,12 @@ class Flops:
         if o == 0:
             return self
         return self.__add__(o)
+
+    def __sub__(self, o: Flops) -> Flops:
+        if not isinstance(o, Flops):
+            return NotImplemented
+        return Flops(self.dot - o.dot, self.other - o.other,
+                     self.transcendentals - o.transcendentals)
 
     def __mul__(self, n: int) -> Flops:
         if not isinstance(n, int) or isinstance(n, bool):
@@ -135,9 +141,10 @@ def softmax(rows: int, n: int) -> Flops:
 
 
 def embedding(tokens: int, d_model: int) -> Flops:
-    """A table lookup (gather): no FLOPs."""
-    del tokens, d_model
-    return ZERO
+    """A table lookup: no arithmetic on the table. `nnx.Embed` (`jnp.take`) still costs, as XLA
+    counts it, 6 index ops per token (negative-index wrap, FILL_OR_DROP bounds checks) and one
+    fill select per output element."""
+    return Flops(other=tokens * (d_model + 6))
 
 
 def lm_head(tokens: int, d_model: int, vocab: int) -> Flops:
@@ -146,15 +153,31 @@ def lm_head(tokens: int, d_model: int, vocab: int) -> Flops:
 
 
 def cross_entropy(tokens: int, vocab: int) -> Flops:
-    """Mean token cross-entropy from logits: log_softmax per row (as softmax, + log), mean."""
-    return Flops(other=tokens * (4 * vocab - 1) + tokens, transcendentals=tokens * (vocab + 1))
+    """Mean token cross-entropy from logits, as optax's `softmax_cross_entropy_with_integer_labels`
+    computes it (`logsumexp(logits) - logits[label]`, then the mean). Per row of `vocab`: the
+    log-sum-exp's max, subtraction and sum, 3V - 2, plus 15 FLOPs of bookkeeping (the label's
+    index wrap and the FILL_OR_DROP gather's bounds checks, logsumexp's -inf guard, sign/abs before
+    the log, adding the max back, subtracting the label logit, the mean's add), and 6 per call
+    (the mean's divide, scalar index checks): what XLA counts for it (jax 0.11.2, optax 0.2.8).
+    Transcendentals: V exps + 1 log per row."""
+    return Flops(other=tokens * (3 * vocab + 13) + 6, transcendentals=tokens * (vocab + 1))
 
 
 def rope(tokens: int, heads: int, head_dim: int) -> Flops:
-    """Rotary embedding of q or k: `x cos + rotate_half(x) sin` = 3 FLOPs per element (+ the
-    negation of half the elements)."""
-    n = tokens * heads * head_dim
-    return Flops(other=3 * n + n // 2)
+    """Rotary embedding of q or k (`jaxla.layers.apply_rope`, "rotate half"):
+    `[x1 cos - x2 sin, x2 cos + x1 sin]` = 3 FLOPs per element. The angle tables are
+    `rope_tables`, charged once per call."""
+    return Flops(other=3 * tokens * heads * head_dim)
+
+
+def rope_tables(seq_len: int, head_dim: int) -> Flops:
+    """The cos/sin tables one `apply_rope` call builds for `seq_len` positions (batch-independent):
+    inverse frequencies `theta^(-2i/d)` (3 ops + 1 pow per frequency), positions converted to
+    float (1 each), angles (1 product per position and frequency), one cos and one sin per
+    angle."""
+    half = head_dim // 2
+    return Flops(other=seq_len * (half + 1) + 3 * half,
+                 transcendentals=seq_len * head_dim + half)
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,12 +191,14 @@ def attention_core(batch: int, q_len: int, heads: int, head_dim: int, *, kv_len:
     mask="full": every query sees all `kv_len` keys: `4 B H q_len kv_len d` (= 4BL^2D for
     kv_len = q_len, MambaOut's fully visible count). mask="causal": only the lower triangle,
     diagonal included: `2 B H d L (L + 1)` (MambaOut/Kaplan's 2BL^2D plus the diagonal); with
-    kv_len > q_len the queries are the last q_len positions. The scale (1 FLOP per score) and the
-    softmax are charged on the scores counted. XLA computes the full matrix for a causal mask
-    (and selects): compare XLA with mask="full" plus one select per score.
+    kv_len > q_len the queries are the last q_len positions. mask="masked": what an XLA
+    implementation of masked attention runs (`jax.nn.dot_product_attention(implementation="xla")`,
+    jaxla's `Attention` on CPU): the full q_len x kv_len matrix plus one select per score (the
+    mask itself is built by the caller: see `attention_layer`). The scale (1 FLOP per score) and
+    the softmax are charged on the scores counted.
     """
     kv_len = q_len if kv_len is None else kv_len
-    if mask == "full":
+    if mask in ("full", "masked"):
         scores = q_len * kv_len
     elif mask == "causal":
         if kv_len < q_len:
@@ -181,9 +206,11 @@ def attention_core(batch: int, q_len: int, heads: int, head_dim: int, *, kv_len:
         first = kv_len - q_len + 1  # keys seen by the first query
         scores = q_len * first + q_len * (q_len - 1) // 2
     else:
-        raise ValueError(f"mask must be 'causal' or 'full', got {mask!r}")
+        raise ValueError(f"mask must be 'causal', 'full' or 'masked', got {mask!r}")
     bh = batch * heads
     out = Flops(dot=4 * bh * scores * head_dim)
+    if mask == "masked":
+        out += Flops(other=bh * scores)
     if softmax_ops:
         # scale 1 + softmax (max, sub, sum, div: ~4) per score, exp per score.
         out += Flops(other=bh * (scores + 4 * scores - q_len), transcendentals=bh * scores)
@@ -270,28 +297,33 @@ def gla_recurrent(batch: int, seq_len: int, heads: int, head_k: int, head_v: int
 
 
 def simple_gla_chunked(batch: int, seq_len: int, heads: int, head_k: int, head_v: int, *,
-                       chunk_size: int = 64) -> Flops:
+                       chunk_size: int = 64, scale: bool = True) -> Flops:
     """Chunked simple GLA / Lightning Attention (one scalar decay per head and step), forward.
 
     Per head and chunk: scores `q k^T` 2C^2K, decay mask `exp(G_i - G_j)` on the C x C tile,
     `A V` 2C^2V, state contribution and inter-chunk output 2CKV each: the classic
     `2LCK + 2LCV + 4LKV` per head; plus the gate cumsum (C - 1), the decay factors, the state
-    recurrence (2KV per chunk) and the output scale.
+    recurrence (2KV per chunk), combining the intra- and inter-chunk outputs and the output scale
+    (scale=False: no scale, MiniMax's lightning convention).
     """
     C, K, V = chunk_size, head_k, head_v
     n, _ = _pad(seq_len, C)
     dot = 2 * C * C * K + 2 * C * C * V + 4 * C * K * V
     # mask: G_i - G_j, select, exp, causal multiply; scores * decay; k and q decay factors;
-    # state recurrence; combine + scale; cumsum.
-    other = 4 * C * C + C + 2 * C * K + 2 * K * V + 2 * C * V + (C - 1)
+    # state recurrence; combine (+ scale); cumsum.
+    other = (4 * C * C + C + 2 * C * K + 2 * K * V + (1 + int(scale)) * C * V + (C - 1))
     trans = C * C + 2 * C + 1
     return Flops(dot=dot, other=other, transcendentals=trans) * (batch * heads * n)
 
 
-def simple_gla_recurrent(batch: int, seq_len: int, heads: int, head_k: int, head_v: int) -> Flops:
-    """Simple GLA one token at a time: 5KV per head and token + q scale (K) + one exp."""
+def simple_gla_recurrent(batch: int, seq_len: int, heads: int, head_k: int, head_v: int, *,
+                         scale: bool = True, broadcast_gate: bool = True) -> Flops:
+    """Simple GLA one token at a time: 5KV per head and token + q scale (K; none with
+    scale=False). Gate: jaxla's recurrent path runs GLA's step with the scalar gate broadcast to
+    the K key rows (broadcast_gate=True), K exps per head and step; 1 would do (False)."""
     K, V = head_k, head_v
-    per = Flops(other=3 * K * V + K, dot=2 * K * V, transcendentals=1)
+    per = Flops(other=3 * K * V + K * int(scale), dot=2 * K * V,
+                transcendentals=K if broadcast_gate else 1)
     return per * (batch * seq_len * heads)
 
 
@@ -361,8 +393,9 @@ def selective_scan(batch: int, seq_len: int, d_inner: int, d_state: int, *, with
 
 
 def _conv(tokens: int, width: int, kernel: int, *, bias: bool, act: bool) -> Flops:
-    """Causal depthwise conv1d: `kernel` multiply-adds per channel and token (+ bias, + silu)."""
-    out = Flops(other=2 * tokens * width * kernel + (tokens * width if bias else 0))
+    """Causal depthwise conv1d (`jaxla.layers.ShortConvolution`): per channel and token, the sum
+    of `kernel` shifted products, `kernel` multiplies + `kernel - 1` adds (+ bias, + silu)."""
+    out = Flops(other=tokens * width * (2 * kernel - 1 + int(bias)))
     if act:
         out += elementwise(tokens * width, "silu")
     return out
@@ -394,15 +427,18 @@ def gla_layer(config: LMConfig, batch: int, seq_len: int, *, algorithm: GlaAlgor
 
 
 def lightning_layer(config: LMConfig, batch: int, seq_len: int, *, decode: bool = False) -> Flops:
-    """MiniMax-01's lightning attention: qkv `D -> 3 H d_h` with silu, constant per-head decay
-    (simple GLA core), RMSNorm over `H d_h`, sigmoid output gate `D -> H d_h`, out `H d_h -> D`."""
+    """MiniMax-01's lightning attention (`jaxla.layers.LightningAttention`): qkv `D -> 3 H d_h`
+    with silu, constant per-head decay (simple GLA core; q scaled by `d_h^-0.5` only under
+    `lightning_decay="fla"`: MiniMax's convention has no scale), RMSNorm over `H d_h`, sigmoid
+    output gate `D -> H d_h`, out `H d_h -> D`. decode=True: the recurrent core."""
     D, H, dh = config.hidden_size, config.num_heads, config.attn_head_dim
     t = batch * seq_len
+    scale = config.lightning_decay == "fla"
     out = linear(t, D, 3 * H * dh) + elementwise(3 * t * H * dh, "silu")
     if decode:
-        out += simple_gla_recurrent(batch, seq_len, H, dh, dh)
+        out += simple_gla_recurrent(batch, seq_len, H, dh, dh, scale=scale)
     else:
-        out += simple_gla_chunked(batch, seq_len, H, dh, dh)
+        out += simple_gla_chunked(batch, seq_len, H, dh, dh, scale=scale)
     out += rmsnorm(t, H * dh)
     out += linear(t, D, H * dh) + elementwise(t * H * dh, "sigmoid") + elementwise(t * H * dh)
     return out + linear(t, H * dh, D)
@@ -410,36 +446,57 @@ def lightning_layer(config: LMConfig, batch: int, seq_len: int, *, decode: bool 
 
 def mamba_layer(config: LMConfig, batch: int, seq_len: int, *,
                 scan: ScanAlgorithm = "convention", decode: bool = False) -> Flops:
-    """mamba_ssm's Mamba block (research/mamba_pallas.md §A3), E = d_inner, R = dt_rank:
+    """mamba_ssm's Mamba block (`jaxla.layers.Mamba`), E = d_inner, R = dt_rank:
     in_proj `D -> 2E`, causal depthwise conv (d_conv taps + bias) and silu on x, x_proj
-    `E -> R + 2N`, dt_proj `R -> E` (its bias is the scan's delta_bias), the selective scan with
-    D skip and z gate, out_proj `E -> D`. decode=True: the sequential scan step."""
+    `E -> R + 2N`, dt_proj `R -> E` (its bias is the scan's delta_bias), `A = -exp(A_log)`
+    (E N negations and exps per call, whatever the batch and length), the selective scan with
+    D skip and z gate, out_proj `E -> D`. decode=True: the sequential scan
+    (`selective_state_update`, one step at a time)."""
     D, E, N, R = config.hidden_size, config.d_inner, config.d_state, config.mamba_dt_rank
     t = batch * seq_len
     out = linear(t, D, 2 * E)
     out += _conv(t, E, config.d_conv, bias=True, act=True)
     out += linear(t, E, R + 2 * N) + linear(t, R, E)
+    out += Flops(other=E * N, transcendentals=E * N)  # A = -exp(A_log)
     out += selective_scan(batch, seq_len, E, N, algorithm="sequential" if decode else scan)
     return out + linear(t, E, D)
 
 
 def attention_layer(config: LMConfig, batch: int, seq_len: int, *, mask: Mask = "causal",
                     kv_len: int | None = None) -> Flops:
-    """Softmax attention with RoPE and grouped KV heads: q `D -> H d_h`, k, v `D -> KVH d_h`,
-    RoPE on q and k, the core, o `H d_h -> D`. With `kv_len` the `seq_len` queries are the last
-    positions of a `kv_len` context (a decode step: seq_len = 1, keys from the KV cache)."""
+    """Softmax attention with RoPE and grouped KV heads (`jaxla.layers.Attention`): q
+    `D -> H d_h`, k, v `D -> KVH d_h`, RoPE on q and k (each call builds its own tables), the
+    core, o `H d_h -> D`.
+
+    Without `kv_len`: self-attention over the `seq_len` tokens. With `kv_len`: the `seq_len`
+    queries are the last positions of a `kv_len` context (a decode step: seq_len = 1).
+    mask="masked" is what the layer runs on XLA: the full matrix, a select per score, and the
+    mask built once per call: `jnp.tril` of L x L (2 L^2 as XLA counts it, lowered) without a
+    cache; with a cache (`kv_len` = its preallocated slots, all read) `seq_len x kv_len`
+    comparisons of positions, the positions (`seq_len` adds) and the new length (1 add).
+    """
     D, H, KVH, dh = config.hidden_size, config.num_heads, config.kv_heads, config.attn_head_dim
     t = batch * seq_len
     out = linear(t, D, H * dh) + linear(t, D, KVH * dh) * 2
-    out += rope(t, H, dh) + rope(t, KVH, dh)
+    out += rope(t, H, dh) + rope(t, KVH, dh) + rope_tables(seq_len, dh) * 2
     out += attention_core(batch, seq_len, H, dh, kv_len=kv_len, mask=mask)
+    if mask == "masked":
+        if kv_len is None:
+            out += Flops(other=2 * seq_len * seq_len)
+        else:
+            out += Flops(other=seq_len * kv_len + seq_len + 1)
     return out + linear(t, H * dh, D)
 
 
 def mixer_layer(kind: str, config: LMConfig, batch: int, seq_len: int, *,
-                conventions: Conventions | None = None) -> Flops:
+                conventions: Conventions | None = None, cache_len: int | None = None) -> Flops:
     """Forward FLOPs of one mixer of `kind` on B x L tokens (training/prefill form). GLA and
-    Lightning run their recurrent form for `seq_len <= conventions.recurrent_max_len`."""
+    Lightning run their recurrent form for `seq_len <= conventions.recurrent_max_len`.
+
+    cache_len: the pass runs through the layer's decode cache (the prefill of
+    `jaxla.models.generate(mode="cached")`): attention reads all `cache_len` preallocated KV
+    slots (mask="masked"), and Mamba takes its one-step path when `seq_len == 1`.
+    """
     cv = conventions or Conventions()
     short = seq_len <= cv.recurrent_max_len
     if kind == "gla":
@@ -447,15 +504,24 @@ def mixer_layer(kind: str, config: LMConfig, batch: int, seq_len: int, *,
     if kind == "lightning":
         return lightning_layer(config, batch, seq_len, decode=short)
     if kind == "mamba":
-        return mamba_layer(config, batch, seq_len, scan=cv.scan)
+        return mamba_layer(config, batch, seq_len, scan=cv.scan,
+                           decode=cache_len is not None and seq_len == 1)
     if kind == "attention":
+        if cache_len is not None:
+            return attention_layer(config, batch, seq_len, mask="masked", kv_len=cache_len)
         return attention_layer(config, batch, seq_len, mask=cv.mask)
     raise ValueError(f"unknown mixer kind {kind!r}")
 
 
-def mixer_step(kind: str, config: LMConfig, batch: int, position: int) -> Flops:
-    """One decode step of a mixer for the token at `position` (1-based; it attends `position`
-    keys, itself included): recurrent state for linear mixers, KV cache for attention."""
+def mixer_step(kind: str, config: LMConfig, batch: int, position: int, *,
+               cache_len: int | None = None) -> Flops:
+    """One decode step of a mixer for the token at `position` (1-based): recurrent state for
+    linear mixers, KV cache for attention.
+
+    cache_len=None: an exact KV cache, the step attends `position` keys (itself included).
+    cache_len=S: jaxla's `KVCache`, S slots preallocated and all read every step, the invalid
+    ones masked (`attention_layer(mask="masked", kv_len=S)`); S >= position.
+    """
     if kind == "gla":
         return gla_layer(config, batch, 1, decode=True)
     if kind == "lightning":
@@ -463,7 +529,11 @@ def mixer_step(kind: str, config: LMConfig, batch: int, position: int) -> Flops:
     if kind == "mamba":
         return mamba_layer(config, batch, 1, decode=True)
     if kind == "attention":
-        return attention_layer(config, batch, 1, mask="full", kv_len=position)
+        if cache_len is None:
+            return attention_layer(config, batch, 1, mask="full", kv_len=position)
+        if cache_len < position:
+            raise ValueError(f"a KV cache of {cache_len=} slots cannot hold {position=}")
+        return attention_layer(config, batch, 1, mask="masked", kv_len=cache_len)
     raise ValueError(f"unknown mixer kind {kind!r}")
 
 
@@ -475,9 +545,10 @@ def mixer_step(kind: str, config: LMConfig, batch: int, position: int) -> Flops:
 class Conventions:
     """Counting choices for whole-model formulas.
 
-    mask: "causal" (triangle, MaxText/FlashAttention/Kaplan: useful work) or "full" (PaLM's MFU
-      and what XLA computes). gla: "fla" (FLA's kernel) or "xla" (jaxla's XLA path). scan:
-      "convention" (9BLDN, Gu), "sequential" or "associative" (jaxla's XLA path).
+    mask: "causal" (triangle, MaxText/FlashAttention/Kaplan: useful work), "full" (PaLM's MFU:
+      the whole matrix) or "masked" (what XLA computes: the whole matrix, a select per score and
+      the mask). gla: "fla" (FLA's kernel) or "xla" (jaxla's XLA path). scan: "convention"
+      (9BLDN, Gu), "sequential" or "associative" (jaxla's XLA path).
     recurrent_max_len: GLA and Lightning layers run their recurrent form, not the chunked one,
       on sequences this short (FLA's layers switch at T <= 64; jaxla.layers follow).
     """
@@ -486,6 +557,11 @@ class Conventions:
     gla: GlaAlgorithm = "fla"
     scan: ScanAlgorithm = "convention"
     recurrent_max_len: int = 64
+
+
+# What jaxla's layers run with implementation="xla": the conventions under which the formulas
+# are held against XLA's count of the real layers and models.
+XLA_PATH = Conventions(mask="masked", gla="xla", scan="associative")
 
 
 def block_extras(config: LMConfig, tokens: int) -> Flops:
@@ -525,12 +601,57 @@ def model_forward(config: LMConfig, batch: int, seq_len: int, **kwargs) -> Flops
     return sum(model_breakdown(config, batch, seq_len, **kwargs).values(), ZERO)
 
 
-def training_step(config: LMConfig, batch: int, seq_len: int, *,
+def _block_output_projection(kind: str, config: LMConfig, tokens: int) -> Flops:
+    """The last matmul of a block and its residual add: the block's output is not needed by the
+    backward pass, so a rematerialised block skips them."""
+    D = config.hidden_size
+    if config.mlp:
+        width = config.mlp_size
+    elif kind == "gla":
+        width = config.value_dim
+    elif kind == "mamba":
+        width = config.d_inner
+    else:
+        width = config.num_heads * config.attn_head_dim
+    return linear(tokens, width, D) + Flops(other=tokens * D)
+
+
+def recomputation(config: LMConfig, batch: int, seq_len: int, *,
                   conventions: Conventions | None = None) -> Flops:
+    """What the backward pass of a training step recomputes (hardware FLOPs beyond model FLOPs).
+
+    * `config.remat`: every block's forward once more, but for its output projection and
+      residual add (`_block_output_projection`: jax drops what the backward does not need).
+    * scan="associative" (jaxla's XLA selective scan): each chunk's body is `jax.checkpoint`ed,
+      so the scan core (discretisation, associative scan, readout) runs once more.
+    """
+    cv = conventions or Conventions()
+    tokens = batch * seq_len
+    out = ZERO
+    if config.remat:
+        for kind, n in Counter(config.mixers).items():
+            block = (mixer_layer(kind, config, batch, seq_len, conventions=cv)
+                     + block_extras(config, tokens)
+                     - _block_output_projection(kind, config, tokens))
+            out += block * n
+    if cv.scan == "associative" and "mamba" in config.mixers:
+        core = selective_scan(batch, seq_len, config.d_inner, config.d_state, with_d=False,
+                              with_z=False, delta_bias=False, delta_softplus=False,
+                              algorithm="associative")
+        out += core * config.mixers.count("mamba")
+    return out
+
+
+def training_step(config: LMConfig, batch: int, seq_len: int, *,
+                  conventions: Conventions | None = None, recompute: bool = False) -> Flops:
     """One training step's model FLOPs: forward + cross-entropy + backward (see `Flops.backward`),
-    no rematerialisation. The optimizer update (~10 FLOPs per parameter per step) is not
-    included: it is per step, not per token, and below 0.1% at the usual batch sizes."""
-    return model_forward(config, batch, seq_len, loss=True, conventions=conventions).with_backward()
+    no rematerialisation. recompute=True adds `recomputation` (hardware FLOPs, what XLA
+    counts for jaxla's training step). The optimizer update (~10 FLOPs per parameter per step)
+    is not included: it is per step, not per token, and below 0.1% at the usual batch sizes."""
+    out = model_forward(config, batch, seq_len, loss=True, conventions=conventions).with_backward()
+    if recompute:
+        out += recomputation(config, batch, seq_len, conventions=conventions)
+    return out
 
 
 def training_flops_per_token(config: LMConfig, seq_len: int, *,

@@ -1,14 +1,24 @@
-"""Small plain-jnp programs whose XLA FLOP count the report holds against the formulas.
+"""Programs whose XLA FLOP count the report and the tests hold against the formulas.
 
-Each takes arrays (or is lowered from `jax.ShapeDtypeStruct`s: nothing is allocated). Layouts:
-`x [tokens, D]`; attention `q, k, v [B, H, L, d]`; the Transformer layer takes `x [B, L, D]`.
+* Small plain-jnp programs (`matmul`, `swiglu_mlp`, `attention_core`, ...): each takes arrays
+  (or is lowered from `jax.ShapeDtypeStruct`s). Layouts: `x [tokens, D]`; attention
+  `q, k, v [B, H, L, d]`; the Transformer layer takes `x [B, L, D]`.
+* The real layers and models (`mixer_program`, `model_program`, `train_program`,
+  `generate_program`): each returns `(fn, args)` with `args` abstract (the module is built under
+  `nnx.eval_shape`: no parameter is allocated), ready for `xla.count_all(fn, *args)`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
+import optax
+from flax import nnx
 from jax import lax
+
+from jaxla.models import CausalLM, LMConfig, generate, make_mixer
 
 
 def matmul(a, b):
@@ -59,3 +69,82 @@ def scan_matmuls(x, w, *, steps: int):
         return c @ w, None
 
     return lax.scan(body, x, None, length=steps)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The real layers and models, built abstractly.
+
+
+def abstract(make: Callable[[], nnx.Module]) -> tuple[nnx.GraphDef, nnx.State]:
+    """`(graphdef, state)` of the module `make()` builds, under `nnx.eval_shape`: the state holds
+    `jax.ShapeDtypeStruct`s, nothing is allocated."""
+    return nnx.split(nnx.eval_shape(make))
+
+
+def _x(config: LMConfig, batch: int, seq_len: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((batch, seq_len, config.hidden_size), jnp.dtype(config.dtype))
+
+
+def mixer_program(config: LMConfig, layer_idx: int, batch: int, seq_len: int, *,
+                  cache_len: int | None = None, implementation: str = "xla"):
+    """The mixer of block `layer_idx` (`make_mixer`) on `x [B, T, D]`: a forward pass, or with
+    `cache_len` a pass through its decode cache (`init_cache(B, cache_len)`), which returns
+    `(y, new_cache)` (a decode step for T = 1, a prefill for T > 1)."""
+    graphdef, state = abstract(lambda: make_mixer(config, layer_idx, rngs=nnx.Rngs(0),
+                                                  implementation=implementation))
+    x = _x(config, batch, seq_len)
+    if cache_len is None:
+        return (lambda st, x: nnx.merge(graphdef, st)(x)), (state, x)
+    cache = jax.eval_shape(lambda: nnx.merge(graphdef, state).init_cache(batch, cache_len))
+    return (lambda st, x, c: nnx.merge(graphdef, st)(x, cache=c)), (state, x, cache)
+
+
+def module_program(make: Callable[[], nnx.Module], x: jax.ShapeDtypeStruct):
+    """Any module on one input (e.g. `SwiGLU`, `RMSNorm`)."""
+    graphdef, state = abstract(make)
+    return (lambda st, x: nnx.merge(graphdef, st)(x)), (state, x)
+
+
+def _model(config: LMConfig, implementation: str):
+    return abstract(lambda: CausalLM(config, rngs=nnx.Rngs(0), implementation=implementation))
+
+
+def _ids(batch: int, seq_len: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
+
+
+def model_program(config: LMConfig, batch: int, seq_len: int, *, implementation: str = "xla"):
+    """`CausalLM(config)` forward: `input_ids [B, T] -> logits [B, T, vocab]`."""
+    graphdef, state = _model(config, implementation)
+    return (lambda st, ids: nnx.merge(graphdef, st)(ids)), (state, _ids(batch, seq_len))
+
+
+def lm_loss(logits, labels):
+    """Mean next-token cross-entropy: optax's `softmax_cross_entropy_with_integer_labels`."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def train_program(config: LMConfig, batch: int, seq_len: int, *, implementation: str = "xla"):
+    """One training step's model work: the loss of `CausalLM(config)` on `[B, T]` tokens
+    (labels given apart, every position scored) and its gradient for every parameter."""
+    graphdef, state = _model(config, implementation)
+
+    def loss(st, ids, labels):
+        return lm_loss(nnx.merge(graphdef, st)(ids), labels)
+
+    ids = _ids(batch, seq_len)
+    return (lambda st, ids, labels: jax.value_and_grad(loss)(st, ids, labels)), (state, ids, ids)
+
+
+def generate_program(config: LMConfig, batch: int, prompt_len: int, new_tokens: int, *,
+                     mode: str, implementation: str = "xla"):
+    """`jaxla.models.generate` itself, greedy, traced as one program: every pass of its Python
+    loop is unrolled into the HLO (mode="naive" with `naive_bucket=1`: pass k encodes exactly
+    P + k tokens; mode="cached": one prefill, then one step per token)."""
+    graphdef, state = _model(config, implementation)
+
+    def run(st, prompt):
+        return generate(nnx.merge(graphdef, st), prompt, new_tokens, temperature=0.0, mode=mode,
+                        naive_bucket=1)
+
+    return run, (state, _ids(batch, prompt_len))

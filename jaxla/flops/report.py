@@ -1,9 +1,9 @@
 """The FLOP report: formulas vs XLA's cost analysis, whole-model counts, generation, plots.
 
 `python -m jaxla.flops --out docs/flops` writes `REPORT.md`, `generation.png` and
-`training_per_token.png`. Measured rows come from groups of `Case`s (`GROUPS`); phase 2 adds the
-Flax layers and whole models as two more groups (`layer_cases`, `model_cases`) without touching
-the rest.
+`training_per_token.png`. Measured rows come from groups of `Case`s (`GROUPS`): building blocks,
+`jaxla.ops`' XLA paths, the real `jaxla.layers` and `CausalLM` (forward, training step,
+`generate`), each held against its formula.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import math
 import os
 import platform
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from jaxla import ops
 from jaxla.flops import formulas as F
@@ -25,6 +27,7 @@ from jaxla.flops import generation as G
 from jaxla.flops import programs as P
 from jaxla.flops import xla
 from jaxla.flops.formulas import Conventions, Flops
+from jaxla.layers import RMSNorm, SwiGLU
 from jaxla.models.config import LMConfig
 
 REPRODUCE = "PYTHONPATH=. python -m jaxla.flops --out docs/flops"
@@ -41,13 +44,14 @@ class Case:
     args: tuple
     why: str  # one line: why XLA and the formula differ (or agree)
     key: str | None = None  # cases with the same key share one measurement of the program
+    stages: tuple[str, ...] = xla.STAGES  # ("lowered",): not compiled (large or slow programs)
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
     case: Case
     lowered: xla.Count
-    compiled: xla.Count
+    compiled: xla.Count | None
 
     @property
     def ratio_lowered(self) -> float:
@@ -55,7 +59,8 @@ class Row:
 
     @property
     def ratio_compiled(self) -> float:
-        return _ratio(self.compiled.flops, self.case.formula.total)
+        return _ratio(None if self.compiled is None else self.compiled.flops,
+                      self.case.formula.total)
 
 
 def _ratio(a, b) -> float:
@@ -159,16 +164,16 @@ def op_cases() -> list[Case]:
     ql = _s(B, T, Hl, dl)
     out.append(Case(
         "lightning_attention (xla path)", f"B{B} T{T} H{Hl} K=V={dl} C{C}",
-        F.simple_gla_chunked(B, T, Hl, dl, dl, chunk_size=C),
+        F.simple_gla_chunked(B, T, Hl, dl, dl, chunk_size=C, scale=False),
         lambda q, k, v: ops.lightning_attention(q, k, v, layer_idx=3, num_layers=24,
                                                 chunk_size=C, implementation="xla")[0],
-        (ql, ql, ql), "MiniMax's scale is 1.0: XLA folds the output-scale multiply away"))
+        (ql, ql, ql), "exact but for the masks built once per call (MiniMax: no scale)"))
     out.append(Case(
         "simple_gla_recurrent", f"B{B} T256 H{H} K{K} V{V}",
         F.simple_gla_recurrent(B, 256, H, K, V),
         lambda q, k, v, g: ops.simple_gla_recurrent(q, k, v, g)[0],
         (_s(B, 256, H, K), _s(B, 256, H, K), _s(B, 256, H, V), _s(B, 256, H)),
-        "exact; the spec takes K exps of the scalar gate per step (transcendentals only)"))
+        "exact (the spec takes K exps of the scalar gate per step: broadcast_gate=True)"))
     Bs, Ts, D, N = 2, 1024, 256, 16
     u, A, Bm, Dv = _s(Bs, Ts, D), _s(D, N), _s(Bs, Ts, N), _s(D)
 
@@ -204,14 +209,123 @@ def loop_cases() -> list[Case]:
                  "raw XLA counts one iteration (+2 for the counter); corrected by trip count")]
 
 
+# The real layers: one block of each mixer at a moderate width (D 256, 4 heads, 2 KV heads).
+LAYER_CONFIG = LMConfig(hidden_size=256, num_heads=4, num_kv_heads=2, num_layers=4, d_state=16,
+                        layer_pattern=("lightning", "gla", "mamba", "attention"))
+LAYER_B, LAYER_T, LAYER_T_SHORT, LAYER_CACHE = 2, 512, 64, 512
+
+
+def _gla_einsum_excess(cfg: LMConfig, batch: int, seq_len: int) -> float:
+    """XLA's lowered count of a chunked GLA layer's broadcast einsums, 2 FLOPs per product
+    instead of 1, as a fraction of the layer's formula."""
+    K, H, C, c = cfg.key_dim // cfg.num_heads, cfg.num_heads, 64, 16
+    M, n = C // c, -(-seq_len // C)
+    excess = batch * H * n * (M * c * c * K + M * M * c * K)
+    return excess / F.mixer_layer("gla", cfg, batch, seq_len, conventions=F.XLA_PATH).total
+
+
 def layer_cases() -> list[Case]:
-    """Phase 2: each `jaxla.layers` mixer with implementation="xla" vs `formulas.*_layer`."""
-    return []
+    """Each `jaxla.layers` mixer (implementation="xla") against `formulas.mixer_layer` /
+    `mixer_step` under `formulas.XLA_PATH`, plus the default conventions for comparison."""
+    cfg, B, T, Ts, S = LAYER_CONFIG, LAYER_B, LAYER_T, LAYER_T_SHORT, LAYER_CACHE
+    D, H = cfg.hidden_size, cfg.num_heads
+    idx = {kind: i for i, kind in enumerate(cfg.mixers)}
+    out = []
+
+    def fwd(kind, why, *, seq_len=T, key=None, formula=None, name=None, stages=xla.STAGES):
+        fn, args = P.mixer_program(cfg, idx[kind], B, seq_len)
+        f = formula or F.mixer_layer(kind, cfg, B, seq_len, conventions=F.XLA_PATH)
+        out.append(Case(name or f"{kind} layer", f"B{B} T{seq_len} D{D} H{H}", f, fn, args,
+                        why, key=key, stages=stages))
+
+    fwd("gla", f"lowered counts the einsums' broadcast products 2/elem "
+        f"(+{_gla_einsum_excess(cfg, B, T):.1%}); compiled 1/elem", key="gla")
+    fwd("gla", "FLA's kernel skips the masked sub-blocks XLA's path computes", key="gla",
+        name="gla layer vs FLA's kernel count",
+        formula=F.mixer_layer("gla", cfg, B, T, conventions=F.Conventions()))
+    fwd("gla", "recurrent op (T <= 64): exact", seq_len=Ts, name="gla layer, recurrent")
+    fwd("lightning", "masks built once per call (3C^2); compiled: fusion duplicates gate work")
+    fwd("lightning", "recurrent op (T <= 64): exact", seq_len=Ts, name="lightning layer, recurrent")
+    fwd("mamba", "exact lowered (compiled: see selective_scan above, slow to get)", key="mamba",
+        stages=("lowered",))
+    fwd("mamba", "the convention counts an ideal scan, no softplus/silu/bias; the XLA path "
+        "runs ~2L combines + interleave adds", key="mamba", name="mamba layer vs 9BLDN",
+        formula=F.mixer_layer("mamba", cfg, B, T, conventions=F.Conventions()),
+        stages=("lowered",))
+    fwd("attention", "exact: full L x L matrix, a select per score, the tril mask, RoPE tables",
+        key="attention")
+    fwd("attention", "XLA computes the full matrix and masks it: ~2x the triangle in the "
+        "attention core", key="attention", name="attention layer vs causal triangle",
+        formula=F.mixer_layer("attention", cfg, B, T, conventions=F.Conventions()))
+    for kind in ("gla", "lightning", "mamba", "attention"):
+        fn, args = P.mixer_program(cfg, idx[kind], B, 1, cache_len=S)
+        why = ("reads all 512 preallocated KV slots, masked; + a few index FLOPs"
+               if kind == "attention" else "exact: one recurrent step (state + conv state)")
+        out.append(Case(f"{kind} decode step", f"B{B} D{D} H{H} cache {S}",
+                        F.mixer_step(kind, cfg, B, S, cache_len=S), fn, args, why))
+    Fm = cfg.mlp_size
+    fn, args = P.module_program(lambda: SwiGLU(D, Fm, rngs=nnx.Rngs(0)), _s(B, T, D))
+    out.append(Case("SwiGLU (jaxla.layers)", f"B{B} T{T} D{D} F{Fm}", F.swiglu_mlp(B * T, D, Fm),
+                    fn, args, "exact"))
+    fn, args = P.module_program(lambda: RMSNorm(D), _s(B, T, D))
+    out.append(Case("RMSNorm (jaxla.layers)", f"B{B} T{T} D{D}", F.rmsnorm(B * T, D), fn, args,
+                    "exact lowered; compiled may duplicate the square into two fusions"))
+    return out
+
+
+MODEL_B, MODEL_T = 2, 256
+BIG_MODELS = ("gla_340m", "transformer_340m", "lightning_340m", "minimax_hybrid_340m")
+BIG_T = 2048
+GEN_CASES = (("tiny_hybrid", "naive"), ("tiny_hybrid", "cached"), ("tiny_attention", "cached"))
+GEN_B, GEN_P, GEN_T = 1, 4, 6
 
 
 def model_cases() -> list[Case]:
-    """Phase 2: `CausalLM` forward (implementation="xla") vs `formulas.model_forward`."""
-    return []
+    """`CausalLM` (implementation="xla") forward and training step against `model_forward` /
+    `training_step`, the 340M presets lowered, and `generate` against the generation sums."""
+    out = []
+    B, T = MODEL_B, MODEL_T
+    for name in ("tiny_gla", "tiny_lightning", "tiny_mamba", "tiny_attention", "tiny_hybrid"):
+        cfg = LMConfig.preset(name)
+        has_mamba = "mamba" in cfg.mixers
+        stages = ("lowered",) if has_mamba else xla.STAGES
+        fn, args = P.model_program(cfg, B, T)
+        why = ("lowered: the GLA einsums' broadcast products 2/elem; compiled 1/elem"
+               if "gla" in cfg.mixers else "exact but for per-call masks and loop counters")
+        out.append(Case(f"{name} forward", f"B{B} T{T}",
+                        F.model_forward(cfg, B, T, conventions=F.XLA_PATH), fn, args, why,
+                        stages=stages))
+        fn, args = P.train_program(cfg, B, T)
+        if name != "tiny_attention":  # compiling the backward of the scans is slow on CPU
+            stages = ("lowered",)
+        f = F.training_step(cfg, B, T, conventions=F.XLA_PATH, recompute=True)
+        model_only = F.training_step(cfg, B, T, conventions=F.XLA_PATH)
+        extra = ""
+        if has_mamba:
+            extra = (f"; the scan's checkpointed chunks recomputed "
+                     f"(+{f.total / model_only.total - 1:.1%} over model FLOPs)")
+        out.append(Case(f"{name} loss + grads", f"B{B} T{T}", f, fn, args,
+                        "the elementwise backward is ~2x forward only as a convention" + extra,
+                        stages=stages))
+    for name in BIG_MODELS:
+        cfg = LMConfig.preset(name)
+        fn, args = P.model_program(cfg, 1, BIG_T)
+        why = ("lowered only (compiling 340M-parameter programs is slow on CPU); "
+               + ("the GLA einsums' broadcast products" if "gla" in cfg.mixers
+                  else "exact but for per-call masks and loop counters"))
+        out.append(Case(f"{name} forward", f"B1 T{BIG_T}",
+                        F.model_forward(cfg, 1, BIG_T, conventions=F.XLA_PATH), fn, args, why,
+                        stages=("lowered",)))
+    for name, mode in GEN_CASES:
+        cfg = LMConfig.preset(name)
+        fn, args = P.generate_program(cfg, GEN_B, GEN_P, GEN_T, mode=mode)
+        f = G.generation_flops(cfg, GEN_T, mode=mode, prompt_len=GEN_P, batch=GEN_B,
+                               conventions=F.XLA_PATH, kv_cache="preallocated",
+                               sampling="greedy")
+        out.append(Case(f"{name} generate({mode})", f"P{GEN_P} + T{GEN_T}", f, fn, args,
+                        "generate traced whole, one pass per token; + index arithmetic",
+                        stages=("lowered",)))
+    return out
 
 
 GROUPS: tuple[tuple[str, Callable[[], list[Case]]], ...] = (
@@ -224,9 +338,33 @@ GROUPS: tuple[tuple[str, Callable[[], list[Case]]], ...] = (
 )
 
 
+GROUP_NOTES = {
+    "Layers (jaxla.layers)": (
+        "The real layers, `implementation=\"xla\"`, built under `nnx.eval_shape` (nothing "
+        "allocated), against `formulas.mixer_layer` / `mixer_step` under `formulas.XLA_PATH`; "
+        "rows named `vs ...` hold the same measurement against the default (useful-work) "
+        "conventions. Measuring the layers changed these formulas from phase 1: the short "
+        "conv costs W multiplies + W - 1 adds per element (not 2W); RoPE 3 FLOPs per element "
+        "plus the cos/sin tables each `apply_rope` call builds; MiniMax's lightning has no q "
+        "scale, and its recurrent path takes K exps per head and step (the spec broadcasts the "
+        "scalar gate); Mamba's `A = -exp(A_log)` costs E N FLOPs and exps per call; attention "
+        "on XLA computes the full matrix with a select per score and builds its mask, and a "
+        "decode step reads every preallocated KV slot; `nnx.Embed` pays index checks and a "
+        "select per element."),
+    "Whole models (CausalLM)": (
+        "Tiny presets (D 64, vocab 256: elementwise work is a large share) and the 340M "
+        "presets, `implementation=\"xla\"`. `loss + grads` = optax's cross-entropy and "
+        "`jax.value_and_grad` over every parameter, against `training_step(recompute=True)`: "
+        "model FLOPs plus what the backward recomputes (hardware FLOPs; the MFU uses model "
+        "FLOPs). `generate` rows trace `jaxla.models.generate` itself (greedy, its Python loop "
+        "unrolled into one program) against `generation_flops(kv_cache=\"preallocated\", "
+        "sampling=\"greedy\")`."),
+}
+
+
 def measure(case: Case) -> Row:
-    counts = xla.count_all(case.fn, *case.args)
-    return Row(case, counts["lowered"], counts["compiled"])
+    counts = xla.count_all(case.fn, *case.args, stages=case.stages)
+    return Row(case, counts["lowered"], counts.get("compiled"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,14 +396,14 @@ def _row_cells(row: Row) -> list[str]:
     lo, co = row.lowered, row.compiled
     loops = ""
     if lo.loops:
-        top = [lp for lp in lo.loops if lp.multiplicity == 1]
-        loops = ", ".join(f"{lp.trip_count}x" for lp in top)
+        trips = Counter(lp.trip_count for lp in lo.loops if lp.multiplicity == 1)
+        loops = ", ".join(f"{t}x" + (f" ({n} loops)" if n > 1 else "") for t, n in trips.items())
         loops += f"; raw {_num(lo.raw.flops)}"
     if lo.adjustments:
         names = sorted({a.primitive for a in lo.adjustments})
         loops += ("; " if loops else "") + "+".join(names) + " serialised"
     return [row.case.name, row.case.size, _num(row.case.formula.total), _num(lo.flops),
-            _r(row.ratio_lowered), _num(co.flops), _r(row.ratio_compiled),
+            _r(row.ratio_lowered), "-" if co is None else _num(co.flops), _r(row.ratio_compiled),
             loops or "-", row.case.why]
 
 
@@ -277,6 +415,7 @@ MODEL_PRESETS = ("transformer_340m", "gla_340m", "lightning_340m", "mamba_370m",
 TRAIN_PLOT_PRESETS = ("transformer_340m", "gla_340m", "lightning_340m", "mamba_370m")
 GEN_TS = (128, 512, 2048, 8192)
 GEN_PLOT_TMAX = 16384
+GEN_PREALLOCATED = "transformer_340m"
 GEN_MODES = (("transformer_340m", "naive", "naive re-encoding"),
              ("transformer_340m", "cached", "KV cache"),
              ("gla_340m", "naive", "naive re-encoding"),
@@ -308,6 +447,10 @@ def generation_table(ts: Sequence[int] = GEN_TS) -> list[str]:
         curve = G.generation_curve(cfg, ts, mode=mode)
         rows.append([name, label] + [_num(c.total) for c in curve]
                     + [f"{curve[-1].total / curve[-2].total:.1f}x"])
+    cfg = LMConfig.preset(GEN_PREALLOCATED)
+    pre = [G.generation_flops(cfg, t, mode="cached", kv_cache="preallocated") for t in ts]
+    rows.append([GEN_PREALLOCATED, "KV cache, preallocated (jaxla's `generate`)"]
+                + [_num(c.total) for c in pre] + [f"{pre[-1].total / pre[-2].total:.1f}x"])
     return _table(("preset", "mode") + tuple(f"T={t}" for t in ts)
                   + (f"T {ts[-2]} -> {ts[-1]}",), rows)
 
@@ -380,8 +523,7 @@ def build(out_dir: str, *, plots: bool = True, log=print) -> str:
     for title, cases_fn in GROUPS:
         cases = cases_fn()
         if not cases:
-            sections += [f"### {title}", "", "Not measured yet (phase 2: needs the Flax layers).",
-                         ""]
+            sections += [f"### {title}", "", "No cases.", ""]
             continue
         rows = []
         for case in cases:
@@ -396,6 +538,8 @@ def build(out_dir: str, *, plots: bool = True, log=print) -> str:
             log(f"  {case.name} [{case.size}]: {time.time() - t0:.1f}s")
         sections += [f"### {title}", "", *_table(MEASURED_HEADER, [_row_cells(r) for r in rows]),
                      ""]
+        if title in GROUP_NOTES:
+            sections += [GROUP_NOTES[title], ""]
     log("  models and generation tables")
     models = model_table()
     gen = generation_table(GEN_TS)
@@ -433,10 +577,16 @@ def _markdown(sections, models, gen, elapsed) -> str:
         "* XLA keeps counts in float32: above 2^24 they are exact to ~1e-7 relative, not to the "
         "FLOP.",
         "* Causal attention: the formulas count the triangle (diagonal included, "
-        "`2BDL(L+1)`); XLA computes the full matrix and masks it, so it matches `4BL^2D`.",
+        "`2BDL(L+1)`) by default; XLA computes the full matrix and masks it, so it matches "
+        "`4BL^2D` plus a select per score (`mask=\"masked\"`).",
+        "* Layers and models are held against the formulas under `formulas.XLA_PATH` "
+        "(`mask=\"masked\"`, `gla=\"xla\"`, `scan=\"associative\"`): what jaxla's layers "
+        "run with `implementation=\"xla\"`. The default conventions count useful work (causal "
+        "triangle, FLA's GLA kernel, Gu's 9BLDN scan) and feed the MFU.",
         "* Training = forward + backward, backward = 2x forward for matmuls (exact) and "
-        "elementwise ops (a convention), transcendentals not repeated; no rematerialisation. "
-        "6N uses N = all parameters except an untied input embedding.",
+        "elementwise ops (a convention), transcendentals not repeated; no rematerialisation "
+        "(`recompute=True` adds it). 6N uses N = all parameters except an untied input "
+        "embedding.",
         "",
         "## Formula vs XLA",
         "",
@@ -458,7 +608,11 @@ def _markdown(sections, models, gen, elapsed) -> str:
         "(attention O(T^3), dense O(T^2)); the KV cache makes a step cost O(n) (O(T^2) total); a "
         "recurrent state makes it O(1) (O(T) total). Sums are exact (`jaxla.flops.generation`). "
         "At D = 1024 a KV-cache step's attention term (4Dn per layer) passes its dense term "
-        "(24D^2) only at n = 6D = 6144 tokens, where the KV-cache curve leaves the recurrent ones.",
+        "(24D^2) only at n = 6D = 6144 tokens, where the KV-cache curve leaves the recurrent ones. "
+        "The table's other rows assume an exact KV cache (step n reads n keys); jaxla's "
+        "`generate` preallocates P + T slots and every step reads all of them, masked (XLA "
+        "computes them): its attention work is about twice the exact cache's for long "
+        "generations (last row; the `generate` rows above check this sum against XLA).",
         "",
         "![generation FLOPs](generation.png)",
         "",
@@ -475,9 +629,14 @@ def _markdown(sections, models, gen, elapsed) -> str:
         "initial state and rewrites dots with a contracted size of 1 into multiplies.",
         "* Compiled counts can exceed lowered ones when fusion duplicates producers (the "
         "associative scan: 2.7x).",
+        "* `jax.checkpoint` / `nnx.remat` recomputation is counted (hardware FLOPs), minus what "
+        "the backward does not need (a block's output projection).",
         "* On GPU, `Lowered.cost_analysis()` returns None (PJRT C API) and custom calls (cuBLAS, "
         "Pallas kernels) count -1: the report runs on CPU and reads the pure-JAX paths; a "
         "`pallas_call` with a `pl.CostEstimate` is replaced by its estimate.",
+        "",
+        "Not covered yet: the Pallas kernels' `pl.CostEstimate`s held against these formulas "
+        "(the kernels are not merged).",
         "",
     ]
     return "\n".join(lines)
