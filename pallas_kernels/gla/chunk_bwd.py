@@ -1,0 +1,213 @@
+"""Chunked GLA backward: state gradients by a reverse chunk scan, then all gradients per chunk.
+
+Design (B=4, T=4096, H=16, K=V=128, bf16, chunk 64, H100)
+--------------------------------------------------------
+The forward's chunk states hs (input dtype) are kept as a residual instead of being recomputed:
+they were written anyway, and recomputing them costs a full pass over k, g, v.
+
+1. `state_scan(reverse=True)` (chunk_state.py): dS_n, the gradient of the state leaving chunk n,
+   for all n, by `dS_{n-1} = diag(exp G_last) dS_n + (scale q exp G)^T do`, starting from the
+   final-state cotangent; the last step gives d initial_state. 128 programs, each a loop over the
+   64 chunks. Reads q, g, do (268 MB), writes dhs in the input dtype (134 MB): ~0.13 ms floor.
+2. `_grad_kernel`: grid (V/BV, NT, B*H) = 4096 programs, one chunk each, everything in one pass:
+     A = causal(scale q_i k_j exp(G_i - G_j)),  dA = causal(scale do v^T)
+     dv = A^T do + (k exp(G_last - G)) dS_n
+     dq = [dA (k exp(-G))] exp(G) + scale (do S_n^T) exp(G)           (intra via the factorisation)
+     dk = [dA^T (q exp(G))] exp(-G) + (v dS_n^T) exp(G_last - G)
+     dg = revcumsum_chunk(q dq - k dk) + exp(G_last) rowsum(S_n * dS_n) + sum_t k_t dk_inter_t
+   The last line is the closed form of the gate gradient: d/dG_t of the loss is q_t dq_t - k_t dk_t,
+   g's gradient is its reverse cumsum over the whole sequence, and the part from later chunks
+   equals rowsum(S_end * dS_end) of this chunk's end state, expanded as above (research/fla.md §1.5).
+   The intra-chunk terms use the same matmul / exact split as the forward (see chunk_fwd.py).
+   Reads q, k, v, g, do, hs, dhs (~670 MB), writes dq, dk, dv (bf16) and dg (fp32): ~1.0 GB ->
+   ~0.34 ms; 8 matmuls of ~1 MFLOP per chunk (34 GFLOP, ~0.1 ms).
+Backward floor ~0.47 ms; fwd+bwd floor ~0.8 ms, expected ~1.2-1.5 ms (FLA: 3.70 ms).
+With V tiles (block_v < V) dq, dk and dg are sums over the tiles: each program writes float32
+partials and XLA adds them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels.gla.chunk_state import state_scan
+from pallas_kernels.gla.common import (
+    F32,
+    choose,
+    chunk_gates,
+    itemsize,
+    mm,
+    operand_dtype,
+    pair_decay,
+    row_ids,
+    split_bh,
+    suffix_sums,
+    use_matmul_path,
+)
+from pallas_kernels.gla.config import BlockSizes
+
+
+def _grad_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, h_ref, dh_ref, dq_ref, dk_ref, dv_ref, dg_ref,
+                 *, scale, span_limit, dot_dtype, precision):
+    # q, k, g, dq, dk, dg: [C, K]; v, do, dv: [C, BV]; h (state entering), dh (grad of state
+    # leaving the chunk): [K, BV]
+    C, K = q_ref.shape
+    BV = v_ref.shape[1]
+    dot = functools.partial(mm, dtype=dot_dtype, precision=precision)
+    g = g_ref[...].astype(F32)
+    G, GL = chunk_gates(g)
+    q = q_ref[...].astype(F32)
+    k = k_ref[...].astype(F32)
+    v = v_ref[...]
+    do = do_ref[...]
+    h = h_ref[...]
+    dh = dh_ref[...]
+
+    eG = jnp.exp(G)
+    eLG = jnp.exp(suffix_sums(g))  # exp(G_last - G)
+    dv_inter = dot(k * eLG, dh, split=1)
+    dq_inter = dot(do, h, trans_b=True) * (scale * eG)
+    dk_inter = dot(v, dh, trans_b=True) * eLG
+    # Pairs i = j have exp(0) = 1: they add d_i k_i to dq_i and d_i q_i to dk_i, d = diag(dA), and
+    # cancel exactly in q dq - k dk. The intra terms below leave them out (strictly causal), so
+    # the gate gradient does not carry their rounding; they are added to dq, dk at the end.
+    d = scale * jnp.sum(do.astype(F32) * v.astype(F32), axis=1, keepdims=True)
+
+    def matmul_path():
+        half = 0.5 * GL
+        eGr = jnp.exp(G - half)
+        erG = jnp.exp(half - G)
+        qf, kf = q * eGr, k * erG
+        i, j = lax.broadcasted_iota(jnp.int32, (C, C), 0), lax.broadcasted_iota(jnp.int32, (C, C), 1)
+        A = jnp.where(i >= j, dot(qf, kf, trans_b=True, split=1), 0.0) * scale
+        dA = jnp.where(i > j, dot(do, v, trans_b=True), 0.0) * scale
+        return (dot(dA, kf, split=2) * eGr,
+                dot(dA, qf, trans_a=True, split=2) * erG,
+                dot(A, do, trans_a=True, split=1))
+
+    def exact_path():
+        rows = row_ids(C)
+        do32 = do.astype(F32)
+
+        def body(j, carry):
+            dq, dk, dv = carry
+            kj = k_ref[pl.ds(j, 1), :].astype(F32)
+            vj = v_ref[pl.ds(j, 1), :].astype(F32)
+            E = pair_decay(g, rows, j)  # exp(G_i - G_j), rows i >= j
+            a = scale * jnp.sum(q * kj * E, axis=1, keepdims=True)  # A[:, j]
+            da = jnp.where(rows > j, scale * jnp.sum(do32 * vj, axis=1, keepdims=True), 0.0)
+            dq = dq + da * kj * E
+            at_j = rows == j
+            dk = dk + jnp.where(at_j, jnp.sum(da * q * E, axis=0, keepdims=True), 0.0)
+            dv = dv + jnp.where(at_j, jnp.sum(a * do32, axis=0, keepdims=True), 0.0)
+            return dq, dk, dv
+
+        init = (jnp.zeros((C, K), F32), jnp.zeros((C, K), F32), jnp.zeros((C, BV), F32))
+        return lax.fori_loop(0, C, body, init)
+
+    dq_intra, dk_intra, dv_intra = choose(
+        lambda: use_matmul_path(GL, span_limit), span_limit, matmul_path, exact_path)
+    dq = dq_intra + dq_inter
+    dk = dk_intra + dk_inter
+    dB = q * dq - k * dk
+    hdh = jnp.sum(h.astype(F32) * dh.astype(F32), axis=1)[None, :]
+    later = jnp.exp(GL) * hdh + jnp.sum(k * dk_inter, axis=0, keepdims=True)
+    dg = jnp.sum(dB, axis=0, keepdims=True) - jnp.cumsum(dB, axis=0) + dB + later
+    dq = dq + d * k
+    dk = dk + d * q
+    dq_ref[...] = dq.astype(dq_ref.dtype)
+    dk_ref[...] = dk.astype(dk_ref.dtype)
+    dv_ref[...] = (dv_intra + dv_inter).astype(dv_ref.dtype)
+    dg_ref[...] = dg.astype(dg_ref.dtype)
+
+
+def chunk_grads(q, k, v, g, do, hs, dhs, *, scale: float, chunk: int, block_v: int,
+                span_limit: float, num_warps: int, num_stages: int, interpret: bool):
+    """dq, dk, dv, dg on padded inputs; with V tiles dq, dk, dg carry a leading float32 tile axis."""
+    B, Tp, H, K = q.shape
+    V = v.shape[-1]
+    NT, NV = Tp // chunk, V // block_v
+    dot_dtype, precision = operand_dtype(q.dtype)
+
+    def kmap(vv, n, i):
+        b, h = split_bh(i, H)
+        return b, n, h, 0
+
+    def vmap_(vv, n, i):
+        b, h = split_bh(i, H)
+        return b, n, h, vv
+
+    def hmap(vv, n, i):
+        b, h = split_bh(i, H)
+        return b, h, n, 0, vv
+
+    def partial_map(vv, n, i):
+        b, h = split_bh(i, H)
+        return vv, b, n, h, 0
+
+    k_spec = pl.BlockSpec((None, chunk, None, K), kmap)
+    v_spec = pl.BlockSpec((None, chunk, None, block_v), vmap_)
+    h_spec = pl.BlockSpec((None, None, None, K, block_v), hmap)
+    if NV == 1:
+        kgrad_spec = k_spec
+        kgrad_shapes = [(B, Tp, H, K)] * 3
+        kgrad_dtypes = [q.dtype, k.dtype, F32]
+    else:
+        kgrad_spec = pl.BlockSpec((None, None, chunk, None, K), partial_map)
+        kgrad_shapes = [(NV, B, Tp, H, K)] * 3
+        kgrad_dtypes = [F32, F32, F32]
+    out_shape = [jax.ShapeDtypeStruct(s, d) for s, d in zip(kgrad_shapes, kgrad_dtypes)]
+    out_shape.insert(2, jax.ShapeDtypeStruct((B, Tp, H, V), v.dtype))
+
+    # Per head: A 2TCK, dA 2TCV, dv 2TCV + 2TKV, dq 2TCK + 2TKV, dk 2TCK + 2TKV (algorithmic;
+    # 16-bit inputs run 2-3 dots per matmul for accuracy, see common.mm).
+    cost = pl.CostEstimate(
+        flops=int(B * H * (NV * 6 * Tp * chunk * K + 4 * Tp * chunk * V + 6 * Tp * K * V
+                           + NV * 20 * Tp * K)),
+        transcendentals=int(B * H * NV * 5 * Tp * K),
+        bytes_accessed=int(NV * (2 * q.size * itemsize(q.dtype) + g.size * 4)
+                           + 2 * v.size * itemsize(v.dtype)
+                           + hs.size * itemsize(hs.dtype) + dhs.size * itemsize(dhs.dtype)
+                           + sum(s.size * jnp.dtype(s.dtype).itemsize for s in out_shape)),
+    )
+    kernel = functools.partial(_grad_kernel, scale=scale, span_limit=span_limit,
+                               dot_dtype=dot_dtype, precision=precision)
+    dq, dk, dv, dg = pl.pallas_call(
+        kernel,
+        grid=(NV, NT, B * H),
+        in_specs=[k_spec, k_spec, v_spec, k_spec, v_spec, h_spec, h_spec],
+        out_specs=[kgrad_spec, kgrad_spec, v_spec, kgrad_spec],
+        out_shape=out_shape,
+        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        cost_estimate=cost,
+        interpret=interpret,
+        name="gla_chunk_bwd_grads",
+    )(q, k, v, g, do, hs, dhs)
+    if NV > 1:
+        dq = dq.sum(0).astype(q.dtype)
+        dk = dk.sum(0).astype(k.dtype)
+        dg = dg.sum(0)
+    return dq, dk, dv, dg
+
+
+def chunk_bwd(q, k, v, g, hs, do, dht, *, scale: float, block_sizes: BlockSizes,
+              interpret: bool):
+    """Gradients on padded inputs: (dq, dk, dv, dg float32, d initial_state float32)."""
+    bs = block_sizes
+    dhs, dh0 = state_scan(
+        q, do, g, dht.astype(F32), chunk=bs.chunk, reverse=True, scale=scale,
+        block_k=bs.block_k_state, block_v=bs.block_v_state, num_warps=bs.num_warps_state,
+        num_stages=bs.num_stages_state, interpret=interpret, name="gla_chunk_bwd_state_grads",
+    )
+    dq, dk, dv, dg = chunk_grads(
+        q, k, v, g, do, hs, dhs, scale=scale, chunk=bs.chunk, block_v=bs.block_v,
+        span_limit=bs.span_limit, num_warps=bs.num_warps_bwd, num_stages=bs.num_stages_bwd,
+        interpret=interpret,
+    )
+    return dq, dk, dv, dg, dh0
