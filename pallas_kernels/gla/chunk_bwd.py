@@ -41,6 +41,8 @@ from pallas_kernels.gla.common import (
     F32,
     choose,
     chunk_gates,
+    chunks_per_program as per_program,
+    for_each_chunk,
     itemsize,
     mm,
     operand_dtype,
@@ -54,85 +56,91 @@ from pallas_kernels.gla.config import BlockSizes
 
 
 def _grad_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, h_ref, dh_ref, dq_ref, dk_ref, dv_ref, dg_ref,
-                 *, scale, span_limit, dot_dtype, precision):
-    # q, k, g, dq, dk, dg: [C, K]; v, do, dv: [C, BV]; h (state entering), dh (grad of state
-    # leaving the chunk): [K, BV]
-    C, K = q_ref.shape
+                 *, chunk, scale, span_limit, dot_dtype, precision):
+    # q, k, g, dq, dk, dg: [P*C, K]; v, do, dv: [P*C, BV]; h (state entering), dh (gradient of
+    # the state leaving each chunk): [P, K, BV]
+    C = chunk
+    K = q_ref.shape[1]
     BV = v_ref.shape[1]
     dot = functools.partial(mm, dtype=dot_dtype, precision=precision)
-    g = g_ref[...].astype(F32)
-    G, GL = chunk_gates(g)
-    q = q_ref[...].astype(F32)
-    k = k_ref[...].astype(F32)
-    v = v_ref[...]
-    do = do_ref[...]
-    h = h_ref[...]
-    dh = dh_ref[...]
 
-    eG = jnp.exp(G)
-    eLG = jnp.exp(suffix_sums(g))  # exp(G_last - G)
-    dv_inter = dot(k * eLG, dh, split=1)
-    dq_inter = dot(do, h, trans_b=True) * (scale * eG)
-    dk_inter = dot(v, dh, trans_b=True) * eLG
-    # Pairs i = j have exp(0) = 1: they add d_i k_i to dq_i and d_i q_i to dk_i, d = diag(dA), and
-    # cancel exactly in q dq - k dk. The intra terms below leave them out (strictly causal), so
-    # the gate gradient does not carry their rounding; they are added to dq, dk at the end.
-    d = scale * jnp.sum(do.astype(F32) * v.astype(F32), axis=1, keepdims=True)
+    def one_chunk(rows, p):
+        g = g_ref[rows, :].astype(F32)
+        G, GL = chunk_gates(g)
+        q = q_ref[rows, :].astype(F32)
+        k = k_ref[rows, :].astype(F32)
+        v = v_ref[rows, :]
+        do = do_ref[rows, :]
+        h = h_ref[p]
+        dh = dh_ref[p]
 
-    def matmul_path():
-        half = 0.5 * GL
-        eGr = jnp.exp(G - half)
-        erG = jnp.exp(half - G)
-        qf, kf = q * eGr, k * erG
-        i, j = lax.broadcasted_iota(jnp.int32, (C, C), 0), lax.broadcasted_iota(jnp.int32, (C, C), 1)
-        A = jnp.where(i >= j, dot(qf, kf, trans_b=True, split=1), 0.0) * scale
-        dA = jnp.where(i > j, dot(do, v, trans_b=True), 0.0) * scale
-        return (dot(dA, kf, split=2) * eGr,
-                dot(dA, qf, trans_a=True, split=2) * erG,
-                dot(A, do, trans_a=True, split=1))
+        eG = jnp.exp(G)
+        eLG = jnp.exp(suffix_sums(g))  # exp(G_last - G)
+        dv_inter = dot(k * eLG, dh, split=1)
+        dq_inter = dot(do, h, trans_b=True) * (scale * eG)
+        dk_inter = dot(v, dh, trans_b=True) * eLG
+        # Pairs i = j have exp(0) = 1: they add d_i k_i to dq_i and d_i q_i to dk_i, d = diag(dA),
+        # and cancel exactly in q dq - k dk. The intra terms below leave them out (strictly
+        # causal), so the gate gradient does not carry their rounding; added to dq, dk at the end.
+        d = scale * jnp.sum(do.astype(F32) * v.astype(F32), axis=1, keepdims=True)
 
-    def exact_path():
-        rows = row_ids(C)
-        do32 = do.astype(F32)
+        def matmul_path():
+            half = 0.5 * GL
+            eGr = jnp.exp(G - half)
+            erG = jnp.exp(half - G)
+            qf, kf = q * eGr, k * erG
+            i = lax.broadcasted_iota(jnp.int32, (C, C), 0)
+            j = lax.broadcasted_iota(jnp.int32, (C, C), 1)
+            A = jnp.where(i >= j, dot(qf, kf, trans_b=True, split=1), 0.0) * scale
+            dA = jnp.where(i > j, dot(do, v, trans_b=True), 0.0) * scale
+            return (dot(dA, kf, split=2) * eGr,
+                    dot(dA, qf, trans_a=True, split=2) * erG,
+                    dot(A, do, trans_a=True, split=1))
 
-        def body(j, carry):
-            dq, dk, dv = carry
-            kj = k_ref[pl.ds(j, 1), :].astype(F32)
-            vj = v_ref[pl.ds(j, 1), :].astype(F32)
-            E = pair_decay(g, rows, j)  # exp(G_i - G_j), rows i >= j
-            a = scale * jnp.sum(q * kj * E, axis=1, keepdims=True)  # A[:, j]
-            da = jnp.where(rows > j, scale * jnp.sum(do32 * vj, axis=1, keepdims=True), 0.0)
-            dq = dq + da * kj * E
-            at_j = rows == j
-            dk = dk + jnp.where(at_j, jnp.sum(da * q * E, axis=0, keepdims=True), 0.0)
-            dv = dv + jnp.where(at_j, jnp.sum(a * do32, axis=0, keepdims=True), 0.0)
-            return dq, dk, dv
+        def exact_path():
+            ids = row_ids(C)
+            do32 = do.astype(F32)
 
-        init = (jnp.zeros((C, K), F32), jnp.zeros((C, K), F32), jnp.zeros((C, BV), F32))
-        return lax.fori_loop(0, C, body, init)
+            def body(j, carry):
+                dq, dk, dv = carry
+                kj = k_ref[pl.ds(rows.start + j, 1), :].astype(F32)
+                vj = v_ref[pl.ds(rows.start + j, 1), :].astype(F32)
+                E = pair_decay(g, ids, j)  # exp(G_i - G_j), rows i >= j
+                a = scale * jnp.sum(q * kj * E, axis=1, keepdims=True)  # A[:, j]
+                da = jnp.where(ids > j, scale * jnp.sum(do32 * vj, axis=1, keepdims=True), 0.0)
+                dq = dq + da * kj * E
+                at_j = ids == j
+                dk = dk + jnp.where(at_j, jnp.sum(da * q * E, axis=0, keepdims=True), 0.0)
+                dv = dv + jnp.where(at_j, jnp.sum(a * do32, axis=0, keepdims=True), 0.0)
+                return dq, dk, dv
 
-    dq_intra, dk_intra, dv_intra = choose(
-        lambda: use_matmul_path(GL, span_limit), span_limit, matmul_path, exact_path)
-    dq = dq_intra + dq_inter
-    dk = dk_intra + dk_inter
-    dB = q * dq - k * dk
-    hdh = jnp.sum(h.astype(F32) * dh.astype(F32), axis=1)[None, :]
-    later = jnp.exp(GL) * hdh + jnp.sum(k * dk_inter, axis=0, keepdims=True)
-    dg = jnp.sum(dB, axis=0, keepdims=True) - jnp.cumsum(dB, axis=0) + dB + later
-    dq = dq + d * k
-    dk = dk + d * q
-    dq_ref[...] = dq.astype(dq_ref.dtype)
-    dk_ref[...] = dk.astype(dk_ref.dtype)
-    dv_ref[...] = (dv_intra + dv_inter).astype(dv_ref.dtype)
-    dg_ref[...] = dg.astype(dg_ref.dtype)
+            init = (jnp.zeros((C, K), F32), jnp.zeros((C, K), F32), jnp.zeros((C, BV), F32))
+            return lax.fori_loop(0, C, body, init)
+
+        dq_intra, dk_intra, dv_intra = choose(
+            lambda: use_matmul_path(GL, span_limit), span_limit, matmul_path, exact_path)
+        dq = dq_intra + dq_inter
+        dk = dk_intra + dk_inter
+        dB = q * dq - k * dk
+        hdh = jnp.sum(h.astype(F32) * dh.astype(F32), axis=1)[None, :]
+        later = jnp.exp(GL) * hdh + jnp.sum(k * dk_inter, axis=0, keepdims=True)
+        dg = jnp.sum(dB, axis=0, keepdims=True) - jnp.cumsum(dB, axis=0) + dB + later
+        dq_ref[rows, :] = (dq + d * k).astype(dq_ref.dtype)
+        dk_ref[rows, :] = (dk + d * q).astype(dk_ref.dtype)
+        dv_ref[rows, :] = (dv_intra + dv_inter).astype(dv_ref.dtype)
+        dg_ref[rows, :] = dg.astype(dg_ref.dtype)
+
+    for_each_chunk(h_ref.shape[0], C, one_chunk)
 
 
 def chunk_grads(q, k, v, g, do, hs, dhs, *, scale: float, chunk: int, block_v: int,
-                span_limit: float, num_warps: int, num_stages: int, interpret: bool):
-    """dq, dk, dv, dg on padded inputs; with V tiles dq, dk, dg carry a leading float32 tile axis."""
+                span_limit: float, chunks_per_program: int, num_warps: int, num_stages: int,
+                interpret: bool):
+    """dq, dk, dv, dg on padded inputs (with V tiles, float32 partials summed by XLA)."""
     B, Tp, H, K = q.shape
     V = v.shape[-1]
     NT, NV = Tp // chunk, V // block_v
+    P = per_program(chunks_per_program, NT)
     dot_dtype, precision = operand_dtype(q.dtype)
 
     def kmap(vv, n, i):
@@ -151,15 +159,15 @@ def chunk_grads(q, k, v, g, do, hs, dhs, *, scale: float, chunk: int, block_v: i
         b, h = split_bh(i, H)
         return vv, b, n, h, 0
 
-    k_spec = pl.BlockSpec((None, chunk, None, K), kmap)
-    v_spec = pl.BlockSpec((None, chunk, None, block_v), vmap_)
-    h_spec = pl.BlockSpec((None, None, None, K, block_v), hmap)
+    k_spec = pl.BlockSpec((None, P * chunk, None, K), kmap)
+    v_spec = pl.BlockSpec((None, P * chunk, None, block_v), vmap_)
+    h_spec = pl.BlockSpec((None, None, P, K, block_v), hmap)
     if NV == 1:
         kgrad_spec = k_spec
         kgrad_shapes = [(B, Tp, H, K)] * 3
         kgrad_dtypes = [q.dtype, k.dtype, F32]
     else:
-        kgrad_spec = pl.BlockSpec((None, None, chunk, None, K), partial_map)
+        kgrad_spec = pl.BlockSpec((None, None, P * chunk, None, K), partial_map)
         kgrad_shapes = [(NV, B, Tp, H, K)] * 3
         kgrad_dtypes = [F32, F32, F32]
     out_shape = [jax.ShapeDtypeStruct(s, d) for s, d in zip(kgrad_shapes, kgrad_dtypes)]
@@ -176,11 +184,11 @@ def chunk_grads(q, k, v, g, do, hs, dhs, *, scale: float, chunk: int, block_v: i
                            + hs.size * itemsize(hs.dtype) + dhs.size * itemsize(dhs.dtype)
                            + sum(s.size * jnp.dtype(s.dtype).itemsize for s in out_shape)),
     )
-    kernel = functools.partial(_grad_kernel, scale=scale, span_limit=span_limit,
+    kernel = functools.partial(_grad_kernel, chunk=chunk, scale=scale, span_limit=span_limit,
                                dot_dtype=dot_dtype, precision=precision)
     dq, dk, dv, dg = pl.pallas_call(
         kernel,
-        grid=(NV, NT, B * H),
+        grid=(NV, NT // P, B * H),
         in_specs=[k_spec, k_spec, v_spec, k_spec, v_spec, h_spec, h_spec],
         out_specs=[kgrad_spec, kgrad_spec, v_spec, kgrad_spec],
         out_shape=out_shape,
@@ -207,7 +215,8 @@ def chunk_bwd(q, k, v, g, hs, do, dht, *, scale: float, block_sizes: BlockSizes,
     )
     dq, dk, dv, dg = chunk_grads(
         q, k, v, g, do, hs, dhs, scale=scale, chunk=bs.chunk, block_v=bs.block_v,
-        span_limit=bs.span_limit, num_warps=bs.num_warps_bwd, num_stages=bs.num_stages_bwd,
+        span_limit=bs.span_limit, chunks_per_program=bs.chunks_per_program_bwd,
+        num_warps=bs.num_warps_bwd, num_stages=bs.num_stages_bwd,
         interpret=interpret,
     )
     return dq, dk, dv, dg, dh0

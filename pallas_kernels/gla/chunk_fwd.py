@@ -47,6 +47,8 @@ from pallas_kernels.gla.common import (
     causal_mask,
     choose,
     chunk_gates,
+    chunks_per_program as per_program,
+    for_each_chunk,
     itemsize,
     mm,
     operand_dtype,
@@ -58,45 +60,51 @@ from pallas_kernels.gla.common import (
 from pallas_kernels.gla.config import BlockSizes
 
 
-def _output_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, o_ref, *, scale, span_limit, dot_dtype,
-                   precision):
-    # q, k, g: [C, K]; v, o: [C, BV]; h: [K, BV] (state entering this chunk)
-    C = q_ref.shape[0]
+def _output_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, o_ref, *, chunk, scale, span_limit,
+                   dot_dtype, precision):
+    # q, k, g: [P*C, K]; v, o: [P*C, BV]; h: [P, K, BV] (the state entering each of the P chunks)
+    C = chunk
     BV = v_ref.shape[1]
     dot = functools.partial(mm, dtype=dot_dtype, precision=precision)
-    g = g_ref[...].astype(F32)
-    G, GL = chunk_gates(g)
-    q = q_ref[...].astype(F32)
-    inter = dot(q * jnp.exp(G), h_ref[...], split=1)
 
-    def matmul_path():
-        half = 0.5 * GL
-        qf = q * jnp.exp(G - half)
-        kf = k_ref[...].astype(F32) * jnp.exp(half - G)
-        A = jnp.where(causal_mask(C), dot(qf, kf, trans_b=True, split=1), 0.0)
-        return dot(A, v_ref[...], split=1)
+    def one_chunk(rows, p):
+        g = g_ref[rows, :].astype(F32)
+        G, GL = chunk_gates(g)
+        q = q_ref[rows, :].astype(F32)
+        inter = dot(q * jnp.exp(G), h_ref[p], split=1)
 
-    def exact_path():
-        rows = row_ids(C)
+        def matmul_path():
+            half = 0.5 * GL
+            qf = q * jnp.exp(G - half)
+            kf = k_ref[rows, :].astype(F32) * jnp.exp(half - G)
+            A = jnp.where(causal_mask(C), dot(qf, kf, trans_b=True, split=1), 0.0)
+            return dot(A, v_ref[rows, :], split=1)
 
-        def body(j, acc):
-            kj = k_ref[pl.ds(j, 1), :].astype(F32)
-            vj = v_ref[pl.ds(j, 1), :].astype(F32)
-            a = jnp.sum(q * kj * pair_decay(g, rows, j), axis=1, keepdims=True)  # A[:, j]
-            return acc + a * vj
+        def exact_path():
+            ids = row_ids(C)
 
-        return lax.fori_loop(0, C, body, jnp.zeros((C, BV), F32))
+            def body(j, acc):
+                kj = k_ref[pl.ds(rows.start + j, 1), :].astype(F32)
+                vj = v_ref[pl.ds(rows.start + j, 1), :].astype(F32)
+                a = jnp.sum(q * kj * pair_decay(g, ids, j), axis=1, keepdims=True)  # A[:, j]
+                return acc + a * vj
 
-    intra = choose(lambda: use_matmul_path(GL, span_limit), span_limit, matmul_path, exact_path)
-    o_ref[...] = (scale * (inter + intra)).astype(o_ref.dtype)
+            return lax.fori_loop(0, C, body, jnp.zeros((C, BV), F32))
+
+        intra = choose(lambda: use_matmul_path(GL, span_limit), span_limit, matmul_path,
+                       exact_path)
+        o_ref[rows, :] = (scale * (inter + intra)).astype(o_ref.dtype)
+
+    for_each_chunk(h_ref.shape[0], C, one_chunk)
 
 
 def chunk_output(q, k, v, g, hs, *, scale: float, chunk: int, block_v: int, span_limit: float,
-                 num_warps: int, num_stages: int, interpret: bool):
+                 chunks_per_program: int, num_warps: int, num_stages: int, interpret: bool):
     """o `[B, Tp, H, V]` from padded inputs and the chunk states hs `[B, H, NT, K, V]`."""
     B, Tp, H, K = q.shape
     V = v.shape[-1]
     NT, NV = Tp // chunk, V // block_v
+    P = per_program(chunks_per_program, NT)
     dot_dtype, precision = operand_dtype(q.dtype)
 
     def kmap(vv, n, i):
@@ -111,9 +119,9 @@ def chunk_output(q, k, v, g, hs, *, scale: float, chunk: int, block_v: int, span
         b, h = split_bh(i, H)
         return b, h, n, 0, vv
 
-    k_spec = pl.BlockSpec((None, chunk, None, K), kmap)
-    v_spec = pl.BlockSpec((None, chunk, None, block_v), vmap_)
-    h_spec = pl.BlockSpec((None, None, None, K, block_v), hmap)
+    k_spec = pl.BlockSpec((None, P * chunk, None, K), kmap)
+    v_spec = pl.BlockSpec((None, P * chunk, None, block_v), vmap_)
+    h_spec = pl.BlockSpec((None, None, P, K, block_v), hmap)
     # research/flops.md §6.4 per head: scores 2*T*C*K, A v 2*T*C*V, inter output 2*T*K*V
     # (algorithmic FLOPs; 16-bit inputs run 2 dots per matmul for accuracy, see common.mm).
     cost = pl.CostEstimate(
@@ -124,11 +132,11 @@ def chunk_output(q, k, v, g, hs, *, scale: float, chunk: int, block_v: int, span
                            + v.size * itemsize(v.dtype) + hs.size * itemsize(hs.dtype)
                            + B * Tp * H * V * itemsize(q.dtype)),
     )
-    kernel = functools.partial(_output_kernel, scale=scale, span_limit=span_limit,
+    kernel = functools.partial(_output_kernel, chunk=chunk, scale=scale, span_limit=span_limit,
                                dot_dtype=dot_dtype, precision=precision)
     return pl.pallas_call(
         kernel,
-        grid=(NV, NT, B * H),
+        grid=(NV, NT // P, B * H),
         in_specs=[k_spec, k_spec, v_spec, k_spec, h_spec],
         out_specs=v_spec,
         out_shape=jax.ShapeDtypeStruct((B, Tp, H, V), q.dtype),
@@ -152,6 +160,7 @@ def chunk_fwd(q, k, v, g, h0, *, scale: float, block_sizes: BlockSizes, interpre
     )
     o = chunk_output(
         q, k, v, g, hs, scale=scale, chunk=bs.chunk, block_v=bs.block_v, span_limit=bs.span_limit,
-        num_warps=bs.num_warps_fwd, num_stages=bs.num_stages_fwd, interpret=interpret,
+        chunks_per_program=bs.chunks_per_program_fwd, num_warps=bs.num_warps_fwd,
+        num_stages=bs.num_stages_fwd, interpret=interpret,
     )
     return o, ht, hs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental import pallas as pl
 
 F32 = jnp.float32
 
@@ -117,6 +118,29 @@ def choose(pred_fn, span_limit: float, fast, exact):
     if span_limit < 0:
         return exact()
     return lax.cond(pred_fn(), fast, exact)
+
+
+def for_each_chunk(num_chunks: int, chunk: int, body) -> None:
+    """Run `body(rows, p)` for the chunks of a program's block: `rows` slices chunk p's rows.
+
+    Several chunks per program give Triton a loop to software-pipeline (the next chunk's loads
+    overlap this chunk's math) at the price of fewer programs.
+    """
+    def run(p):
+        body(pl.ds(pl.multiple_of(p * chunk, chunk), chunk), p)
+
+    if num_chunks == 1:
+        run(0)
+    else:
+        lax.fori_loop(0, num_chunks, lambda p, carry: (run(p), carry)[1], 0)
+
+
+def chunks_per_program(requested: int, num_chunks: int) -> int:
+    """The largest power of two <= requested that divides the number of chunks."""
+    p = 1
+    while p * 2 <= requested and num_chunks % (p * 2) == 0:
+        p *= 2
+    return p
 
 
 def itemsize(dtype) -> int:

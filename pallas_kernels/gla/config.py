@@ -31,6 +31,9 @@ class BlockSizes:
       `block_v < V` the backward writes float32 partial dq, dk, dg per V tile, summed by XLA.
     block_v_recurrent: V tile of the recurrent kernels (each program holds a `[K, block_v_recurrent]`
       float32 state).
+    chunks_per_program_fwd, chunks_per_program_bwd: chunks one program of the output (forward) or
+      gradient (backward) kernel handles in a loop (power of two; fewer programs, but Triton can
+      prefetch the next chunk while computing this one). Clipped to divide the number of chunks.
     span_limit: chunks whose largest decay span `-sum(g)` exceeds this take the exact intra-chunk
       path (see DEFAULT_SPAN_LIMIT); `inf` forces the matmul path, a negative value the exact one.
     num_warps_* / num_stages_*: Triton launch parameters of each kernel family.
@@ -41,6 +44,8 @@ class BlockSizes:
     block_v_state: int = 128
     block_v: int = 128
     block_v_recurrent: int = 32
+    chunks_per_program_fwd: int = 1
+    chunks_per_program_bwd: int = 1
     span_limit: float = DEFAULT_SPAN_LIMIT
     num_warps_state: int = 4
     num_stages_state: int = 2
@@ -58,6 +63,10 @@ class BlockSizes:
             value = getattr(self, name)
             if not _is_pow2(value) or not 16 <= value <= MAX_HEAD_DIM:
                 raise ValueError(f"{name} must be a power of two in [16, {MAX_HEAD_DIM}], got {value}")
+        for name in ("chunks_per_program_fwd", "chunks_per_program_bwd"):
+            value = getattr(self, name)
+            if not _is_pow2(value) or value > 64:
+                raise ValueError(f"{name} must be a power of two <= 64, got {value}")
         for name in ("num_warps_state", "num_warps_fwd", "num_warps_bwd", "num_warps_recurrent"):
             value = getattr(self, name)
             if not _is_pow2(value) or value > 16:
