@@ -6,23 +6,24 @@ Two kernels, states materialised (FLA's scheme), because the fused alternative (
 (b, h, V tile) carrying the state through all chunks) has only B*H*V/BV = 64-128 sequential
 programs for 132 SMs and recomputes the intra-chunk attention per V tile.
 
-1. `state_scan` (chunk_state.py): grid (K/BK, V/BV, B*H) = (2, 1, 64) = 128 programs, each a loop
-   over NT = 64 chunks. Reads k, g, v (67 + 134 + 67 MB), writes the chunk states
-   hs [B, H, NT, K, V] in the input dtype (134 MB in bf16; they are matmul operands, so storing them
-   in bf16 loses nothing). ~0.40 GB -> ~0.13 ms at the memory floor.
+1. `state_scan` (chunk_state.py): grid (K/BK, V/BV, B*H) = (4, 1, 64) = 256 programs, each a loop
+   over NT = 64 chunks (BK = 32: two programs per SM to hide each other's latency; the four K
+   tiles of a head run side by side and share v through L2). Reads k, g, v (67 + 134 + 67 MB),
+   writes the chunk states hs [B, H, NT, K, V] in the input dtype (134 MB in bf16; they are matmul
+   operands). ~0.40 GB -> ~0.13 ms at the memory floor.
 2. `_output_kernel`: grid (V/BV, NT, B*H) = (1, 64, 64) = 4096 independent programs. Per chunk:
    o = scale * [(q * exp G) @ S_n + tril(A) @ v] with A_ij = sum_k q_ik k_jk exp(G_ik - G_jk).
    Reads q, k, v, g, hs (67*3 + 134 + 134 MB), writes o (67 MB): ~0.54 GB -> ~0.18 ms.
    Matmul work: 2*C*K*V (inter) + 2*C*C*K (A) + 2*C*C*V (A v) per chunk = 4 MFLOP, 17 GFLOP
-   in all (~0.04 ms on tensor cores).
+   in all, doubled by the bf16 hi/lo splits below (~0.1 ms on tensor cores, overlapping loads).
 Forward floor with the materialised states: ~0.94 GB -> 0.31 ms; expected ~0.4 ms (FLA: 0.75-0.85).
 
 Intra-chunk attention without per-pair exponentials. Any per-channel reference r factorises
 exp(G_i - G_j) = exp(G_i - r) * exp(r - G_j). With r = G_last / 2 both factors are bounded by
 exp(span / 2), span = -G_last >= 0 (G runs from ~0 down to G_last inside a chunk), so when the span
 is at most `span_limit` (60: factors within e^+-30) the whole causal score matrix is ONE matmul
-`(q * exp(G - r)) @ (k * exp(r - G))^T`, masked. Masked (acausal) entries may be huge or even
-overflow, but `where` discards them; causal entries are sums of terms <= |q_ik k_jk|, each formed
+`(q * exp(G - r)) @ (k * exp(r - G))^T`, masked. Masked (acausal) entries may be huge, but
+`where` discards them; causal entries are sums of terms <= |q_ik k_jk|, each formed
 with ordinary operand rounding. This replaces FLA's 16-row sub-chunks and their exact fp32 diagonal
 blocks (C*16*K exponentials per chunk) with 2*C*K exponentials. With FLA's gates
 (`logsigmoid(x) / 16`) a 64-row chunk spans ~3, so the matmul path is the rule; chunks whose span

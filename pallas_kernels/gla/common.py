@@ -130,7 +130,7 @@ def for_each_chunk(num_chunks: int, chunk: int, body) -> None:
         body(pl.ds(pl.multiple_of(p * chunk, chunk), chunk), p)
 
     if num_chunks == 1:
-        run(0)
+        body(pl.ds(0, chunk), 0)  # (multiple_of on a constant breaks the Triton lowering)
     else:
         lax.fori_loop(0, num_chunks, lambda p, carry: (run(p), carry)[1], 0)
 

@@ -40,7 +40,7 @@ class BlockSizes:
     """
 
     chunk: int = 64
-    block_k_state: int = 64
+    block_k_state: int = 32
     block_v_state: int = 128
     block_v: int = 128
     block_v_recurrent: int = 32
@@ -82,9 +82,11 @@ class BlockSizes:
         big = max(K, V) > 128
         return cls(
             chunk=min(chunk, MAX_CHUNK),
-            block_k_state=min(K, 64),
+            # K/32 * B*H state-scan programs: 256 at the anchor shape (B*H = 64) for 132 SMs.
+            block_k_state=min(K, 32),
             block_v_state=min(V, 128),
-            block_v=min(V, 128),
+            # 256-wide heads: [K, 64] state tiles keep the per-chunk kernels in shared memory.
+            block_v=min(V, 64 if big else 128),
             block_v_recurrent=min(V, 32 if K <= 128 else 16),
             num_warps_fwd=8 if big else 4,
             num_warps_bwd=8,

@@ -162,9 +162,11 @@ def test_chunk_forced_paths(rng, path, gate, span_limit, dtype, interpret):
 
 @pytest.mark.parametrize("interpret", MODES)
 @pytest.mark.parametrize("chunk", [16, 128])
-def test_chunk_sizes_and_scale(rng, chunk, interpret):
-    bs = BlockSizes(chunk=chunk, block_v=16, block_k_state=16)  # V tiles: partial dq/dk/dg sums
-    _run_and_compare(rng, (1, 150, 2, 32, 48), kind="chunk", interpret=interpret, scale=0.3,
+def test_chunk_sizes_tiles_and_scale(rng, chunk, interpret):
+    """Chunk 16 and 128, V tiles (partial dq/dk/dg sums), several chunks per program."""
+    bs = BlockSizes(chunk=chunk, block_v=16, block_k_state=16, block_v_state=32,
+                    chunks_per_program_fwd=2, chunks_per_program_bwd=4)
+    _run_and_compare(rng, (1, 130, 2, 32, 48), kind="chunk", interpret=interpret, scale=0.3,
                      block_sizes=bs)
 
 
@@ -193,9 +195,11 @@ def test_splitting_a_sequence_carries_state(rng, interpret):
     q, k, v, g, h0 = gla_inputs(rng, 1, 100, 2, 16, 16)
     kernel = functools.partial(chunk_gla, output_final_state=True, interpret=interpret)
 
+    @jax.jit
     def one_pass(q, k, v, g, h0):
         return kernel(q, k, v, g, initial_state=h0)
 
+    @jax.jit
     def two_passes(q, k, v, g, h0):
         o1, h1 = kernel(q[:, :37], k[:, :37], v[:, :37], g[:, :37], initial_state=h0)
         o2, h2 = kernel(q[:, 37:], k[:, 37:], v[:, 37:], g[:, 37:], initial_state=h1)
