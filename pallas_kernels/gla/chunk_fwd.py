@@ -12,10 +12,14 @@ programs for 132 SMs and recomputes the intra-chunk attention per V tile.
    writes the chunk states hs [B, H, NT, K, V] in the input dtype (134 MB in bf16; they are matmul
    operands). ~0.40 GB -> ~0.13 ms at the memory floor.
 2. `_output_kernel`: grid (V/BV, NT, B*H) = (1, 64, 64) = 4096 independent programs. Per chunk:
-   o = scale * [(q * exp G) @ S_n + tril(A) @ v] with A_ij = sum_k q_ik k_jk exp(G_ik - G_jk).
+   o = scale * [(q * exp G) @ S_n + tril(A) @ v] with A_ij = sum_k q_ik k_jk exp(G_ik - G_jk),
+   walking K in tiles of 32 (A and the inter term accumulate over the tiles): a whole-K version
+   needed more than 255 registers per thread at 4 warps and filled the register file at 8.
    Reads q, k, v, g, hs (67*3 + 134 + 134 MB), writes o (67 MB): ~0.54 GB -> ~0.18 ms.
    Matmul work: 2*C*K*V (inter) + 2*C*C*K (A) + 2*C*C*V (A v) per chunk = 4 MFLOP, 17 GFLOP
    in all, doubled by the bf16 hi/lo splits below (~0.1 ms on tensor cores, overlapping loads).
+   Triton 3.6 compiling this kernel's TTIR for sm_90 offline: 8 warps, 218 registers, 44 KB shared
+   memory, no spills (one program of 8 warps per SM; 4 warps spill).
 Forward floor with the materialised states: ~0.94 GB -> 0.31 ms; expected ~0.4 ms (FLA: 0.75-0.85).
 
 Intra-chunk attention without per-pair exponentials. Any per-channel reference r factorises
@@ -49,6 +53,7 @@ from pallas_kernels.gla.common import (
     choose,
     chunk_gates,
     chunks_per_program as per_program,
+    fold_tiles,
     for_each_chunk,
     itemsize,
     mm,
@@ -61,46 +66,69 @@ from pallas_kernels.gla.common import (
 from pallas_kernels.gla.config import BlockSizes
 
 
-def _output_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, o_ref, *, chunk, scale, span_limit,
-                   dot_dtype, precision):
-    # q, k, g: [P*C, K]; v, o: [P*C, BV]; h: [P, K, BV] (the state entering each of the P chunks)
-    C = chunk
+def _output_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, o_ref, *, chunk, block_k, scale,
+                   span_limit, dot_dtype, precision):
+    # q, k, g: [P*C, K]; v, o: [P*C, BV]; h: [P, K, BV] (the state entering each of the P chunks).
+    # K is walked in tiles of block_k so that few [C, block_k] float32 tiles are live at once.
+    C, K = chunk, q_ref.shape[1]
     BV = v_ref.shape[1]
+    nk = K // block_k
     dot = functools.partial(mm, dtype=dot_dtype, precision=precision)
 
     def one_chunk(rows, p):
-        g = g_ref[rows, :].astype(F32)
-        G, GL = chunk_gates(g)
-        q = q_ref[rows, :].astype(F32)
-        inter = dot(q * jnp.exp(G), h_ref[p], split=1)
+        GL_all = jnp.sum(g_ref[rows, :].astype(F32), axis=0, keepdims=True)
+
+        def load(cols):
+            g = g_ref[rows, cols].astype(F32)
+            G, GL = chunk_gates(g)
+            return g, G, GL, q_ref[rows, cols].astype(F32)
+
+        def inter_tile(cols, q, G):  # (q * exp G) @ S_n over this K tile
+            return dot(q * jnp.exp(G), h_ref[p, cols, :], split=1)
 
         def matmul_path():
-            half = 0.5 * GL
-            qf = q * jnp.exp(G - half)
-            kf = k_ref[rows, :].astype(F32) * jnp.exp(half - G)
-            A = jnp.where(causal_mask(C), dot(qf, kf, trans_b=True, split=1), 0.0)
-            return dot(A, v_ref[rows, :], split=1)
+            def tile(cols, carry):
+                inter, A = carry
+                g, G, GL, q = load(cols)
+                half = 0.5 * GL
+                qf = q * jnp.exp(G - half)
+                kf = k_ref[rows, cols].astype(F32) * jnp.exp(half - G)
+                return (inter + inter_tile(cols, q, G),
+                        A + dot(qf, kf, trans_b=True, split=1))
+
+            init = (jnp.zeros((C, BV), F32), jnp.zeros((C, C), F32))
+            inter, A = fold_tiles(nk, block_k, tile, init)
+            return inter + dot(jnp.where(causal_mask(C), A, 0.0), v_ref[rows, :], split=1)
 
         def exact_path():
+            def tile(cols, inter):
+                g, G, GL, q = load(cols)
+                return inter + inter_tile(cols, q, G)
+
+            inter = fold_tiles(nk, block_k, tile, jnp.zeros((C, BV), F32))
             ids = row_ids(C)
 
-            def body(j, acc):
-                kj = k_ref[pl.ds(rows.start + j, 1), :].astype(F32)
-                vj = v_ref[pl.ds(rows.start + j, 1), :].astype(F32)
-                a = jnp.sum(q * kj * pair_decay(g, ids, j), axis=1, keepdims=True)  # A[:, j]
-                return acc + a * vj
+            def column(j, acc):  # acc += A[:, j] v_j, A[:, j] summed over the K tiles
+                def a_tile(cols, a):
+                    g, _, _, q = load(cols)
+                    kj = k_ref[pl.ds(rows.start + j, 1), cols].astype(F32)
+                    return a + jnp.sum(q * kj * pair_decay(g, ids, j), axis=1, keepdims=True)
 
-            return lax.fori_loop(0, C, body, jnp.zeros((C, BV), F32))
+                a = fold_tiles(nk, block_k, a_tile, jnp.zeros((C, 1), F32))
+                return acc + a * v_ref[pl.ds(rows.start + j, 1), :].astype(F32)
 
-        intra = choose(lambda: use_matmul_path(GL, span_limit), span_limit, matmul_path,
-                       exact_path)
-        o_ref[rows, :] = (scale * (inter + intra)).astype(o_ref.dtype)
+            return inter + lax.fori_loop(0, C, column, jnp.zeros((C, BV), F32))
+
+        o = choose(lambda: use_matmul_path(GL_all, span_limit), span_limit, matmul_path,
+                   exact_path)
+        o_ref[rows, :] = (scale * o).astype(o_ref.dtype)
 
     for_each_chunk(h_ref.shape[0], C, one_chunk)
 
 
-def chunk_output(q, k, v, g, hs, *, scale: float, chunk: int, block_v: int, span_limit: float,
-                 chunks_per_program: int, num_warps: int, num_stages: int, interpret: bool):
+def chunk_output(q, k, v, g, hs, *, scale: float, chunk: int, block_k: int, block_v: int,
+                 span_limit: float, chunks_per_program: int, num_warps: int, num_stages: int,
+                 interpret: bool):
     """o `[B, Tp, H, V]` from padded inputs and the chunk states hs `[B, H, NT, K, V]`."""
     B, Tp, H, K = q.shape
     V = v.shape[-1]
@@ -133,8 +161,8 @@ def chunk_output(q, k, v, g, hs, *, scale: float, chunk: int, block_v: int, span
                            + v.size * itemsize(v.dtype) + hs.size * itemsize(hs.dtype)
                            + B * Tp * H * V * itemsize(q.dtype)),
     )
-    kernel = functools.partial(_output_kernel, chunk=chunk, scale=scale, span_limit=span_limit,
-                               dot_dtype=dot_dtype, precision=precision)
+    kernel = functools.partial(_output_kernel, chunk=chunk, block_k=min(block_k, K), scale=scale,
+                               span_limit=span_limit, dot_dtype=dot_dtype, precision=precision)
     return pl.pallas_call(
         kernel,
         grid=(NV, NT // P, B * H),
@@ -160,7 +188,8 @@ def chunk_fwd(q, k, v, g, h0, *, scale: float, block_sizes: BlockSizes, interpre
         interpret=interpret, name="gla_chunk_fwd_states",
     )
     o = chunk_output(
-        q, k, v, g, hs, scale=scale, chunk=bs.chunk, block_v=bs.block_v, span_limit=bs.span_limit,
+        q, k, v, g, hs, scale=scale, chunk=bs.chunk, block_k=bs.block_k, block_v=bs.block_v,
+        span_limit=bs.span_limit,
         chunks_per_program=bs.chunks_per_program_fwd, num_warps=bs.num_warps_fwd,
         num_stages=bs.num_stages_fwd, interpret=interpret,
     )

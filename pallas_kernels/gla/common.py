@@ -135,6 +135,14 @@ def for_each_chunk(num_chunks: int, chunk: int, body) -> None:
         lax.fori_loop(0, num_chunks, lambda p, carry: (run(p), carry)[1], 0)
 
 
+def fold_tiles(num_tiles: int, tile: int, body, carry):
+    """`carry = body(cols, carry)` over the column tiles `cols` of width `tile` (a loop when > 1)."""
+    if num_tiles == 1:
+        return body(pl.ds(0, tile), carry)
+    return lax.fori_loop(
+        0, num_tiles, lambda t, c: body(pl.ds(pl.multiple_of(t * tile, tile), tile), c), carry)
+
+
 def chunks_per_program(requested: int, num_chunks: int) -> int:
     """The largest power of two <= requested that divides the number of chunks."""
     p = 1
