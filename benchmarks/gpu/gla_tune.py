@@ -185,8 +185,10 @@ def main():
         fwd = lambda q, k, v, g, bs=bs: chunk_gla(q, k, v, g, block_sizes=bs)[0]  # noqa: E731
 
         def fwd_bwd(q, k, v, g, bs=bs):
-            loss = lambda *a: jnp.sum(chunk_gla(*a, block_sizes=bs)[0].astype(jnp.float32)  # noqa: E731
-                                      * do.astype(jnp.float32))
+            def loss(*a):
+                o = chunk_gla(*a, block_sizes=bs)[0]
+                return jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32))
+
             return jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, g)
 
         ms_f, err_f, _, _ = timed(f"{name} fwd", fwd, q, k, v, g, reference=(o_x,))

@@ -57,7 +57,7 @@ def _inputs(T: int):
 
 
 def _peak_bytes(compiled):
-    """Arguments + outputs + temporaries of a compiled program (as benchmarks.timing.jax_peak_bytes)."""
+    """Arguments + outputs + temporaries of a compiled program (as timing.jax_peak_bytes)."""
     try:
         m = compiled.memory_analysis()
     except Exception:  # noqa: BLE001
@@ -165,7 +165,8 @@ def rows(T: int, modes) -> list[dict]:
             reference[mode] = None
             out_rows.append({"impl": "xla", "mode": mode, "ms": None, "error": _message(e)})
             print(f"[gla] xla {mode} T={T} failed: {_message(e)}", file=sys.stderr)
-    for name, fn, gla in (("pallas", _gla("pallas"), True), ("cudnn flash (causal)", _cudnn, False)):
+    for name, fn, gla in (("pallas", _gla("pallas"), True),
+                          ("cudnn flash (causal)", _cudnn, False)):
         for mode in modes:
             try:
                 row, _ = _jax_row(name, fn, args if gla else args[:3], do, mode,
@@ -173,7 +174,8 @@ def rows(T: int, modes) -> list[dict]:
                 out_rows.append(row)
             except Exception as e:  # noqa: BLE001
                 out_rows.append({"impl": name, "mode": mode, "ms": None, "error": _message(e)})
-                print(f"[gla] {name} {mode} T={T} failed:\n{traceback.format_exc()}", file=sys.stderr)
+                print(f"[gla] {name} {mode} T={T} failed:\n{traceback.format_exc()}",
+                      file=sys.stderr)
     out_rows += _fla_rows(args, do, modes, reference)
     for r in out_rows:
         print(f"[gla] T={T} {r['impl']:>22} {r['mode']:>8}: "

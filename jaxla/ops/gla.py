@@ -122,7 +122,8 @@ def gla_recurrent(
     "naive" both run the step recurrence as a `lax.scan`.
     """
     K = _validate(q, k, v, g, initial_state, scale)
-    impl = checks.resolve_implementation(implementation, _RECURRENT_IMPLEMENTATIONS, "gla_recurrent")
+    impl = checks.resolve_implementation(
+        implementation, _RECURRENT_IMPLEMENTATIONS, "gla_recurrent")
     scale = K**-0.5 if scale is None else scale
     if impl == "pallas":
         _check_kernel_dims(q, v)

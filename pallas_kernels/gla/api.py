@@ -69,7 +69,8 @@ _recurrent.defvjp(_recurrent_forward, _recurrent_backward)
 
 def _check(q, k, v, g, initial_state):
     if q.ndim != 4 or k.shape != q.shape or g.shape != q.shape:
-        raise ValueError(f"q, k, g must share a [B, T, H, K] shape, got {q.shape=}, {k.shape=}, {g.shape=}")
+        raise ValueError(
+            f"q, k, g must share a [B, T, H, K] shape, got {q.shape=}, {k.shape=}, {g.shape=}")
     if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(f"v must be [B, T, H, V] matching q, got {q.shape=}, {v.shape=}")
     if not q.dtype == k.dtype == v.dtype:
@@ -82,7 +83,8 @@ def _check(q, k, v, g, initial_state):
     if V > MAX_HEAD_DIM:
         raise ValueError(f"the GLA Pallas kernels take V <= {MAX_HEAD_DIM}, got V={V} ({v.shape=})")
     if initial_state is not None and initial_state.shape != (B, H, K, V):
-        raise ValueError(f"initial_state must be [B, H, K, V] = {(B, H, K, V)}, got {initial_state.shape=}")
+        raise ValueError(
+            f"initial_state must be [B, H, K, V] = {(B, H, K, V)}, got {initial_state.shape=}")
 
 
 def _static_scale(scale, q):

@@ -17,7 +17,7 @@ they were written anyway, and recomputing them costs a full pass over k, g, v.
      dg = revcumsum_chunk(q dq - k dk) + exp(G_last) rowsum(S_n * dS_n) + sum_t k_t dk_inter_t
    The last line is the closed form of the gate gradient: d/dG_t of the loss is q_t dq_t - k_t dk_t,
    g's gradient is its reverse cumsum over the whole sequence, and the part from later chunks
-   equals rowsum(S_end * dS_end) of this chunk's end state, expanded as above (research/fla.md §1.5).
+   equals rowsum(S_end * dS_end) of this chunk's end state, expanded as above (fla.md §1.5).
    The intra-chunk terms use the same matmul / exact split as the forward (see chunk_fwd.py).
    K is walked twice in tiles of 32: first accumulating A (a contraction over K) and dv, then
    computing and storing dq, dk, dg tile by tile (they are per channel); the second pass re-reads
@@ -85,7 +85,8 @@ def _grad_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, h_ref, dh_ref, dq_ref, dk_r
             # exp(G_last - G): a difference of cumsums (error ~eps * span, fine within the
             # matmul-path limit) or, beyond it, the exact suffix sums (3 more small matmuls).
             S = matmul(lambda: GL - G, lambda: suffix_sums(g))
-            return g, G, GL, jnp.exp(S), q_ref[rows, cols].astype(F32), k_ref[rows, cols].astype(F32)
+            q = q_ref[rows, cols].astype(F32)
+            return g, G, GL, jnp.exp(S), q, k_ref[rows, cols].astype(F32)
 
         def row(ref, j, cols):
             return ref[pl.ds(rows.start + j, 1), cols].astype(F32)

@@ -136,7 +136,7 @@ def for_each_chunk(num_chunks: int, chunk: int, body) -> None:
 
 
 def fold_tiles(num_tiles: int, tile: int, body, carry):
-    """`carry = body(cols, carry)` over the column tiles `cols` of width `tile` (a loop when > 1)."""
+    """`carry = body(cols, carry)` over column tiles `cols` of width `tile` (a loop when > 1)."""
     if num_tiles == 1:
         return body(pl.ds(0, tile), carry)
     return lax.fori_loop(

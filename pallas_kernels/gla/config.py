@@ -25,14 +25,14 @@ class BlockSizes:
     """Tiles and Triton launch parameters of the chunked and recurrent GLA kernels.
 
     chunk: rows per chunk C (power of two in [16, 128]); clipped to `next_pow2(T)` for short inputs.
-    block_k_state, block_v_state: the `[BK, BV]` tile of the state that one program of the chunk-state
+    block_k_state, block_v_state: the `[BK, BV]` state tile that one program of the chunk-state
       scans (forward states, backward state gradients) carries through all chunks.
     block_k: K tile that the per-chunk output and gradient kernels loop over (fewer live float32
       tiles: the kernels need registers for [C, block_k] tiles, not [C, K]).
     block_v: V tile of the per-chunk output (forward) and gradient (backward) kernels. With
       `block_v < V` the backward writes float32 partial dq, dk, dg per V tile, summed by XLA.
-    block_v_recurrent: V tile of the recurrent kernels (each program holds a `[K, block_v_recurrent]`
-      float32 state).
+    block_v_recurrent: V tile of the recurrent kernels (each program holds a
+      `[K, block_v_recurrent]` float32 state).
     chunks_per_program_fwd, chunks_per_program_bwd: chunks one program of the output (forward) or
       gradient (backward) kernel handles in a loop (power of two; fewer programs, but Triton can
       prefetch the next chunk while computing this one). Clipped to divide the number of chunks.
@@ -61,11 +61,13 @@ class BlockSizes:
 
     def __post_init__(self):
         if not _is_pow2(self.chunk) or not 16 <= self.chunk <= MAX_CHUNK:
-            raise ValueError(f"chunk must be a power of two in [16, {MAX_CHUNK}], got {self.chunk=}")
+            raise ValueError(
+                f"chunk must be a power of two in [16, {MAX_CHUNK}], got {self.chunk=}")
         for name in ("block_k_state", "block_v_state", "block_k", "block_v", "block_v_recurrent"):
             value = getattr(self, name)
             if not _is_pow2(value) or not 16 <= value <= MAX_HEAD_DIM:
-                raise ValueError(f"{name} must be a power of two in [16, {MAX_HEAD_DIM}], got {value}")
+                raise ValueError(
+                    f"{name} must be a power of two in [16, {MAX_HEAD_DIM}], got {value}")
         for name in ("chunks_per_program_fwd", "chunks_per_program_bwd"):
             value = getattr(self, name)
             if not _is_pow2(value) or value > 64:
@@ -74,7 +76,8 @@ class BlockSizes:
             value = getattr(self, name)
             if not _is_pow2(value) or value > 16:
                 raise ValueError(f"{name} must be a power of two <= 16, got {value}")
-        for name in ("num_stages_state", "num_stages_fwd", "num_stages_bwd", "num_stages_recurrent"):
+        for name in ("num_stages_state", "num_stages_fwd", "num_stages_bwd",
+                     "num_stages_recurrent"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= 8:
                 raise ValueError(f"{name} must be an int in [1, 8], got {value}")

@@ -105,7 +105,8 @@ def _specs(B, T, H, K, V, BV):
         return vv, b, 0, h, 0
 
     return (pl.BlockSpec((None, T, None, K), kmap), pl.BlockSpec((None, T, None, BV), vmap_),
-            pl.BlockSpec((None, None, K, BV), smap), pl.BlockSpec((None, None, T, None, K), partial_map))
+            pl.BlockSpec((None, None, K, BV), smap),
+            pl.BlockSpec((None, None, T, None, K), partial_map))
 
 
 def _params(bs: BlockSizes):
