@@ -185,7 +185,7 @@ def chunk_fwd(q, k, v, g, h0, *, scale: float, block_sizes: BlockSizes, interpre
     hs, ht = state_scan(
         k, v, g, h0, chunk=bs.chunk, reverse=False, scale=1.0, block_k=bs.block_k_state,
         block_v=bs.block_v_state, num_warps=bs.num_warps_state, num_stages=bs.num_stages_state,
-        interpret=interpret, name="gla_chunk_fwd_states",
+        interpret=interpret, name="gla_chunk_fwd_states", span_limit=bs.span_limit,
     )
     o = chunk_output(
         q, k, v, g, hs, scale=scale, chunk=bs.chunk, block_k=bs.block_k, block_v=bs.block_v,

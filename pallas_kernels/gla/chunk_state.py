@@ -21,11 +21,21 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.gla.common import (
-    F32, chunk_gates, itemsize, mm, operand_dtype, split_bh, suffix_sums)
+    F32,
+    choose,
+    chunk_gates,
+    itemsize,
+    mm,
+    operand_dtype,
+    split_bh,
+    suffix_sums,
+    use_matmul_path,
+)
+from pallas_kernels.gla.config import DEFAULT_SPAN_LIMIT
 
 
 def _state_scan_kernel(x_ref, y_ref, g_ref, s0_ref, states_ref, sT_ref, *, chunk, reverse, scale,
-                       dot_dtype, precision):
+                       span_limit, dot_dtype, precision):
     # x_ref, g_ref: [Tp, BK]; y_ref: [Tp, BV]; s0_ref, sT_ref: [BK, BV]; states_ref: [NT, BK, BV]
     NT = states_ref.shape[0]
 
@@ -36,10 +46,15 @@ def _state_scan_kernel(x_ref, y_ref, g_ref, s0_ref, states_ref, sT_ref, *, chunk
         g = g_ref[rows, :].astype(F32)
         GL = jnp.sum(g, axis=0)
         x = x_ref[rows, :].astype(F32)
+        G, GL_row = chunk_gates(g)
         if reverse:
-            w = x * (scale * jnp.exp(chunk_gates(g)[0]))
+            w = x * (scale * jnp.exp(G))
         else:
-            w = x * jnp.exp(suffix_sums(g))  # exp(G_last - G)
+            # exp(G_last - G): the exact suffix sums only where the chunk's decay span exceeds
+            # the matmul-path limit (elsewhere the cumsum difference errs by ~eps * span).
+            S = choose(lambda: use_matmul_path(GL_row, span_limit), span_limit,
+                       lambda: GL_row - G, lambda: suffix_sums(g))
+            w = x * jnp.exp(S)
         update = mm(w, y_ref[rows, :], dtype=dot_dtype, precision=precision, trans_a=True,
                     split=1)
         return s * jnp.exp(GL)[:, None] + update
@@ -48,7 +63,8 @@ def _state_scan_kernel(x_ref, y_ref, g_ref, s0_ref, states_ref, sT_ref, *, chunk
 
 
 def state_scan(x, y, g, s0, *, chunk: int, reverse: bool, scale: float, block_k: int,
-               block_v: int, num_warps: int, num_stages: int, interpret: bool, name: str):
+               block_v: int, num_warps: int, num_stages: int, interpret: bool, name: str,
+               span_limit: float = DEFAULT_SPAN_LIMIT):
     """Chunk states (or state gradients) `[B, H, NT, K, V]` in x's dtype and the end state.
 
     x, g: `[B, Tp, H, K]` (k or q; g float32); y: `[B, Tp, H, V]` (v or do); s0: `[B, H, K, V]`
@@ -94,7 +110,7 @@ def state_scan(x, y, g, s0, *, chunk: int, reverse: bool, scale: float, block_k:
         ),
     )
     kernel = functools.partial(_state_scan_kernel, chunk=chunk, reverse=reverse, scale=scale,
-                               dot_dtype=dot_dtype, precision=precision)
+                               span_limit=span_limit, dot_dtype=dot_dtype, precision=precision)
     return pl.pallas_call(
         kernel,
         grid=(NK, NV, B * H),
