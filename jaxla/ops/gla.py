@@ -35,25 +35,30 @@ def _validate(q, k, v, g, initial_state, scale):
     return K
 
 
-def _check_kernel_dims(q, v):
-    """Head dims the Pallas kernels take (padded inside to powers of two >= 16)."""
+def _kernel_supports(q, v, implementation):
+    """Whether the Pallas kernels take these inputs (K, V <= 256; float32 or bfloat16 q, k, v).
+
+    With `implementation="pallas"` anything else is an error naming the argument; with
+    `implementation=None` (pallas on GPU) such inputs fall back to the chunked XLA path.
+    """
     from pallas_kernels.gla import MAX_HEAD_DIM
 
+    problem = None
     if q.shape[-1] > MAX_HEAD_DIM:
-        raise ValueError(
+        problem = ValueError(
             f"implementation='pallas' takes q/k head dim K <= {MAX_HEAD_DIM}, got {q.shape=}; "
-            "use implementation='xla'"
-        )
-    if v.shape[-1] > MAX_HEAD_DIM:
-        raise ValueError(
+            "use implementation='xla'")
+    elif v.shape[-1] > MAX_HEAD_DIM:
+        problem = ValueError(
             f"implementation='pallas' takes v head dim V <= {MAX_HEAD_DIM}, got {v.shape=}; "
-            "use implementation='xla'"
-        )
-    if q.dtype == jnp.float64:
-        raise TypeError(
-            f"implementation='pallas' takes float32/bfloat16/float16 inputs, got {q.dtype=}; "
-            "use implementation='xla' or 'naive' for float64"
-        )
+            "use implementation='xla'")
+    elif q.dtype not in (jnp.float32, jnp.bfloat16):
+        problem = TypeError(
+            f"implementation='pallas' takes float32 or bfloat16 q, k, v, got {q.dtype=}; "
+            "use implementation='xla'")
+    if problem is not None and implementation == "pallas":
+        raise problem
+    return problem is None
 
 
 def gla(
@@ -77,8 +82,9 @@ def gla(
       initial_state: optional float32 `[B, H, K, V]`.
       output_final_state: also return the float32 final state.
       chunk_size: power of two in [16, 256]; T need not be a multiple (padded inside).
-      implementation: "pallas" (kernel; K, V <= 256), "xla" (chunked pure JAX), "naive" (step
-        scan, the spec), or None: pallas on GPU, xla elsewhere.
+      implementation: "pallas" (kernel; K, V <= 256, float32/bfloat16), "xla" (chunked pure JAX),
+        "naive" (step scan, the spec), or None: pallas on GPU when the kernel takes the inputs,
+        xla otherwise.
 
     Returns:
       `(o [B, T, H, V] in q.dtype, final_state [B, H, K, V] float32 or None)`.
@@ -87,8 +93,7 @@ def gla(
     checks.check_chunk_size(chunk_size)
     impl = checks.resolve_implementation(implementation, _CHUNK_IMPLEMENTATIONS, "gla")
     scale = K**-0.5 if scale is None else scale
-    if impl == "pallas":
-        _check_kernel_dims(q, v)
+    if impl == "pallas" and _kernel_supports(q, v, implementation):
         from pallas_kernels.gla import chunk_gla as chunk_gla_kernel
 
         return chunk_gla_kernel(
@@ -125,8 +130,7 @@ def gla_recurrent(
     impl = checks.resolve_implementation(
         implementation, _RECURRENT_IMPLEMENTATIONS, "gla_recurrent")
     scale = K**-0.5 if scale is None else scale
-    if impl == "pallas":
-        _check_kernel_dims(q, v)
+    if impl == "pallas" and _kernel_supports(q, v, implementation):
         from pallas_kernels.gla import fused_recurrent_gla
 
         return fused_recurrent_gla(

@@ -118,10 +118,11 @@ def chunk_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state:
               interpret: bool | None = None):
     """Chunked GLA with Pallas kernels (FLA's `chunk_gla`).
 
-    q, k, g: `[B, T, H, K]`; v: `[B, T, H, V]`; q, k, v float32/bfloat16/float16, g log-decays
+    q, k, g: `[B, T, H, K]`; v: `[B, T, H, V]`; q, k, v float32 or bfloat16, g log-decays
     (<= 0, any float dtype, used in float32); K, V <= 256; any T. scale defaults to `K ** -0.5`.
-    initial_state: optional `[B, H, K, V]` (float32 inside). `block_sizes` overrides the defaults
-    (its `chunk` wins over `chunk_size`); `interpret` defaults to True off GPU.
+    initial_state: optional `[B, H, K, V]` (float32 inside). `chunk_size` above 128 runs as 128;
+    `block_sizes` overrides the defaults (its `chunk` wins over `chunk_size`); `interpret`
+    defaults to True off GPU.
     Returns `(o [B, T, H, V] in q.dtype, final_state [B, H, K, V] float32 or None)`.
     """
     _check(q, k, v, g, initial_state)

@@ -255,8 +255,9 @@ def test_traced_scale(rng, interpret):
         assert_close(a, b, name=name)
 
 
-def test_ops_dispatch_and_head_dim_limits(rng):
-    """`ops.gla(implementation="pallas")` runs the kernels; K or V > 256 is a ValueError."""
+def test_ops_dispatch_and_input_limits(rng):
+    """`ops.gla(implementation="pallas")` runs the kernels; K or V > 256 is a ValueError,
+    float16 a TypeError (the kernels' scaled operands reach e^30)."""
     q, k, v, g, h0 = gla_inputs(rng, 1, 20, 1, 16, 24)
     o, h = ops.gla(q, k, v, g, initial_state=h0, output_final_state=True, implementation="pallas")
     o_x, h_x = ops.gla(q, k, v, g, initial_state=h0, output_final_state=True, implementation="xla")
@@ -271,6 +272,11 @@ def test_ops_dispatch_and_head_dim_limits(rng):
             fn(big_k, big_k, small_v, -big_k, implementation="pallas")
         with pytest.raises(ValueError, match="V <= 256"):
             fn(small_v, small_v, big_k, -small_v, implementation="pallas")
+        half = small_v.astype(jnp.float16)
+        with pytest.raises(TypeError, match="float32 or bfloat16"):
+            fn(half, half, half, -small_v, implementation="pallas")
+    with pytest.raises(TypeError, match="float32 or bfloat16"):
+        chunk_gla(half, half, half, -small_v)
 
 
 @pytest.mark.gpu
@@ -280,6 +286,9 @@ def test_default_implementation_is_pallas_on_gpu(rng):
     o_p, h_p = ops.gla(q, k, v, g, initial_state=h0, output_final_state=True,
                        implementation="pallas")
     assert bool(jnp.all(o == o_p)) and bool(jnp.all(h == h_p))
+    # Inputs the kernels do not take run the xla path instead of failing.
+    q, k, v, g, _ = gla_inputs(rng, 1, 20, 1, 320, 16, initial_state=False)
+    assert_close(ops.gla(q, k, v, g)[0], ops.gla(q, k, v, g, implementation="xla")[0], name="o")
 
 
 def test_every_kernel_lowers_for_cuda():
