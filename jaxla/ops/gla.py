@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from jaxla.ops import _checks as checks
 from jaxla.ops.reference.gla import chunk_gla, naive_gla
 
-# Implementations that exist for each entry point; the Pallas kernels add "pallas".
-_CHUNK_IMPLEMENTATIONS = ("xla", "naive")
-_RECURRENT_IMPLEMENTATIONS = ("xla", "naive")
+# Implementations that exist for each entry point.
+_CHUNK_IMPLEMENTATIONS = ("pallas", "xla", "naive")
+_RECURRENT_IMPLEMENTATIONS = ("pallas", "xla", "naive")
 
 
 def _validate(q, k, v, g, initial_state, scale):
@@ -33,6 +35,32 @@ def _validate(q, k, v, g, initial_state, scale):
     return K
 
 
+def _kernel_supports(q, v, implementation):
+    """Whether the Pallas kernels take these inputs (K, V <= 256; float32 or bfloat16 q, k, v).
+
+    With `implementation="pallas"` anything else is an error naming the argument; with
+    `implementation=None` (pallas on GPU) such inputs fall back to the chunked XLA path.
+    """
+    from pallas_kernels.gla import MAX_HEAD_DIM
+
+    problem = None
+    if q.shape[-1] > MAX_HEAD_DIM:
+        problem = ValueError(
+            f"implementation='pallas' takes q/k head dim K <= {MAX_HEAD_DIM}, got {q.shape=}; "
+            "use implementation='xla'")
+    elif v.shape[-1] > MAX_HEAD_DIM:
+        problem = ValueError(
+            f"implementation='pallas' takes v head dim V <= {MAX_HEAD_DIM}, got {v.shape=}; "
+            "use implementation='xla'")
+    elif q.dtype not in (jnp.float32, jnp.bfloat16):
+        problem = TypeError(
+            f"implementation='pallas' takes float32 or bfloat16 q, k, v, got {q.dtype=}; "
+            "use implementation='xla'")
+    if problem is not None and implementation == "pallas":
+        raise problem
+    return problem is None
+
+
 def gla(
     q,
     k,
@@ -54,8 +82,9 @@ def gla(
       initial_state: optional float32 `[B, H, K, V]`.
       output_final_state: also return the float32 final state.
       chunk_size: power of two in [16, 256]; T need not be a multiple (padded inside).
-      implementation: "pallas" (kernel), "xla" (chunked pure JAX), "naive" (step scan, the spec),
-        or None: pallas on GPU, xla elsewhere.
+      implementation: "pallas" (kernel; K, V <= 256, float32/bfloat16), "xla" (chunked pure JAX),
+        "naive" (step scan, the spec), or None: pallas on GPU when the kernel takes the inputs,
+        xla otherwise.
 
     Returns:
       `(o [B, T, H, V] in q.dtype, final_state [B, H, K, V] float32 or None)`.
@@ -64,6 +93,13 @@ def gla(
     checks.check_chunk_size(chunk_size)
     impl = checks.resolve_implementation(implementation, _CHUNK_IMPLEMENTATIONS, "gla")
     scale = K**-0.5 if scale is None else scale
+    if impl == "pallas" and _kernel_supports(q, v, implementation):
+        from pallas_kernels.gla import chunk_gla as chunk_gla_kernel
+
+        return chunk_gla_kernel(
+            q, k, v, g, scale=scale, initial_state=initial_state,
+            output_final_state=output_final_state, chunk_size=chunk_size,
+        )
     if impl == "naive":
         o, final = naive_gla(q, k, v, g, scale=scale, initial_state=initial_state)
     else:
@@ -87,10 +123,19 @@ def gla_recurrent(
     """GLA in its recurrent form, one state update per token (FLA's `fused_recurrent_gla`).
 
     The form for decoding and short inputs: no chunk padding, O(1) work per token. Same arguments
-    and returns as `gla`. "xla" and "naive" both run the step recurrence as a `lax.scan`.
+    and returns as `gla`. "pallas" is one fused kernel walking the tokens (K, V <= 256); "xla" and
+    "naive" both run the step recurrence as a `lax.scan`.
     """
     K = _validate(q, k, v, g, initial_state, scale)
-    checks.resolve_implementation(implementation, _RECURRENT_IMPLEMENTATIONS, "gla_recurrent")
+    impl = checks.resolve_implementation(
+        implementation, _RECURRENT_IMPLEMENTATIONS, "gla_recurrent")
     scale = K**-0.5 if scale is None else scale
+    if impl == "pallas" and _kernel_supports(q, v, implementation):
+        from pallas_kernels.gla import fused_recurrent_gla
+
+        return fused_recurrent_gla(
+            q, k, v, g, scale=scale, initial_state=initial_state,
+            output_final_state=output_final_state,
+        )
     o, final = naive_gla(q, k, v, g, scale=scale, initial_state=initial_state)
     return o, (final if output_final_state else None)

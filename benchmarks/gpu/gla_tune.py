@@ -1,0 +1,228 @@
+"""Which launch configuration of the GLA kernels is fastest: `python -m benchmarks.gpu.gla_tune`.
+
+At the anchor shape (B=4, T=4096, H=16, K=V=128, bf16, g = logsigmoid(randn)/16) this times each
+of the four chunk kernels on its own over a handful of variants (tiles, num_warps, num_stages,
+chunks per program), then the whole op (fwd, fwd+bwd) with the default and with the fastest
+variant of each kernel. Correctness: the default op is compared with the xla path; every variant's
+kernel output with the default configuration's. It also times the exact intra-chunk path (taken by
+chunks with a decay span > 60, i.e. very strong gates) and the matmul path compiled without it.
+Writes `$OUT/gla_tune.json` when OUT is set. About 2-4 minutes on an H100, compiles included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks.timing import time_jax
+from jaxla import ops
+from jaxla.testing import rel_error
+from pallas_kernels.gla import BlockSizes, chunk_gla
+from pallas_kernels.gla.chunk_bwd import chunk_grads
+from pallas_kernels.gla.chunk_fwd import chunk_fwd, chunk_output
+from pallas_kernels.gla.chunk_state import state_scan
+
+B, T, H, K, V = 4, 4096, 16, 128, 128
+# GLA_TUNE_SMOKE=1: a tiny shape in interpret mode, to check this script on a CPU.
+SMOKE = bool(os.environ.get("GLA_TUNE_SMOKE"))
+if SMOKE:
+    B, T, H, K, V = 1, 256, 2, 32, 32
+INTERPRET = SMOKE
+FLA_MS = {"fwd": 0.846, "fwd+bwd": 3.703}  # anchors.md, same shape, H100
+MISMATCH = 1e-2  # a variant whose kernel output differs more from the default's is wrong
+
+STATE_VARIANTS = [  # (block_k_state, block_v_state, num_warps, num_stages)
+    (32, 128, 4, 2), (32, 128, 4, 3), (64, 128, 4, 2), (64, 128, 4, 3), (32, 128, 2, 3),
+    (64, 128, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (16, 128, 4, 3),
+]
+if SMOKE:
+    STATE_VARIANTS = [(16, 32, 4, 2), (32, 16, 4, 3)]
+# Per-chunk kernels: (num_warps, num_stages, chunks_per_program, block_k). The offline compile
+# (Triton 3.6, sm_90) of the defaults: output 218 registers, no spills; grads 255 registers,
+# ~90 B spilled; 4 warps spill kilobytes in both.
+OUTPUT_VARIANTS = [
+    (8, 2, 1, 32), (8, 3, 1, 32), (8, 2, 2, 32), (8, 3, 4, 32), (8, 2, 1, 64), (8, 2, 1, 16),
+    (4, 2, 1, 32), (16, 2, 1, 32),
+]
+if SMOKE:
+    OUTPUT_VARIANTS = [(8, 2, 1, 32), (4, 2, 2, 16)]
+GRAD_VARIANTS = [
+    (8, 2, 1, 32), (8, 1, 1, 32), (8, 3, 1, 32), (8, 2, 2, 32), (8, 2, 1, 16), (8, 2, 1, 64),
+    (16, 2, 1, 32), (4, 2, 1, 32),
+]
+if SMOKE:
+    GRAD_VARIANTS = [(8, 2, 1, 32), (4, 2, 2, 16)]
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def inputs():
+    kq, kk, kv, kg, kd = jax.random.split(jax.random.key(0), 5)
+    q, k, v, do = (jax.random.normal(x, (B, T, H, D), jnp.bfloat16)
+                   for x, D in ((kq, K), (kk, K), (kv, V), (kd, V)))
+    g = jax.nn.log_sigmoid(jax.random.normal(kg, (B, T, H, K), jnp.float32)) / 16
+    return q, k, v, g, do
+
+
+def timed(name, fn, *args, reference=None):
+    """(ms, relative error vs reference or None, message); failures are reported, not raised."""
+    start = time.perf_counter()
+    try:
+        run = jax.jit(fn)
+        out = jax.block_until_ready(run(*args))
+        ms = time_jax(run, *args, warmup=2, iters=20)
+    except Exception as e:  # noqa: BLE001
+        log(f"  {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
+        return None, None, f"{type(e).__name__}: {str(e)[:200]}", None
+    err = None
+    if reference is not None:
+        leaves = jax.tree.leaves(out)
+        err = max(rel_error(a, b) for a, b in zip(leaves, jax.tree.leaves(reference)))
+    log(f"  {name}: {ms:.3f} ms" + (f", rel err {err:.1e}" if err is not None else "")
+        + f" ({time.perf_counter() - start:.1f}s incl. compile)")
+    return ms, err, None, out
+
+
+def main():
+    q, k, v, g, do = inputs()
+    h0 = jnp.zeros((B, H, K, V), jnp.float32)
+    default = BlockSizes.get_default(K, V)
+    scale = K**-0.5
+    results = {"device": str(jax.devices()[0].device_kind), "default": dataclasses.asdict(default),
+               "kernels": {}}
+
+    log("reference: xla path and the default pallas op")
+    o_x = jax.jit(lambda q, k, v, g: ops.gla(q, k, v, g, implementation="xla")[0])(q, k, v, g)
+    o_p = jax.jit(lambda q, k, v, g: chunk_gla(q, k, v, g, block_sizes=default)[0])(q, k, v, g)
+    results["default_vs_xla"] = rel_error(o_p, o_x)
+    log(f"  default pallas vs xla: o rel err {results['default_vs_xla']:.2e}")
+
+    # Per-kernel inputs from the default configuration.
+    _, _, hs = jax.jit(functools.partial(chunk_fwd, scale=scale, block_sizes=default,
+                                         interpret=INTERPRET))(q, k, v, g, h0)
+    dhs, _ = jax.jit(functools.partial(
+        state_scan, chunk=64, reverse=True, scale=scale, block_k=default.block_k_state,
+        block_v=default.block_v_state, num_warps=default.num_warps_state,
+        num_stages=default.num_stages_state, interpret=INTERPRET, name="ref"))(q, do, g, h0)
+
+    tables = {}
+
+    def run_family(family, variants, make, args, describe):
+        rows, ref = [], None
+        for variant in variants:
+            label = describe(variant)
+            ms, err, msg, out = timed(f"{family} {label}", make(variant), *args, reference=ref)
+            if ref is None and out is not None:
+                ref = out  # the first variant is the default configuration
+                err = 0.0
+            ok = msg is None and (err is None or err <= MISMATCH)
+            rows.append({"variant": label, "params": variant, "ms": ms, "err_vs_default": err,
+                         "ok": ok, "error": msg})
+        tables[family] = rows
+        return rows
+
+    log("state scan (forward states): block_k, block_v, warps, stages")
+    describe_state = lambda p: f"bk={p[0]} bv={p[1]} w={p[2]} s={p[3]}"  # noqa: E731
+    make_state = lambda reverse: lambda p: functools.partial(  # noqa: E731
+        state_scan, chunk=64, reverse=reverse, scale=scale if reverse else 1.0, block_k=p[0],
+        block_v=p[1], num_warps=p[2], num_stages=p[3], interpret=INTERPRET, name="tune")
+    run_family("state_fwd", STATE_VARIANTS, make_state(False), (k, v, g, h0), describe_state)
+    log("state scan (backward state gradients)")
+    run_family("state_bwd", STATE_VARIANTS[:5], make_state(True), (q, do, g, h0), describe_state)
+
+    describe_chunk = lambda p: f"w={p[0]} s={p[1]} cpp={p[2]} bk={p[3]}"  # noqa: E731
+    log("output kernel: warps, stages, chunks per program, block_k")
+    make_out = lambda p, sl=default.span_limit: functools.partial(  # noqa: E731
+        chunk_output, scale=scale, chunk=64, block_k=p[3], block_v=default.block_v, span_limit=sl,
+        chunks_per_program=p[2], num_warps=p[0], num_stages=p[1], interpret=INTERPRET)
+    run_family("output", OUTPUT_VARIANTS, make_out, (q, k, v, g, hs), describe_chunk)
+    log("gradient kernel: warps, stages, chunks per program, block_k")
+    make_grad = lambda p, sl=default.span_limit: functools.partial(  # noqa: E731
+        chunk_grads, scale=scale, chunk=64, block_k=p[3], block_v=default.block_v, span_limit=sl,
+        chunks_per_program=p[2], num_warps=p[0], num_stages=p[1], interpret=INTERPRET)
+    run_family("grads", GRAD_VARIANTS, make_grad, (q, k, v, g, do, hs, dhs), describe_chunk)
+
+    log("intra-chunk paths at the default launch: exact path forced / matmul path only")
+    paths = {}
+    for family, make, args, p in (
+        ("output", make_out, (q, k, v, g, hs), OUTPUT_VARIANTS[0]),
+        ("grads", make_grad, (q, k, v, g, do, hs, dhs), GRAD_VARIANTS[0]),
+    ):
+        for name, sl in (("exact path (span > 60)", -1.0), ("matmul path only", float("inf"))):
+            ms, _, msg, _ = timed(f"{family} {name}", make(p, sl), *args)
+            paths[f"{family}: {name}"] = ms if msg is None else msg
+    results["paths"] = paths
+
+    def best(family, default_params):
+        ok = [r for r in tables[family] if r["ok"] and r["ms"] is not None]
+        return min(ok, key=lambda r: r["ms"])["params"] if ok else default_params
+
+    bs_state = best("state_fwd", STATE_VARIANTS[0])
+    bs_out = best("output", OUTPUT_VARIANTS[0])
+    bs_grad = best("grads", GRAD_VARIANTS[0])
+    tuned = dataclasses.replace(
+        default, block_k_state=bs_state[0], block_v_state=bs_state[1],
+        num_warps_state=bs_state[2], num_stages_state=bs_state[3],
+        num_warps_fwd=bs_out[0], num_stages_fwd=bs_out[1], chunks_per_program_fwd=bs_out[2],
+        block_k=bs_grad[3],  # one K tile for both kernels: the backward's choice (it costs more)
+        num_warps_bwd=bs_grad[0], num_stages_bwd=bs_grad[1], chunks_per_program_bwd=bs_grad[2])
+    results["tuned"] = dataclasses.asdict(tuned)
+
+    log("whole op: default vs tuned vs chunk 32")
+    whole = {}
+    configs = (("default", default), ("tuned", tuned),
+               ("tuned, chunk 32", dataclasses.replace(tuned, chunk=32)))
+    for name, bs in configs:
+        fwd = lambda q, k, v, g, bs=bs: chunk_gla(q, k, v, g, block_sizes=bs)[0]  # noqa: E731
+
+        def fwd_bwd(q, k, v, g, bs=bs):
+            def loss(*a):
+                o = chunk_gla(*a, block_sizes=bs)[0]
+                return jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32))
+
+            return jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, g)
+
+        ms_f, err_f, _, _ = timed(f"{name} fwd", fwd, q, k, v, g, reference=(o_x,))
+        ms_b, _, _, _ = timed(f"{name} fwd+bwd", fwd_bwd, q, k, v, g)
+        whole[name] = {"fwd": ms_f, "fwd+bwd": ms_b, "o_vs_xla": err_f}
+    results["whole"] = whole
+    results["kernels"] = tables
+
+    out_dir = os.environ.get("OUT")
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "gla_tune.json"), "w") as f:
+            json.dump(results, f, indent=1, default=str)
+
+    print(f"GLA kernel tuning on {results['device']}, B={B} T={T} H={H} K=V={K} bf16")
+    print(f"default vs xla: o rel err {results['default_vs_xla']:.2e}")
+    for family, rows in tables.items():
+        print(f"\n{family} (sorted; first listed variant = default)")
+        for r in sorted(rows, key=lambda r: (r["ms"] is None, r["ms"] or 0)):
+            status = "ok" if r["ok"] else ("FAILED" if r["error"] else "MISMATCH")
+            err = "" if r["err_vs_default"] is None else f"  err {r['err_vs_default']:.1e}"
+            ms = "   -   " if r["ms"] is None else f"{r['ms']:7.3f}"
+            print(f"  {ms} ms  {r['variant']:<26} {status}{err}")
+    print("\nintra-chunk paths (default launch):")
+    for name, ms in paths.items():
+        print(f"  {name:<40} " + (f"{ms:.3f} ms" if isinstance(ms, float) else str(ms)))
+    print(f"\ntuned BlockSizes: {tuned}")
+    print(f"\n{'whole op':<18}{'fwd ms':>10}{'fwd+bwd ms':>12}{'o vs xla':>10}")
+    for name, r in whole.items():
+        fmt = lambda x: "failed" if x is None else f"{x:.3f}"  # noqa: E731
+        err = "-" if r["o_vs_xla"] is None else f"{r['o_vs_xla']:.1e}"
+        print(f"{name:<18}{fmt(r['fwd']):>10}{fmt(r['fwd+bwd']):>12}{err:>10}")
+    print(f"{'FLA (anchors.md)':<18}{FLA_MS['fwd']:>10.3f}{FLA_MS['fwd+bwd']:>12.3f}")
+
+
+if __name__ == "__main__":
+    main()

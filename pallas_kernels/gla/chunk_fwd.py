@@ -1,0 +1,196 @@
+"""Chunked GLA forward: chunk states, then every chunk's output in parallel.
+
+Design (B=4, T=4096, H=16, K=V=128, bf16, chunk C=64, on an H100: 3.0 TB/s, ~400 TFLOP/s bf16)
+----------------------------------------------------------------------------------------------
+Two kernels, states materialised (FLA's scheme), because the fused alternative (one program per
+(b, h, V tile) carrying the state through all chunks) has only B*H*V/BV = 64-128 sequential
+programs for 132 SMs and recomputes the intra-chunk attention per V tile.
+
+1. `state_scan` (chunk_state.py): grid (K/BK, V/BV, B*H) = (4, 1, 64) = 256 programs, each a loop
+   over NT = 64 chunks (BK = 32: two programs per SM to hide each other's latency; the four K
+   tiles of a head run side by side and share v through L2). Reads k, g, v (67 + 134 + 67 MB),
+   writes the chunk states hs [B, H, NT, K, V] in the input dtype (134 MB in bf16; they are matmul
+   operands). ~0.40 GB -> ~0.13 ms at the memory floor.
+2. `_output_kernel`: grid (V/BV, NT, B*H) = (1, 64, 64) = 4096 independent programs. Per chunk:
+   o = scale * [(q * exp G) @ S_n + tril(A) @ v] with A_ij = sum_k q_ik k_jk exp(G_ik - G_jk),
+   walking K in tiles of 32 (A and the inter term accumulate over the tiles): a whole-K version
+   needed more than 255 registers per thread at 4 warps and filled the register file at 8.
+   Reads q, k, v, g, hs (67*3 + 134 + 134 MB), writes o (67 MB): ~0.54 GB -> ~0.18 ms.
+   Matmul work: 2*C*K*V (inter) + 2*C*C*K (A) + 2*C*C*V (A v) per chunk = 4 MFLOP, 17 GFLOP
+   in all, doubled by the bf16 hi/lo splits below (~0.1 ms on tensor cores, overlapping loads).
+   Triton 3.6 compiling this kernel's TTIR for sm_90 offline: 8 warps, 218 registers, 44 KB shared
+   memory, no spills (one program of 8 warps per SM; 4 warps spill).
+Forward floor with the materialised states: ~0.94 GB -> 0.31 ms; expected ~0.4 ms (FLA: 0.75-0.85).
+
+Intra-chunk attention without per-pair exponentials. Any per-channel reference r factorises
+exp(G_i - G_j) = exp(G_i - r) * exp(r - G_j). With r = G_last / 2 both factors are bounded by
+exp(span / 2), span = -G_last >= 0 (G runs from ~0 down to G_last inside a chunk), so when the span
+is at most `span_limit` (60: factors within e^+-30) the whole causal score matrix is ONE matmul
+`(q * exp(G - r)) @ (k * exp(r - G))^T`, masked. Masked (acausal) entries may be huge, but
+`where` discards them; causal entries are sums of terms <= |q_ik k_jk|, each formed
+with ordinary operand rounding. This replaces FLA's 16-row sub-chunks and their exact fp32 diagonal
+blocks (C*16*K exponentials per chunk) with 2*C*K exponentials. With FLA's gates
+(`logsigmoid(x) / 16`) a 64-row chunk spans ~3, so the matmul path is the rule; chunks whose span
+exceeds the limit (log-decay below ~-0.9 per step on average in some channel) take the exact path:
+a loop over the C key rows with per-pair exponents, all <= 0 (`pair_decay`), correct down to a
+log-decay of -inf per step, ~C/2 times more exponentials. The choice is per chunk, at run time.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels.gla.chunk_state import state_scan
+from pallas_kernels.gla.common import (
+    F32,
+    causal_mask,
+    choose,
+    chunk_gates,
+    chunks_per_program as per_program,
+    fold_tiles,
+    for_each_chunk,
+    itemsize,
+    mm,
+    operand_dtype,
+    pair_decay,
+    row_ids,
+    split_bh,
+    use_matmul_path,
+)
+from pallas_kernels.gla.config import BlockSizes
+
+
+def _output_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, o_ref, *, chunk, block_k, scale,
+                   span_limit, dot_dtype, precision):
+    # q, k, g: [P*C, K]; v, o: [P*C, BV]; h: [P, K, BV] (the state entering each of the P chunks).
+    # K is walked in tiles of block_k so that few [C, block_k] float32 tiles are live at once.
+    C, K = chunk, q_ref.shape[1]
+    BV = v_ref.shape[1]
+    nk = K // block_k
+    dot = functools.partial(mm, dtype=dot_dtype, precision=precision)
+
+    def one_chunk(rows, p):
+        GL_all = jnp.sum(g_ref[rows, :].astype(F32), axis=0, keepdims=True)
+
+        def load(cols):
+            g = g_ref[rows, cols].astype(F32)
+            G, GL = chunk_gates(g)
+            return g, G, GL, q_ref[rows, cols].astype(F32)
+
+        def inter_tile(cols, q, G):  # (q * exp G) @ S_n over this K tile
+            return dot(q * jnp.exp(G), h_ref[p, cols, :], split=1)
+
+        def matmul_path():
+            def tile(cols, carry):
+                inter, A = carry
+                g, G, GL, q = load(cols)
+                half = 0.5 * GL
+                qf = q * jnp.exp(G - half)
+                kf = k_ref[rows, cols].astype(F32) * jnp.exp(half - G)
+                return (inter + inter_tile(cols, q, G),
+                        A + dot(qf, kf, trans_b=True, split=1))
+
+            init = (jnp.zeros((C, BV), F32), jnp.zeros((C, C), F32))
+            inter, A = fold_tiles(nk, block_k, tile, init)
+            return inter + dot(jnp.where(causal_mask(C), A, 0.0), v_ref[rows, :], split=1)
+
+        def exact_path():
+            def tile(cols, inter):
+                g, G, GL, q = load(cols)
+                return inter + inter_tile(cols, q, G)
+
+            inter = fold_tiles(nk, block_k, tile, jnp.zeros((C, BV), F32))
+            ids = row_ids(C)
+
+            def column(j, acc):  # acc += A[:, j] v_j, A[:, j] summed over the K tiles
+                def a_tile(cols, a):
+                    g, _, _, q = load(cols)
+                    kj = k_ref[pl.ds(rows.start + j, 1), cols].astype(F32)
+                    return a + jnp.sum(q * kj * pair_decay(g, ids, j), axis=1, keepdims=True)
+
+                a = fold_tiles(nk, block_k, a_tile, jnp.zeros((C, 1), F32))
+                return acc + a * v_ref[pl.ds(rows.start + j, 1), :].astype(F32)
+
+            return inter + lax.fori_loop(0, C, column, jnp.zeros((C, BV), F32))
+
+        o = choose(lambda: use_matmul_path(GL_all, span_limit), span_limit, matmul_path,
+                   exact_path)
+        o_ref[rows, :] = (scale * o).astype(o_ref.dtype)
+
+    for_each_chunk(h_ref.shape[0], C, one_chunk)
+
+
+def chunk_output(q, k, v, g, hs, *, scale: float, chunk: int, block_k: int, block_v: int,
+                 span_limit: float, chunks_per_program: int, num_warps: int, num_stages: int,
+                 interpret: bool):
+    """o `[B, Tp, H, V]` from padded inputs and the chunk states hs `[B, H, NT, K, V]`."""
+    B, Tp, H, K = q.shape
+    V = v.shape[-1]
+    NT, NV = Tp // chunk, V // block_v
+    P = per_program(chunks_per_program, NT)
+    dot_dtype, precision = operand_dtype(q.dtype)
+
+    def kmap(vv, n, i):
+        b, h = split_bh(i, H)
+        return b, n, h, 0
+
+    def vmap_(vv, n, i):
+        b, h = split_bh(i, H)
+        return b, n, h, vv
+
+    def hmap(vv, n, i):
+        b, h = split_bh(i, H)
+        return b, h, n, 0, vv
+
+    k_spec = pl.BlockSpec((None, P * chunk, None, K), kmap)
+    v_spec = pl.BlockSpec((None, P * chunk, None, block_v), vmap_)
+    h_spec = pl.BlockSpec((None, None, P, K, block_v), hmap)
+    # research/flops.md §6.4 per head: scores 2*T*C*K, A v 2*T*C*V, inter output 2*T*K*V
+    # (algorithmic FLOPs; 16-bit inputs run 2 dots per matmul for accuracy, see common.mm).
+    cost = pl.CostEstimate(
+        flops=int(B * H * (NV * 2 * Tp * chunk * K + 2 * Tp * chunk * V + 2 * Tp * K * V
+                           + NV * 6 * Tp * K)),
+        transcendentals=int(B * H * NV * 3 * Tp * K),
+        bytes_accessed=int(NV * (2 * q.size * itemsize(q.dtype) + g.size * 4)
+                           + v.size * itemsize(v.dtype) + hs.size * itemsize(hs.dtype)
+                           + B * Tp * H * V * itemsize(q.dtype)),
+    )
+    kernel = functools.partial(_output_kernel, chunk=chunk, block_k=min(block_k, K), scale=scale,
+                               span_limit=span_limit, dot_dtype=dot_dtype, precision=precision)
+    return pl.pallas_call(
+        kernel,
+        grid=(NV, NT // P, B * H),
+        in_specs=[k_spec, k_spec, v_spec, k_spec, h_spec],
+        out_specs=v_spec,
+        out_shape=jax.ShapeDtypeStruct((B, Tp, H, V), q.dtype),
+        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        cost_estimate=cost,
+        interpret=interpret,
+        name="gla_chunk_fwd_output",
+    )(q, k, v, g, hs)
+
+
+def chunk_fwd(q, k, v, g, h0, *, scale: float, block_sizes: BlockSizes, interpret: bool):
+    """Forward on padded inputs (Tp % chunk == 0, K and V powers of two).
+
+    Returns (o `[B, Tp, H, V]`, final state `[B, H, K, V]` float32, chunk states hs).
+    """
+    bs = block_sizes
+    hs, ht = state_scan(
+        k, v, g, h0, chunk=bs.chunk, reverse=False, scale=1.0, block_k=bs.block_k_state,
+        block_v=bs.block_v_state, num_warps=bs.num_warps_state, num_stages=bs.num_stages_state,
+        interpret=interpret, name="gla_chunk_fwd_states", span_limit=bs.span_limit,
+    )
+    o = chunk_output(
+        q, k, v, g, hs, scale=scale, chunk=bs.chunk, block_k=bs.block_k, block_v=bs.block_v,
+        span_limit=bs.span_limit,
+        chunks_per_program=bs.chunks_per_program_fwd, num_warps=bs.num_warps_fwd,
+        num_stages=bs.num_stages_fwd, interpret=interpret,
+    )
+    return o, ht, hs

@@ -1,0 +1,127 @@
+"""The chunk-level state scan shared by the forward (states) and the backward (state gradients).
+
+Forward (`reverse=False`): the state entering chunk n, `S_n`, is stored, then
+`S_{n+1} = diag(exp G_last) S_n + (k * exp(G_last - G))^T v`.
+Backward (`reverse=True`): the gradient of the state leaving chunk n, `dS_n`, is stored, then
+`dS_{n-1} = diag(exp G_last) dS_n + (scale * q * exp(G))^T do`; after chunk 0 it is d initial_state.
+
+One program owns a `[BK, BV]` tile of the float32 state and walks all chunks of one (b, h) in
+order; tiling K (rather than V) reads the float32 gates once. The loads of a step do not depend on
+the state, so Triton's software pipelining (num_stages) prefetches the next chunk.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels.gla.common import (
+    F32,
+    choose,
+    chunk_gates,
+    itemsize,
+    mm,
+    operand_dtype,
+    split_bh,
+    suffix_sums,
+    use_matmul_path,
+)
+from pallas_kernels.gla.config import DEFAULT_SPAN_LIMIT
+
+
+def _state_scan_kernel(x_ref, y_ref, g_ref, s0_ref, states_ref, sT_ref, *, chunk, reverse, scale,
+                       span_limit, dot_dtype, precision):
+    # x_ref, g_ref: [Tp, BK]; y_ref: [Tp, BV]; s0_ref, sT_ref: [BK, BV]; states_ref: [NT, BK, BV]
+    NT = states_ref.shape[0]
+
+    def body(i, s):
+        n = NT - 1 - i if reverse else i
+        states_ref[n] = s.astype(states_ref.dtype)
+        rows = pl.ds(pl.multiple_of(n * chunk, chunk), chunk)
+        g = g_ref[rows, :].astype(F32)
+        GL = jnp.sum(g, axis=0)
+        x = x_ref[rows, :].astype(F32)
+        G, GL_row = chunk_gates(g)
+        if reverse:
+            w = x * (scale * jnp.exp(G))
+        else:
+            # exp(G_last - G): the exact suffix sums only where the chunk's decay span exceeds
+            # the matmul-path limit (elsewhere the cumsum difference errs by ~eps * span).
+            S = choose(lambda: use_matmul_path(GL_row, span_limit), span_limit,
+                       lambda: GL_row - G, lambda: suffix_sums(g))
+            w = x * jnp.exp(S)
+        update = mm(w, y_ref[rows, :], dtype=dot_dtype, precision=precision, trans_a=True,
+                    split=1)
+        return s * jnp.exp(GL)[:, None] + update
+
+    sT_ref[...] = lax.fori_loop(0, NT, body, s0_ref[...].astype(F32))
+
+
+def state_scan(x, y, g, s0, *, chunk: int, reverse: bool, scale: float, block_k: int,
+               block_v: int, num_warps: int, num_stages: int, interpret: bool, name: str,
+               span_limit: float = DEFAULT_SPAN_LIMIT):
+    """Chunk states (or state gradients) `[B, H, NT, K, V]` in x's dtype and the end state.
+
+    x, g: `[B, Tp, H, K]` (k or q; g float32); y: `[B, Tp, H, V]` (v or do); s0: `[B, H, K, V]`
+    float32 (initial state, or the final-state cotangent when `reverse`). Tp % chunk == 0.
+    """
+    B, Tp, H, K = x.shape
+    V = y.shape[-1]
+    NT = Tp // chunk
+    NK, NV = K // block_k, V // block_v
+    dot_dtype, precision = operand_dtype(x.dtype)
+
+    def xmap(kk, vv, i):
+        b, h = split_bh(i, H)
+        return b, 0, h, kk
+
+    def ymap(kk, vv, i):
+        b, h = split_bh(i, H)
+        return b, 0, h, vv
+
+    def smap(kk, vv, i):
+        b, h = split_bh(i, H)
+        return b, h, kk, vv
+
+    def statesmap(kk, vv, i):
+        b, h = split_bh(i, H)
+        return b, h, 0, kk, vv
+
+    x_spec = pl.BlockSpec((None, Tp, None, block_k), xmap)
+    y_spec = pl.BlockSpec((None, Tp, None, block_v), ymap)
+    s_spec = pl.BlockSpec((None, None, block_k, block_v), smap)
+    states_spec = pl.BlockSpec((None, None, NT, block_k, block_v), statesmap)
+
+    # research/flops.md §6.4: chunk-state contributions 2*T*K*V plus the state update 2*NT*K*V
+    # per head; gate work ~4*T*K per V tile.
+    cost = pl.CostEstimate(
+        flops=int(B * H * (2 * Tp * K * V + 2 * NT * K * V + NV * 4 * Tp * K)),
+        transcendentals=int(B * H * NV * (Tp * K + NT * K)),
+        bytes_accessed=int(
+            NV * (x.size * itemsize(x.dtype) + g.size * 4)
+            + NK * y.size * itemsize(y.dtype)
+            + B * H * NT * K * V * itemsize(x.dtype)
+            + 2 * B * H * K * V * 4
+        ),
+    )
+    kernel = functools.partial(_state_scan_kernel, chunk=chunk, reverse=reverse, scale=scale,
+                               span_limit=span_limit, dot_dtype=dot_dtype, precision=precision)
+    return pl.pallas_call(
+        kernel,
+        grid=(NK, NV, B * H),
+        in_specs=[x_spec, y_spec, x_spec, s_spec],
+        out_specs=[states_spec, s_spec],
+        out_shape=[
+            jax.ShapeDtypeStruct((B, H, NT, K, V), x.dtype),
+            jax.ShapeDtypeStruct((B, H, K, V), F32),
+        ],
+        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        cost_estimate=cost,
+        interpret=interpret,
+        name=name,
+    )(x, y, g, s0)

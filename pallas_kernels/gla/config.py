@@ -1,0 +1,112 @@
+"""Block sizes and launch parameters of the GLA kernels."""
+
+from __future__ import annotations
+
+import dataclasses
+
+MAX_HEAD_DIM = 256  # K and V (after padding to a power of two) the kernels take
+MAX_CHUNK = 128
+
+# Largest per-channel decay span `-sum(g)` over one chunk for which the intra-chunk attention
+# is one matmul of `q * exp(G - G_last/2)` and `k * exp(G_last/2 - G)`: both factors then lie in
+# [exp(-span/2), exp(span/2)] = [e^-30, e^30], far from float32/bfloat16 overflow (e^88), and each
+# product q_i k_j exp(G_i - G_j) of a causal pair is formed with the rounding of an ordinary matmul.
+# Chunks with a larger span (log-decay below about -0.9 per step on average in some channel) take
+# the exact path: a loop over key rows with per-pair exponents, all <= 0.
+DEFAULT_SPAN_LIMIT = 60.0
+
+
+def _is_pow2(n: int) -> bool:
+    return isinstance(n, int) and n > 0 and n & (n - 1) == 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlockSizes:
+    """Tiles and Triton launch parameters of the chunked and recurrent GLA kernels.
+
+    chunk: rows per chunk C (power of two in [16, 128]); clipped to `next_pow2(T)` for short inputs.
+    block_k_state, block_v_state: the `[BK, BV]` state tile that one program of the chunk-state
+      scans (forward states, backward state gradients) carries through all chunks.
+    block_k: K tile that the per-chunk output and gradient kernels loop over (fewer live float32
+      tiles: the kernels need registers for [C, block_k] tiles, not [C, K]).
+    block_v: V tile of the per-chunk output (forward) and gradient (backward) kernels. With
+      `block_v < V` the backward writes float32 partial dq, dk, dg per V tile, summed by XLA.
+    block_v_recurrent: V tile of the recurrent kernels (each program holds a
+      `[K, block_v_recurrent]` float32 state).
+    chunks_per_program_fwd, chunks_per_program_bwd: chunks one program of the output (forward) or
+      gradient (backward) kernel handles in a loop (power of two; fewer programs, but Triton can
+      prefetch the next chunk while computing this one). Clipped to divide the number of chunks.
+    span_limit: chunks whose largest decay span `-sum(g)` exceeds this take the exact intra-chunk
+      path (see DEFAULT_SPAN_LIMIT); `inf` forces the matmul path, a negative value the exact one.
+    num_warps_* / num_stages_*: Triton launch parameters of each kernel family.
+    """
+
+    chunk: int = 64
+    block_k_state: int = 32
+    block_v_state: int = 128
+    block_k: int = 32
+    block_v: int = 128
+    block_v_recurrent: int = 32
+    chunks_per_program_fwd: int = 1
+    chunks_per_program_bwd: int = 1
+    span_limit: float = DEFAULT_SPAN_LIMIT
+    num_warps_state: int = 4
+    num_stages_state: int = 2
+    num_warps_fwd: int = 8
+    num_stages_fwd: int = 2
+    num_warps_bwd: int = 8
+    num_stages_bwd: int = 2
+    num_warps_recurrent: int = 4
+    num_stages_recurrent: int = 2
+
+    def __post_init__(self):
+        if not _is_pow2(self.chunk) or not 16 <= self.chunk <= MAX_CHUNK:
+            raise ValueError(
+                f"chunk must be a power of two in [16, {MAX_CHUNK}], got {self.chunk=}")
+        for name in ("block_k_state", "block_v_state", "block_k", "block_v", "block_v_recurrent"):
+            value = getattr(self, name)
+            if not _is_pow2(value) or not 16 <= value <= MAX_HEAD_DIM:
+                raise ValueError(
+                    f"{name} must be a power of two in [16, {MAX_HEAD_DIM}], got {value}")
+        for name in ("chunks_per_program_fwd", "chunks_per_program_bwd"):
+            value = getattr(self, name)
+            if not _is_pow2(value) or value > 64:
+                raise ValueError(f"{name} must be a power of two <= 64, got {value}")
+        for name in ("num_warps_state", "num_warps_fwd", "num_warps_bwd", "num_warps_recurrent"):
+            value = getattr(self, name)
+            if not _is_pow2(value) or value > 16:
+                raise ValueError(f"{name} must be a power of two <= 16, got {value}")
+        for name in ("num_stages_state", "num_stages_fwd", "num_stages_bwd",
+                     "num_stages_recurrent"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= 8:
+                raise ValueError(f"{name} must be an int in [1, 8], got {value}")
+
+    @classmethod
+    def get_default(cls, K: int = 128, V: int = 128, *, chunk: int = 64) -> BlockSizes:
+        """Defaults for padded head dims K, V (powers of two in [16, 256])."""
+        # Register and shared-memory use below were read off Triton 3.6 compiling the kernels'
+        # TTIR for sm_90 (K = V = 128, chunk 64): the per-chunk kernels need 8 warps (4 spill),
+        # the state scans fit 2 programs of 4 warps per SM.
+        return cls(
+            chunk=min(chunk, MAX_CHUNK),
+            # K/32 * B*H state-scan programs: 256 at the anchor shape (B*H = 64) for 132 SMs.
+            block_k_state=min(K, 32),
+            block_v_state=min(V, 128),
+            block_k=min(K, 32),
+            block_v=min(V, 128),
+            block_v_recurrent=min(V, 32 if K <= 128 else 16),
+        )
+
+    def for_dims(self, K: int, V: int, T: int) -> BlockSizes:
+        """These sizes clipped to padded head dims K, V and sequence length T."""
+        chunk = min(self.chunk, max(16, 1 << max(0, T - 1).bit_length()))
+        return dataclasses.replace(
+            self,
+            chunk=chunk,
+            block_k_state=min(self.block_k_state, K),
+            block_v_state=min(self.block_v_state, V),
+            block_k=min(self.block_k, K),
+            block_v=min(self.block_v, V),
+            block_v_recurrent=min(self.block_v_recurrent, V),
+        )

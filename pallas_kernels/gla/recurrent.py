@@ -1,0 +1,180 @@
+"""Fused recurrent GLA (FLA's `fused_recurrent_gla`): one state update per token, for decoding
+and short inputs.
+
+Each program owns a `[K, BV]` float32 state tile of one (b, h) in registers and walks the tokens:
+`S_t = diag(exp g_t) S_{t-1} + k_t^T v_t`, `o_t = scale q_t S_t`. The backward is two kernels:
+`_dq_kernel` replays the forward and emits `dq_t = scale S_t do_t^T`; `_dkv_kernel` walks the
+tokens backwards with the state gradient `dS_t = scale q_t^T do_t + diag(exp g_{t+1}) dS_{t+1}`,
+emitting `dk_t = dS_t v_t^T`, `dv_t = k_t dS_t` and the gate gradient in closed form,
+`dg_t = sum_{s >= t} (q_s dq_s - k_s dk_s) + rowsum(S_T * dS_T)` (no per-step states stored; the
+final state comes from the forward). The token's own pair (k_t^T v_t seen by q_t) adds
+`c k_t` to dq_t and `c q_t` to dk_t, c = scale v_t . do_t, which cancel in q dq - k dk: the sum
+leaves them out, so under strong decay (where the true dg is tiny) it does not carry their
+rounding. dq, dk and dg sum over V tiles: float32 partials per tile, added by XLA.
+Work per token is O(K V); for long inputs use the chunked kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels.gla.common import F32, itemsize, split_bh
+from pallas_kernels.gla.config import BlockSizes
+
+
+def _row(ref, t):
+    return ref[pl.ds(t, 1), :].astype(F32)  # [1, D]
+
+
+def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, h0_ref, o_ref, ht_ref, *, scale):
+    # q, k, g: [T, K]; v, o: [T, BV]; h0, ht: [K, BV]
+    T = q_ref.shape[0]
+
+    def body(t, s):
+        k_col = _row(k_ref, t).T  # [K, 1]
+        s = s * jnp.exp(_row(g_ref, t)).T + k_col * _row(v_ref, t)
+        q_col = (scale * _row(q_ref, t)).T
+        o_ref[pl.ds(t, 1), :] = jnp.sum(s * q_col, axis=0, keepdims=True).astype(o_ref.dtype)
+        return s
+
+    ht_ref[...] = lax.fori_loop(0, T, body, h0_ref[...].astype(F32))
+
+
+def _dq_kernel(k_ref, v_ref, g_ref, do_ref, h0_ref, dq_ref, *, scale):
+    # k, g: [T, K]; v, do: [T, BV]; h0: [K, BV]; dq: [T, K] float32 partial over this V tile,
+    # without token t's own term scale k_t (v_t . do_t) (added by _dkv_kernel).
+    T = k_ref.shape[0]
+
+    def body(t, s):
+        s = s * jnp.exp(_row(g_ref, t)).T  # diag(exp g_t) S_{t-1}
+        dq_ref[pl.ds(t, 1), :] = (scale * jnp.sum(s * _row(do_ref, t), axis=1))[None, :]
+        return s + _row(k_ref, t).T * _row(v_ref, t)
+
+    lax.fori_loop(0, T, body, h0_ref[...].astype(F32))
+
+
+def _dkv_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, dqp_ref, ht_ref, dht_ref,
+                dq_ref, dk_ref, dv_ref, dg_ref, dh0_ref, *, scale):
+    # q, k, g, dqp (from _dq_kernel), dq, dk, dg (partials): [T, K]; v, do, dv: [T, BV];
+    # ht, dht, dh0: [K, BV]
+    T = q_ref.shape[0]
+    dht = dht_ref[...].astype(F32)
+    later = jnp.sum(ht_ref[...] * dht, axis=1)[None, :]  # rowsum(S_T * dS_T): [1, K]
+
+    def body(i, carry):
+        t = T - 1 - i
+        ds, acc = carry  # ds: gradient reaching S_t from later tokens
+        q, k, v, do = _row(q_ref, t), _row(k_ref, t), _row(v_ref, t), _row(do_ref, t)
+        dq_prev = _row(dqp_ref, t)
+        dk_next = jnp.sum(ds * v, axis=1)[None, :]
+        # q dq - k dk without token t's own pair, whose two terms cancel exactly
+        acc = acc + q * dq_prev - k * dk_next
+        own = scale * jnp.sum(do * v, axis=1, keepdims=True)  # [1, 1]
+        dq_ref[pl.ds(t, 1), :] = dq_prev + own * k
+        dk_ref[pl.ds(t, 1), :] = dk_next + own * q
+        dg_ref[pl.ds(t, 1), :] = acc
+        ds = ds + (scale * q).T * do  # dS_t
+        dv_ref[pl.ds(t, 1), :] = jnp.sum(ds * k.T, axis=0, keepdims=True).astype(dv_ref.dtype)
+        return ds * jnp.exp(_row(g_ref, t)).T, acc
+
+    ds, _ = lax.fori_loop(0, T, body, (dht, later))
+    dh0_ref[...] = ds
+
+
+def _specs(B, T, H, K, V, BV):
+    def kmap(vv, i):
+        b, h = split_bh(i, H)
+        return b, 0, h, 0
+
+    def vmap_(vv, i):
+        b, h = split_bh(i, H)
+        return b, 0, h, vv
+
+    def smap(vv, i):
+        b, h = split_bh(i, H)
+        return b, h, 0, vv
+
+    def partial_map(vv, i):
+        b, h = split_bh(i, H)
+        return vv, b, 0, h, 0
+
+    return (pl.BlockSpec((None, T, None, K), kmap), pl.BlockSpec((None, T, None, BV), vmap_),
+            pl.BlockSpec((None, None, K, BV), smap),
+            pl.BlockSpec((None, None, T, None, K), partial_map))
+
+
+def _params(bs: BlockSizes):
+    return pltriton.CompilerParams(num_warps=bs.num_warps_recurrent,
+                                   num_stages=bs.num_stages_recurrent)
+
+
+def recurrent_fwd(q, k, v, g, h0, *, scale: float, block_sizes: BlockSizes, interpret: bool):
+    """o `[B, T, H, V]` and the final state `[B, H, K, V]` float32 (K, V powers of two)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    BV = block_sizes.block_v_recurrent
+    NV = V // BV
+    k_spec, v_spec, s_spec, _ = _specs(B, T, H, K, V, BV)
+    cost = pl.CostEstimate(
+        flops=int(B * H * T * 5 * K * V), transcendentals=int(NV * B * H * T * K),
+        bytes_accessed=int(NV * (2 * q.size * itemsize(q.dtype) + g.size * 4)
+                           + 2 * v.size * itemsize(v.dtype) + 2 * B * H * K * V * 4),
+    )
+    return pl.pallas_call(
+        functools.partial(_fwd_kernel, scale=scale),
+        grid=(NV, B * H),
+        in_specs=[k_spec, k_spec, v_spec, k_spec, s_spec],
+        out_specs=[v_spec, s_spec],
+        out_shape=[jax.ShapeDtypeStruct(v.shape, q.dtype),
+                   jax.ShapeDtypeStruct((B, H, K, V), F32)],
+        compiler_params=_params(block_sizes),
+        cost_estimate=cost,
+        interpret=interpret,
+        name="gla_recurrent_fwd",
+    )(q, k, v, g, h0)
+
+
+def recurrent_bwd(q, k, v, g, h0, ht, do, dht, *, scale: float, block_sizes: BlockSizes,
+                  interpret: bool):
+    """(dq, dk, dv, dg float32, d initial_state float32) of the recurrent form."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    BV = block_sizes.block_v_recurrent
+    NV = V // BV
+    k_spec, v_spec, s_spec, p_spec = _specs(B, T, H, K, V, BV)
+    partial = jax.ShapeDtypeStruct((NV, B, T, H, K), F32)
+    in_bytes = NV * (2 * q.size * itemsize(q.dtype) + g.size * 4) + 2 * v.size * itemsize(v.dtype)
+    dq = pl.pallas_call(
+        functools.partial(_dq_kernel, scale=scale),
+        grid=(NV, B * H),
+        in_specs=[k_spec, v_spec, k_spec, v_spec, s_spec],
+        out_specs=p_spec,
+        out_shape=partial,
+        compiler_params=_params(block_sizes),
+        cost_estimate=pl.CostEstimate(
+            flops=int(B * H * T * 5 * K * V), transcendentals=int(NV * B * H * T * K),
+            bytes_accessed=int(in_bytes + NV * B * T * H * K * 4)),
+        interpret=interpret,
+        name="gla_recurrent_bwd_dq",
+    )(k, v, g, do, h0)
+    dq, dk, dv, dg, dh0 = pl.pallas_call(
+        functools.partial(_dkv_kernel, scale=scale),
+        grid=(NV, B * H),
+        in_specs=[k_spec, k_spec, v_spec, k_spec, v_spec, p_spec, s_spec, s_spec],
+        out_specs=[p_spec, p_spec, v_spec, p_spec, s_spec],
+        out_shape=[partial, partial, jax.ShapeDtypeStruct(v.shape, v.dtype), partial,
+                   jax.ShapeDtypeStruct((B, H, K, V), F32)],
+        compiler_params=_params(block_sizes),
+        cost_estimate=pl.CostEstimate(
+            flops=int(B * H * T * 8 * K * V), transcendentals=int(NV * B * H * T * K),
+            bytes_accessed=int(in_bytes + 5 * NV * B * T * H * K * 4)),
+        interpret=interpret,
+        name="gla_recurrent_bwd_dkv",
+    )(q, k, v, g, do, dq, ht, dht.astype(F32))
+    return (dq.sum(0).astype(q.dtype), dk.sum(0).astype(k.dtype), dv, dg.sum(0), dh0)
