@@ -48,14 +48,14 @@ class BlockSizes:
     block_d: int = 256
     chunk: int = 128
     unroll: int = 4
-    prefetch: bool = True
+    prefetch: bool = False
     num_warps: int = 2
     num_stages: int = 1
     checkpoint: int = 64
     block_d_bwd: int = 16
     chunk_bwd: int = 1024
     sub: int = 4
-    prefetch_bwd: bool = True
+    prefetch_bwd: bool = False
     num_warps_bwd: int = 2
     num_stages_bwd: int = 1
 
