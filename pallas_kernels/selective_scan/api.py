@@ -46,10 +46,12 @@ def _scan_bwd(static: _Static, res, cts):
     u, delta, A, B, C, D, z, bias, h0, states = res
     dout, dlast = cts
     du, ddelta, dz, dB, dC, dA, dD, dbias, dh0 = backward(
-        u, delta, A, A.T, B, C, D, z, bias, states, dout.astype(u.dtype),
-        dlast.astype(jnp.float32), flags=static.flags, block_sizes=static.block_sizes,
-        interpret=static.interpret,
+        u, delta, A.T, B, C, D, z, bias, states, dout.astype(u.dtype),
+        jnp.swapaxes(dlast.astype(jnp.float32), 1, 2), flags=static.flags,
+        block_sizes=static.block_sizes, interpret=static.interpret,
     )
+    dA = dA.T
+    dh0 = None if dh0 is None else jnp.swapaxes(dh0, 1, 2)
     cast = lambda g, x: None if x is None else g.astype(x.dtype)  # noqa: E731
     return (du, ddelta, cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), dz, cast(dbias, bias),
             cast(dh0, h0))

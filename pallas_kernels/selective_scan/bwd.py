@@ -106,10 +106,9 @@ def _dstate_kernel(*refs, T, chunk, unroll, flags: Flags, prefetch):
     dtsum_ref[...] = carry[1]
 
 
-def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags, prefetch,
-                interpret):
+def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags, interpret):
     refs = list(refs)
-    u_ref, delta_ref, A_ref, B_ref, C_ref = refs[:5]
+    u_ref, delta_ref, At_ref, B_ref, C_ref = refs[:5]
     rest = refs[5:]
     D_ref = rest.pop(0) if flags.has_D else None
     z_ref = rest.pop(0) if flags.has_z else None
@@ -126,10 +125,20 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags,
     per_chunk = checkpoint // sub
     temp_ref = rest.pop(0) if per_chunk > 1 else None
 
+    Np, bd = At_ref.shape
     c = pl.program_id(2)
     base = c * chunk
-    A = A_ref[...].astype(F32)
-    A2 = A * LOG2E
+    row_of = lax.broadcasted_iota(jnp.int32, (Np, bd), 0)
+
+    def tile_in(row):
+        """`[Np, bd]` from N row loads (a 2-D load would impose its vectorised layout)."""
+        return sum(jnp.where(row_of == n, row(n).astype(F32)[None, :], 0.0) for n in range(Np))
+
+    def tile_out(ref, x):
+        for n in range(Np):
+            ref[n, :] = jnp.sum(jnp.where(row_of == n, x, 0.0), axis=0)
+
+    A2 = tile_in(lambda n: At_ref[n, :]) * LOG2E
     Dv = D_ref[...].astype(F32) if flags.has_D else None
     bias = bias_ref[...].astype(F32) if flags.has_bias else None
     masked = T % sub != 0  # only the last sub-chunk of the last chunk runs past T
@@ -142,30 +151,22 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags,
     def row_index(t):
         return jnp.minimum(t, T - 1) if masked else t
 
-    def load(t):
-        t = row_index(t)
-        rows = (u_ref[t, :], delta_ref[t, :], B_ref[t, :], C_ref[t, :], dout_ref[t, :])
-        return rows + ((z_ref[t, :],) if flags.has_z else ())
-
-    def load_block(t0, n):
-        return tuple(load(t0 + k) for k in range(n))
-
-    def step_dt(dl_row, t):
-        dl, dt = discretize(dl_row, bias, flags)
+    def step_rows(t):
+        """u, delta + bias, dt, B_t at step t (dt = 0 past T: an identity step)."""
+        r = row_index(t)
+        dl, dt = discretize(delta_ref[r, :], bias, flags)
         if masked:
             dt = jnp.where(t < T, dt, 0.0)
-        return dl, dt
+        return u_ref[r, :].astype(F32), dl, dt, B_ref[r, :].astype(F32)
 
     def advance(h, u, dt, B_t):
-        """One step; returns `(a, h_new)` with `a = exp(dt * A)` (identity when dt = 0)."""
-        a = jnp.exp2(dt[:, None] * A2)
-        return a, a * h + (dt * u)[:, None] * B_t[None, :]
+        return jnp.exp2(A2 * dt[None, :]) * h + B_t[:, None] * (dt * u)[None, :]
 
-    def saved_state(k):  # the forward's state before step k * checkpoint, as [block_d, N]
-        return hs_ref[k].T
+    def saved_state(k):
+        return tile_in(lambda n: hs_ref[k, n, :])
 
     # The state pass has little independent work per step: it advances `group` sub-chunks per
-    # loop iteration (`unroll` steps) and prefetches the next iteration's rows.
+    # loop iteration (`unroll` steps).
     group = max(1, unroll // sub)
 
     def chunk_pass(kc, n_adv):
@@ -174,47 +175,31 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags,
         h = saved_state(kc)
         temp_ref[0] = h
 
-        def load_subs(first, n):  # rows of sub-chunks first .. first + n - 1 of interval kc
-            # clamped: the init prefetch may reach past the end of a short last interval
-            ts = [jnp.minimum(kc * checkpoint + first * sub + s, T - 1) for s in range(n * sub)]
-            return tuple((u_ref[t, :], delta_ref[t, :], B_ref[t, :]) for t in ts)
-
-        def advance_subs(h, rows, first, n):
-            for g in range(n):
+        def advance_subs(k, h, n_subs):
+            for g in range(n_subs):
                 for s in range(sub):
-                    u, dl, B_t = rows[g * sub + s]
-                    _, dt = step_dt(dl, kc * checkpoint + (first + g) * sub + s)
-                    _, h = advance(h, u.astype(F32), dt, B_t.astype(F32))
-                temp_ref[first + g + 1] = h
+                    u, _, dt, B_t = step_rows(kc * checkpoint + (k + g) * sub + s)
+                    h = advance(h, u, dt, B_t)
+                temp_ref[k + g + 1] = h
             return h
 
         n_groups = lax.div(n_adv, group)
-
-        def body(k, carry):
-            h, rows = carry if prefetch else (carry, None)
-            if prefetch:
-                nxt = load_subs(jnp.minimum(k + 1, n_groups - 1) * group, group)
-            else:
-                rows = load_subs(k * group, group)
-            h = advance_subs(h, rows, k * group, group)
-            return (h, nxt) if prefetch else h
-
-        h = lax.fori_loop(0, n_groups, body, (h, load_subs(0, group)) if prefetch else h)
-        h = h[0] if prefetch else h
+        h = lax.fori_loop(0, n_groups, lambda i, h: advance_subs(i * group, h, group), h)
         if group > 1:  # the remaining n_adv % group sub-chunks
-            h = lax.fori_loop(n_groups * group, n_adv,
-                              lambda k, h: advance_subs(h, load_subs(k, 1), k, 1), h)
+            h = lax.fori_loop(n_groups * group, n_adv, lambda k, h: advance_subs(k, h, 1), h)
         barrier()
 
-    def step_back(carry, row, dl, dt, a, h_prev, h, t):
+    def step_back(carry, t, u, dl, dt, B_t, h):
         dh, dA, dD, dbias = carry
-        u, B_t, C_t, do = (row[i].astype(F32) for i in (0, 2, 3, 4))
+        r = row_index(t)
+        C_t = C_ref[r, :].astype(F32)
+        do = dout_ref[r, :].astype(F32)
         valid = t < T
         if flags.has_z:
-            zt = row[5].astype(F32)
+            zt = z_ref[r, :].astype(F32)
             sz = sigmoid(zt)
             g = do * (zt * sz)
-            y = jnp.sum(h * C_t[None, :], axis=1)
+            y = jnp.sum(h * C_t[:, None], axis=0)
             if flags.has_D:
                 y = y + Dv * u
             dz = do * y * sz * (1.0 + zt * (1.0 - sz))
@@ -222,17 +207,19 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags,
             g = do
         if masked:
             g = jnp.where(valid, g, 0.0)
-        dh = dh + g[:, None] * C_t[None, :]
-        dC = jnp.sum(h * g[:, None], axis=0)
-        s_B = jnp.sum(dh * B_t[None, :], axis=1)
+        dh = dh + C_t[:, None] * g[None, :]
+        dC = jnp.sum(h * g[None, :], axis=1)  # sums over the block's channels
+        s_B = jnp.sum(dh * B_t[:, None], axis=0)
         du = dt * s_B
         if flags.has_D:
             du = du + Dv * g
             dD = dD + g * u
-        dB = jnp.sum(dh * (dt * u)[:, None], axis=0)
-        q = dh * a * h_prev
-        dA = dA + q * dt[:, None]
-        ddt = u * s_B + jnp.sum(q * A, axis=1)
+        b = B_t[:, None] * (dt * u)[None, :]
+        dB = jnp.sum(dh * (dt * u)[None, :], axis=1)
+        a = jnp.exp2(A2 * dt[None, :])  # recomputed: cheaper than keeping sub decays live
+        q = dh * (h - b)  # a_t h_{t-1} = h_t - dt_t u_t B_t (mamba_ssm's identity)
+        dA = dA + q * dt[None, :]
+        ddt = u * s_B + jnp.sum(q * A2, axis=0) * (1.0 / LOG2E)
         if flags.softplus:
             ddt = ddt * sigmoid(dl)
         if masked:
@@ -243,10 +230,10 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags,
         def store():
             if flags.has_z:
                 dz_ref[t, :] = dz.astype(dz_ref.dtype)
-            dC_ref[t, :] = dC
             du_ref[t, :] = du.astype(du_ref.dtype)
-            dB_ref[t, :] = dB
             ddelta_ref[t, :] = ddt.astype(ddelta_ref.dtype)
+            dB_ref[t, :] = dB
+            dC_ref[t, :] = dC
 
         if masked:
             pl.when(valid)(store)
@@ -254,39 +241,36 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags,
             store()
         return a * dh, dA, dD, dbias
 
-    def sub_chunk(carry, h, rows, t0, n):
+    def sub_chunk(carry, h, t0, n):
         """Recompute the n states of steps t0.. from h (registers), then walk them backwards."""
-        states, decays, steps = [h], [], []
+        states, rows = [], []
         for k in range(n):
-            steps.append(step_dt(rows[k][1], t0 + k))
-            a, h = advance(h, rows[k][0].astype(F32), steps[k][1], rows[k][2].astype(F32))
-            decays.append(a)
+            rows.append(step_rows(t0 + k))
+            h = advance(h, rows[k][0], rows[k][2], rows[k][3])
             states.append(h)
         for k in reversed(range(n)):
-            carry = step_back(carry, rows[k], *steps[k], decays[k], states[k], states[k + 1],
-                              t0 + k)
+            carry = step_back(carry, t0 + k, *rows[k], states[k])
         return carry
 
-    bd, Np = A.shape
-    dh = dlast_ref[...].astype(F32)
+    dh = tile_in(lambda n: dlast_ref[n, :])
     if n_total > 1:
         # The carry entering this chunk from the chunks after it (pass 1 holds chunk k at k - 1).
         def walk(i, dh):
             k = n_total - 2 - i
-            return jnp.exp2(dtsum_ref[k][:, None] * A2) * dh + dloc_ref[k].T
+            decay = jnp.exp2(A2 * dtsum_ref[k][None, :])
+            return decay * dh + tile_in(lambda n: dloc_ref[k, n, :])
 
         dh = lax.fori_loop(0, n_total - 1 - c, walk, dh)
     carry = (
         dh,
-        jnp.zeros((bd, Np), F32),
+        jnp.zeros((Np, bd), F32),
         jnp.zeros((bd,), F32) if flags.has_D else None,
         jnp.zeros((bd,), F32) if flags.has_bias else None,
     )
     n_sub = chunk_steps(base, T, chunk, n_total, sub)
     first_interval = lax.div(base, checkpoint)
 
-    def body(j, state):
-        carry, rows = state if prefetch else (state, None)
+    def body(j, carry):
         m = n_sub - 1 - j
         if per_chunk > 1:
             local = lax.rem(m, per_chunk)
@@ -298,20 +282,10 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags,
             h = temp_ref[local]
         else:
             h = saved_state(first_interval + m)
-        if prefetch:
-            nxt = load_block(base + jnp.maximum(m - 1, 0) * sub, sub)
-        else:
-            rows = load_block(base + m * sub, sub)
-        carry = sub_chunk(carry, h, rows, base + m * sub, sub)
-        return (carry, nxt) if prefetch else carry
+        return sub_chunk(carry, h, base + m * sub, sub)
 
-    init = (carry, load_block(base + (n_sub - 1) * sub, sub)) if prefetch else carry
-    carry = lax.fori_loop(0, n_sub, body, init)
-    if prefetch:
-        carry = carry[0]
-
-    dh, dA, dD, dbias = carry
-    dA_ref[...] = dA
+    dh, dA, dD, dbias = lax.fori_loop(0, n_sub, body, carry)
+    tile_out(dA_ref, dA)
     if flags.has_D:
         dD_ref[...] = dD
     if flags.has_bias:
@@ -320,22 +294,22 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags,
 
         @pl.when(c == 0)
         def _():
-            dh0_ref[...] = dh
+            tile_out(dh0_ref, dh)
 
 
-def backward(u, delta, A, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flags,
-             block_sizes, interpret: bool):
+def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flags, block_sizes,
+             interpret: bool):
     """Run the backward kernels on padded inputs (shapes as in `fwd.forward`).
 
     Args:
-      A: `[Dp, Np]` and At its transpose.
+      At: `[Np, Dp]`, A transposed.
       states: the forward's states every `checkpoint` steps, `[Bt, ceil(T / checkpoint), Np,
         Dp]` float32.
-      dout: `[Bt, T, Dp]` cotangent of the output; dlast: `[Bt, Dp, Np]` of the final state.
+      dout: `[Bt, T, Dp]` cotangent of the output; dlast: `[Bt, Np, Dp]` of the final state.
 
     Returns:
-      `du, ddelta, dz | None, dB [Bt, T, G, Np] f32, dC, dA [Dp, Np] f32, dD | None,
-      dbias | None, dh0 [Bt, Dp, Np] | None` (dB, dC, dA, dD, dbias summed over programs).
+      `du, ddelta, dz | None, dB [Bt, T, G, Np] f32, dC, dA [Np, Dp] f32, dD | None,
+      dbias | None, dh0 [Bt, Np, Dp] | None` (dB, dC, dA, dD, dbias summed over programs).
     """
     Bt, T, Dp = u.shape
     G, Np = B.shape[2], B.shape[3]
@@ -385,12 +359,12 @@ def backward(u, delta, A, At, B, C, D, z, bias, states, dout, dlast, *, flags: F
     seq = pl.BlockSpec((None, T, bd), lambda b, j, c: (b, 0, j))
     bc = pl.BlockSpec((None, T, None, Np), lambda b, j, c: (b, 0, lax.div(j, per_group), 0))
     chan = pl.BlockSpec((bd,), lambda b, j, c: (j,))
-    state = pl.BlockSpec((None, bd, Np), lambda b, j, c: (b, j, 0))
+    state = pl.BlockSpec((None, Np, bd), lambda b, j, c: (b, 0, j))
     part_seq = pl.BlockSpec((None, None, T, Np), lambda b, j, c: (b, j, 0, 0))
     part_chan = pl.BlockSpec((None, None, bd), lambda b, j, c: (b, c, j))
 
-    args = [u, delta, A, B, C]
-    specs = [seq, seq, pl.BlockSpec((bd, Np), lambda b, j, c: (j, 0)), bc, bc]
+    args = [u, delta, At, B, C]
+    specs = [seq, seq, pl.BlockSpec((Np, bd), lambda b, j, c: (0, j)), bc, bc]
     for present, x, spec in ((flags.has_D, D, chan), (flags.has_z, z, seq),
                              (flags.has_bias, bias, chan)):
         if present:
@@ -404,23 +378,23 @@ def backward(u, delta, A, At, B, C, D, z, bias, states, dout, dlast, *, flags: F
     if flags.has_z:
         outs.append((sds(z.shape, z.dtype), seq))
     outs += [(sds((Bt, n_blocks, T, Np), F32), part_seq)] * 2
-    outs.append((sds((Bt, nc, Dp, Np), F32),
-                 pl.BlockSpec((None, None, bd, Np), lambda b, j, c: (b, c, j, 0))))
+    outs.append((sds((Bt, nc, Np, Dp), F32),
+                 pl.BlockSpec((None, None, Np, bd), lambda b, j, c: (b, c, 0, j))))
     if flags.has_D:
         outs.append((sds((Bt, nc, Dp), F32), part_chan))
     if flags.has_bias:
         outs.append((sds((Bt, nc, Dp), F32), part_chan))
     if flags.has_h0:
-        outs.append((sds((Bt, Dp, Np), F32), state))
+        outs.append((sds((Bt, Np, Dp), F32), state))
     per_chunk = bs.checkpoint // sub
     if per_chunk > 1:
-        outs.append((sds((Bt, n_blocks, nc, per_chunk, bd, Np), F32),
-                     pl.BlockSpec((None, None, None, per_chunk, bd, Np),
+        outs.append((sds((Bt, n_blocks, nc, per_chunk, Np, bd), F32),
+                     pl.BlockSpec((None, None, None, per_chunk, Np, bd),
                                   lambda b, j, c: (b, j, c, 0, 0, 0))))
 
     kernel = functools.partial(
         _bwd_kernel, T=T, checkpoint=bs.checkpoint, chunk=chunk, sub=sub, unroll=bs.unroll,
-        n_total=nc, flags=flags, prefetch=bs.prefetch_bwd, interpret=interpret,
+        n_total=nc, flags=flags, interpret=interpret,
     )
     res = pl.pallas_call(
         kernel,

@@ -10,8 +10,8 @@ from pallas_kernels._common import next_pow2
 MAX_N = 256
 # State elements one thread of the forward kernels holds by default (4 channels x N = 16).
 _FWD_ELEMENTS_PER_THREAD = 64
-# Default number of state elements one backward program holds: 4 per thread at 2 warps.
-_BWD_STATE_ELEMENTS = 256
+# Default state elements per thread in a backward sub-chunk (sub x N).
+_BWD_SUB_ELEMENTS = 128
 
 
 def _is_pow2(n) -> bool:
@@ -36,13 +36,15 @@ class BlockSizes:
       checkpoint: the forward saves the state every `checkpoint` steps for the backward
         (multiple of `unroll` and of `sub`).
 
-    Backward (`*_bwd`): one program per (batch, channel block, `chunk_bwd` steps); state tile
-    `[block_d_bwd, N]`.
+    Backward (`*_bwd`): one program per (batch, channel block, `chunk_bwd` steps); the state is
+    held as N rows of `block_d_bwd` channels. At `block_d_bwd = 32 * num_warps_bwd` each thread
+    holds one channel x all N; with one warp the sums over the block's channels (dB, dC) are
+    warp shuffles without shared memory.
       chunk_bwd: time steps per program (multiple of `checkpoint`).
       sub: steps whose states are recomputed into registers at a time, then walked backwards.
         When `checkpoint > sub`, a first pass over each checkpoint interval writes the states
         at sub-chunk starts to a small per-program buffer (`checkpoint // sub` states).
-      prefetch_bwd: load the rows of the sub-chunk computed next while computing this one.
+        Registers bound it: a sub-chunk keeps 2 sub + 1 rows-of-N per thread.
     """
 
     block_d: int = 256
@@ -51,12 +53,11 @@ class BlockSizes:
     prefetch: bool = False
     num_warps: int = 2
     num_stages: int = 1
-    checkpoint: int = 64
-    block_d_bwd: int = 16
-    chunk_bwd: int = 1024
-    sub: int = 4
-    prefetch_bwd: bool = False
-    num_warps_bwd: int = 2
+    checkpoint: int = 8
+    block_d_bwd: int = 32
+    chunk_bwd: int = 512
+    sub: int = 8
+    num_warps_bwd: int = 1
     num_stages_bwd: int = 1
 
     def __post_init__(self):
@@ -94,8 +95,9 @@ class BlockSizes:
         n = next_pow2(N)
         warps = overrides.get("num_warps", cls.__dataclass_fields__["num_warps"].default)
         per_thread = max(1, min(4, _FWD_ELEMENTS_PER_THREAD // n))
-        sizes = dict(block_d=per_thread * 32 * warps,
-                     block_d_bwd=max(1, min(16, _BWD_STATE_ELEMENTS // n)))
+        sub = max(1, min(8, _BWD_SUB_ELEMENTS // n))
+        unroll = overrides.get("unroll", cls.__dataclass_fields__["unroll"].default)
+        sizes = dict(block_d=per_thread * 32 * warps, sub=sub, checkpoint=max(sub, unroll))
         sizes.update(overrides)
         return cls(**sizes)
 

@@ -26,7 +26,7 @@ SMALL = BlockSizes(block_d=8, chunk=16, unroll=4, checkpoint=8, block_d_bwd=8, c
 # One-level backward (checkpoint == sub: no sub-chunk buffer) without prefetching; chunks that
 # are not powers of two.
 FLAT = BlockSizes(block_d=16, unroll=2, chunk=24, checkpoint=8, block_d_bwd=16, chunk_bwd=24,
-                  sub=8, prefetch=False, prefetch_bwd=False)
+                  sub=8, prefetch=False)
 
 
 BLOCKS = {"default": None, "small": SMALL, "flat": FLAT, "wide": BlockSizes.get_default(64)}
@@ -172,7 +172,7 @@ def test_mamba_370m_layer_shape(rng, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("bs", [
     BlockSizes(),
-    BlockSizes(chunk=8, sub=8, prefetch=False, prefetch_bwd=False),
+    BlockSizes(chunk=8, sub=8, prefetch=False),
     BlockSizes(block_d=16, block_d_bwd=16, num_warps=2, num_warps_bwd=2, chunk=128, sub=8),
     BlockSizes(block_d=64, block_d_bwd=64, num_warps=8, num_warps_bwd=8, unroll=4),
     BlockSizes(block_d=16, block_d_bwd=16, num_warps=1, num_warps_bwd=1, num_stages=3,
@@ -204,7 +204,7 @@ def test_block_sizes_validation():
     with pytest.raises(ValueError, match="state size N must be in"):
         BlockSizes.get_default(MAX_N + 1)
     wide = BlockSizes.get_default(64)  # at most 64 forward state elements per thread
-    assert wide.block_d * 64 <= 64 * 32 * wide.num_warps and wide.block_d_bwd * 64 <= 256
+    assert wide.block_d * 64 <= 64 * 32 * wide.num_warps and wide.sub * 64 <= 128
 
 
 def test_unsupported_inputs_raise(rng):
