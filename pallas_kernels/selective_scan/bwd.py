@@ -4,31 +4,39 @@ Algorithm (research/mamba_pallas.md A1/A2), time walked from last to first:
   g_t = dout_t * silu(z_t);  dh_t = C_t g_t + a_{t+1} dh_{t+1}   (a_T dh_T = d final_state)
   du_t = D g_t + dt_t (dh_t . B_t);  ddt_t = u_t (dh_t . B_t) + sum_n dh_t A a_t h_{t-1}
   dA += dh_t dt_t a_t h_{t-1};  dB_t, dC_t = per-program sums over the block's channels
+with a_t h_{t-1} = h_t - dt_t u_t B_t (mamba_ssm's identity: only h_t is needed per step).
 Time is cut into chunks of `chunk_bwd` steps, one program each, as in the forward:
 - Pass 1 (`_dstate_kernel`, grid (B, D/block_d, NC-1), the forward's `[N, block_d]` tiling):
   chunk c >= 1 runs the reverse recurrence from a zero carry and writes the carry it would pass
   to chunk c-1, `dh_loc [B, NC-1, N, D]`, and its sum of dt (the chunk's decay is exp(A sum dt)).
   No reductions: per step one exp2 and two fmas per state element.
 - Pass 2 (`_bwd_kernel`, grid (B, D/block_d_bwd, NC)): first walks the chunks after its own
-  from the final-state cotangent, `dh = exp(A S_k) dh + dh_loc[k]`, then runs round one's
-  backward over its chunk. The states h_{t-1} are needed in reverse order. The recurrence is
-  never inverted (a_t = exp(dt A) underflows): each `checkpoint` interval starts from the state
-  the forward saved, a first pass writes the states at sub-chunk starts to a per-program buffer
-  (`checkpoint // sub` states, L2-resident), and each sub-chunk of `sub` steps is then recomputed
-  into registers (Python-unrolled: no value slicing in Pallas-Triton) and walked backwards.
-  With `checkpoint == sub` the first pass disappears.
-- This kernel keeps the `[block_d_bwd, N]` tile of round one: dB_t and dC_t are sums over the
-  channels of the block, dh.B, C.h and sum_n A q are sums over N; with 4 threads per channel
-  both kinds of reduction stay short (2-3 shuffle levels).
+  from the final-state cotangent, `dh = exp(A S_k) dh + dh_loc[k]`, then walks its chunk
+  backwards in sub-chunks of `sub` steps: the sub-chunk's states are recomputed into registers
+  (Python-unrolled: no value slicing in Pallas-Triton) from the state the forward saved every
+  `checkpoint` steps (advancing to the sub-chunk start when `checkpoint > sub`), then the
+  reverse steps run. The recurrence is never inverted (a_t = exp(dt A) underflows).
+- Tiles `[N, block_d_bwd]` with one channel per thread (`block_d_bwd = 32 * num_warps_bwd`):
+  the sums over N (y, dh.B, sum_n A q) are in-thread and per-channel work runs once. The sums
+  over channels (dB_t, dC_t: 2N values per step) are warp shuffles (5 levels); one warp per
+  program keeps them free of shared memory. 2-D tiles are read and written as N rows: a 2-D
+  load or store in the loop makes Triton pick its vectorised layout (4 channels x 4 lanes on
+  N) for the loop, which costs a shared-memory round trip and a barrier per row per step
+  (round one's compiled backward has 68 barriers in its loops; this one has 2 per step, for
+  the dB/dC row stores; checked on the SASS compiled offline for sm_90).
 
-Cost at the Mamba-370M layer (B=4, T=4096, D=2048, N=16, bf16, block_d_bwd 16):
-- Bytes: u, delta, z, dout read and du, ddelta, dz written (bf16) = 470 MB; pass 1 reads delta,
-  z, dout again (200 MB); checkpoints 34 MB; dB/dC partials `[B, D/block_d_bwd, T, N]` float32
-  written and summed by XLA = 2 x 2 x 134 MB. Total ~1.2 GB -> ~0.4 ms at 3 TB/s.
-- Exps: 3 per (t, d, n) (pass 1, first pass, register recomputation) = 1.6G -> ~0.45 ms on the
-  SFUs, plus the per-channel softplus / sigmoid / silu, repeated by the threads of a channel.
-- Parallelism: 512 programs x T / chunk_bwd (2048 at chunk_bwd 1024) instead of round one's 512:
-  round one's backward (3.8 ms) was latency-bound with ~2 warps per scheduler.
+Cost at the Mamba-370M layer (B=4, T=4096, D=2048, N=16, bf16; defaults: chunk_bwd 512,
+checkpoint 8, sub 4, 1 warp):
+- Exps: pass 1 one per (t, d, n); pass 2 the recomputation (1.5: half the sub-chunks advance
+  from the checkpoint first) and a_t again in the reverse step (1): ~3.5 x 537M = 1.9G at
+  16/clk/SM -> ~0.5 ms, plus per-channel softplus / sigmoids.
+- Instructions: ~55 per (t, d, n) in pass 2 (the dB/dC shuffles are a third of them), ~8 in
+  pass 1 -> ~1.1 ms issue-bound on 132 SMs. Programs: 4 * 64 * 8 = 2048 one-warp programs.
+- Bytes: u, delta, z, dout, B, C read and du, ddelta, dz written (bf16) = 470 MB; pass 1 reads
+  delta, z, dout again (200 MB); checkpoints every 8 steps (268 MB, written by the forward);
+  dB/dC partials `[B, D/32, T, N]` float32 written and summed by XLA = 2 x 2 x 67 MB.
+  Total ~1.2 GB -> ~0.4 ms at 3 TB/s.
+- Expected ~1-1.5 ms (round one: 3.8 ms; mamba_ssm's backward: 2.44 ms).
 - dA, dD, d delta_bias are per-program partials summed by XLA (deterministic, no atomics).
   Grid programs run concurrently; nothing depends on their order.
 """
@@ -106,7 +114,7 @@ def _dstate_kernel(*refs, T, chunk, unroll, flags: Flags, prefetch):
     dtsum_ref[...] = carry[1]
 
 
-def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags, interpret):
+def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags):
     refs = list(refs)
     u_ref, delta_ref, At_ref, B_ref, C_ref = refs[:5]
     rest = refs[5:]
@@ -123,7 +131,6 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags,
     dbias_ref = rest.pop(0) if flags.has_bias else None
     dh0_ref = rest.pop(0) if flags.has_h0 else None
     per_chunk = checkpoint // sub
-    temp_ref = rest.pop(0) if per_chunk > 1 else None
 
     Np, bd = At_ref.shape
     c = pl.program_id(2)
@@ -143,11 +150,6 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags,
     bias = bias_ref[...].astype(F32) if flags.has_bias else None
     masked = T % sub != 0  # only the last sub-chunk of the last chunk runs past T
 
-    def barrier():
-        # The sub-chunk buffer is written and read by different threads of the program.
-        if not interpret:
-            pltriton.debug_barrier()
-
     def row_index(t):
         return jnp.minimum(t, T - 1) if masked else t
 
@@ -165,33 +167,10 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags,
     def saved_state(k):
         return tile_in(lambda n: hs_ref[k, n, :])
 
-    # The state pass has little independent work per step: it advances `group` sub-chunks per
-    # loop iteration (`unroll` steps).
-    group = max(1, unroll // sub)
-
-    def chunk_pass(kc, n_adv):
-        """Write the states at the starts of sub-chunks 0..n_adv of interval kc to the buffer."""
-        barrier()
-        h = saved_state(kc)
-        temp_ref[0] = h
-
-        def advance_subs(k, h, n_subs):
-            for g in range(n_subs):
-                for s in range(sub):
-                    u, _, dt, B_t = step_rows(kc * checkpoint + (k + g) * sub + s)
-                    h = advance(h, u, dt, B_t)
-                temp_ref[k + g + 1] = h
-            return h
-
-        n_groups = lax.div(n_adv, group)
-        h = lax.fori_loop(0, n_groups, lambda i, h: advance_subs(i * group, h, group), h)
-        if group > 1:  # the remaining n_adv % group sub-chunks
-            h = lax.fori_loop(n_groups * group, n_adv, lambda k, h: advance_subs(k, h, 1), h)
-        barrier()
-
-    def step_back(carry, t, u, dl, dt, B_t, h):
+    def step_back(carry, t, u, dl, dt, h):
         dh, dA, dD, dbias = carry
         r = row_index(t)
+        B_t = B_ref[r, :].astype(F32)  # reloaded (L1): keeping sub rows of N live spills
         C_t = C_ref[r, :].astype(F32)
         do = dout_ref[r, :].astype(F32)
         valid = t < T
@@ -245,8 +224,9 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags,
         """Recompute the n states of steps t0.. from h (registers), then walk them backwards."""
         states, rows = [], []
         for k in range(n):
-            rows.append(step_rows(t0 + k))
-            h = advance(h, rows[k][0], rows[k][2], rows[k][3])
+            u, dl, dt, B_t = step_rows(t0 + k)
+            h = advance(h, u, dt, B_t)
+            rows.append((u, dl, dt))
             states.append(h)
         for k in reversed(range(n)):
             carry = step_back(carry, t0 + k, *rows[k], states[k])
@@ -272,16 +252,17 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, unroll, n_total, flags: Flags,
 
     def body(j, carry):
         m = n_sub - 1 - j
-        if per_chunk > 1:
-            local = lax.rem(m, per_chunk)
+        interval = first_interval + lax.div(m, per_chunk)
+        h = saved_state(interval)
+        if per_chunk > 1:  # advance from the checkpoint to the start of this sub-chunk
 
-            @pl.when((local == per_chunk - 1) | (m + 1 == n_sub))  # first visit of an interval
-            def _():
-                chunk_pass(first_interval + lax.div(m, per_chunk), local)
+            def skip(i, h):
+                for s in range(sub):
+                    u, _, dt, B_t = step_rows(interval * checkpoint + i * sub + s)
+                    h = advance(h, u, dt, B_t)
+                return h
 
-            h = temp_ref[local]
-        else:
-            h = saved_state(first_interval + m)
+            h = lax.fori_loop(0, lax.rem(m, per_chunk), skip, h)
         return sub_chunk(carry, h, base + m * sub, sub)
 
     dh, dA, dD, dbias = lax.fori_loop(0, n_sub, body, carry)
@@ -386,15 +367,10 @@ def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flag
         outs.append((sds((Bt, nc, Dp), F32), part_chan))
     if flags.has_h0:
         outs.append((sds((Bt, Np, Dp), F32), state))
-    per_chunk = bs.checkpoint // sub
-    if per_chunk > 1:
-        outs.append((sds((Bt, n_blocks, nc, per_chunk, Np, bd), F32),
-                     pl.BlockSpec((None, None, None, per_chunk, Np, bd),
-                                  lambda b, j, c: (b, j, c, 0, 0, 0))))
 
     kernel = functools.partial(
-        _bwd_kernel, T=T, checkpoint=bs.checkpoint, chunk=chunk, sub=sub, unroll=bs.unroll,
-        n_total=nc, flags=flags, interpret=interpret,
+        _bwd_kernel, T=T, checkpoint=bs.checkpoint, chunk=chunk, sub=sub, n_total=nc,
+        flags=flags,
     )
     res = pl.pallas_call(
         kernel,

@@ -11,7 +11,7 @@ MAX_N = 256
 # State elements one thread of the forward kernels holds by default (4 channels x N = 16).
 _FWD_ELEMENTS_PER_THREAD = 64
 # Default state elements per thread in a backward sub-chunk (sub x N).
-_BWD_SUB_ELEMENTS = 128
+_BWD_SUB_ELEMENTS = 64
 
 
 def _is_pow2(n) -> bool:
@@ -42,9 +42,9 @@ class BlockSizes:
     warp shuffles without shared memory.
       chunk_bwd: time steps per program (multiple of `checkpoint`).
       sub: steps whose states are recomputed into registers at a time, then walked backwards.
-        When `checkpoint > sub`, a first pass over each checkpoint interval writes the states
-        at sub-chunk starts to a small per-program buffer (`checkpoint // sub` states).
-        Registers bound it: a sub-chunk keeps 2 sub + 1 rows-of-N per thread.
+        When `checkpoint > sub`, the state at a sub-chunk's start is recomputed from the
+        checkpoint (on average (checkpoint / sub - 1) / 2 extra steps per step). Registers bound
+        it: a sub-chunk keeps `sub` states of N per thread.
     """
 
     block_d: int = 256
@@ -56,7 +56,7 @@ class BlockSizes:
     checkpoint: int = 8
     block_d_bwd: int = 32
     chunk_bwd: int = 512
-    sub: int = 8
+    sub: int = 4
     num_warps_bwd: int = 1
     num_stages_bwd: int = 1
 
@@ -95,9 +95,9 @@ class BlockSizes:
         n = next_pow2(N)
         warps = overrides.get("num_warps", cls.__dataclass_fields__["num_warps"].default)
         per_thread = max(1, min(4, _FWD_ELEMENTS_PER_THREAD // n))
-        sub = max(1, min(8, _BWD_SUB_ELEMENTS // n))
+        sub = max(1, min(4, _BWD_SUB_ELEMENTS // n))
         unroll = overrides.get("unroll", cls.__dataclass_fields__["unroll"].default)
-        sizes = dict(block_d=per_thread * 32 * warps, sub=sub, checkpoint=max(sub, unroll))
+        sizes = dict(block_d=per_thread * 32 * warps, sub=sub, checkpoint=max(2 * sub, unroll))
         sizes.update(overrides)
         return cls(**sizes)
 

@@ -204,7 +204,7 @@ def test_block_sizes_validation():
     with pytest.raises(ValueError, match="state size N must be in"):
         BlockSizes.get_default(MAX_N + 1)
     wide = BlockSizes.get_default(64)  # at most 64 forward state elements per thread
-    assert wide.block_d * 64 <= 64 * 32 * wide.num_warps and wide.sub * 64 <= 128
+    assert wide.block_d * 64 <= 64 * 32 * wide.num_warps and wide.sub * 64 <= 64
 
 
 def test_unsupported_inputs_raise(rng):
