@@ -19,11 +19,14 @@ Why this shape (H100, Mamba-370M layer B=4, T=4096, D=2048, N=16, bf16 activatio
   the readout over N is in-thread, the rows of u/delta/z/y (4 channels per thread) and the
   broadcast B/C rows need no layout conversion (checked offline on the compiled SASS: no
   barrier or shuffle in the loop).
-- Cost: exps 2 x B*T*D*N = 1.07G exp2 at 16/clk/SM = 0.29 ms; per step a thread issues ~8
-  instructions per state element (ex2, 2 mul, 2 fma, loads, converts) -> ~0.3 ms issue; bytes:
-  pass 1 reads u, delta (134 MB), pass 2 reads u, delta, z and writes y (268 MB), checkpoints
-  (every 64 steps, 34 MB) -> 0.15 ms. Programs: B*D/block_d*NC = 4*8*32 = 1024 of 2 warps
-  (chunk 128), ~16 warps per SM. Expected ~0.35-0.45 ms (mamba_ssm: 0.61 ms).
+- Cost: exps 2 x B*T*D*N = 1.07G exp2 at 16/clk/SM = 0.29 ms, plus softplus and silu once
+  per (t, d) (~1.25 MUFU ops per state element in all); pass 2 issues ~10 instructions per
+  state element (ex2, 2 mul, 2 fma, loads, converts), pass 1 ~6 -> ~0.3 ms issue; bytes: pass 1
+  reads u, delta (134 MB), pass 2 reads u, delta, z and writes y (268 MB) -> 0.13 ms; with
+  `save` (training) the checkpoints every 8 steps add 268 MB (0.09 ms). 255 registers, no
+  spills at unroll 4 without prefetch (ptxas offline): 4 programs of 2 warps per SM, each with
+  64 independent state elements per thread. Programs: B*D/block_d*NC = 4*8*32 = 1024 (chunk
+  128). Expected ~0.4-0.5 ms (mamba_ssm: 0.61 ms).
 
 Layout: u, delta, z, y `[B, T, D]`; B, C `[B, T, G, N]` (the program's channel block lies in one
 group); `At` is A transposed, `[N, D]`; D, delta_bias `[D]`; states `[B, N, D]` (transposed).

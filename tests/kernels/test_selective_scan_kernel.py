@@ -171,13 +171,13 @@ def test_mamba_370m_layer_shape(rng, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bs", [
-    BlockSizes(),
-    BlockSizes(chunk=8, sub=8, prefetch=False),
-    BlockSizes(block_d=16, block_d_bwd=16, num_warps=2, num_warps_bwd=2, chunk=128, sub=8),
-    BlockSizes(block_d=64, block_d_bwd=64, num_warps=8, num_warps_bwd=8, unroll=4),
-    BlockSizes(block_d=16, block_d_bwd=16, num_warps=1, num_warps_bwd=1, num_stages=3,
-               num_stages_bwd=3),
-], ids=["default", "flat", "bd16-w2-c128-s8", "bd64-w8", "bd16-w1-stages3"])
+    BlockSizes.get_default(16, chunk=1 << 20, chunk_bwd=1 << 20),
+    BlockSizes.get_default(16, sub=4, checkpoint=16, chunk=64, chunk_bwd=256),
+    BlockSizes.get_default(16, num_warps=1, block_d=128, unroll=2, prefetch=True,
+                           num_warps_bwd=2, block_d_bwd=64, sub=2, checkpoint=8),
+    BlockSizes.get_default(16, num_warps=4, block_d=512, unroll=8, sub=8, checkpoint=8,
+                           num_stages=2, num_stages_bwd=2),
+], ids=["one-chunk", "s4-c16-fc64-cb256", "fw1-u2-pf-bw2-s2", "fw4-u8-s8-stages2"])
 def test_block_variants_on_gpu(rng, bs):
     """Launch variants the tuning script tries, at a GPU-sized shape with 4 groups."""
     check_against_spec(rng, 777, 512, 16, 4, (True, True, True, True, True), dtype=jnp.bfloat16,
