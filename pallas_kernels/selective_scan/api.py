@@ -24,15 +24,21 @@ class _Static:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _scan(static: _Static, u, delta, A, B, C, D, z, bias, h0):
-    out, last, _ = forward(u, delta, A, B, C, D, z, bias, h0, flags=static.flags,
-                           block_sizes=static.block_sizes, save=False, interpret=static.interpret)
+    out, last, _ = _forward(static, u, delta, A, B, C, D, z, bias, h0, save=False)
     return out, last
 
 
-def _scan_fwd(static: _Static, u, delta, A, B, C, D, z, bias, h0):
-    out, last, states = forward(u, delta, A, B, C, D, z, bias, h0, flags=static.flags,
-                                block_sizes=static.block_sizes, save=True,
+def _forward(static: _Static, u, delta, A, B, C, D, z, bias, h0, *, save):
+    """The kernels keep states as `[N, D]` tiles; the op's states are `[Bt, D, N]`."""
+    h0t = None if h0 is None else jnp.swapaxes(h0, 1, 2)
+    out, last, states = forward(u, delta, A.T, B, C, D, z, bias, h0t, flags=static.flags,
+                                block_sizes=static.block_sizes, save=save,
                                 interpret=static.interpret)
+    return out, jnp.swapaxes(last, 1, 2), states
+
+
+def _scan_fwd(static: _Static, u, delta, A, B, C, D, z, bias, h0):
+    out, last, states = _forward(static, u, delta, A, B, C, D, z, bias, h0, save=True)
     return (out, last), (u, delta, A, B, C, D, z, bias, h0, states)
 
 
@@ -40,9 +46,12 @@ def _scan_bwd(static: _Static, res, cts):
     u, delta, A, B, C, D, z, bias, h0, states = res
     dout, dlast = cts
     du, ddelta, dz, dB, dC, dA, dD, dbias, dh0 = backward(
-        u, delta, A, B, C, D, z, bias, states, dout.astype(u.dtype), dlast.astype(jnp.float32),
-        flags=static.flags, block_sizes=static.block_sizes, interpret=static.interpret,
+        u, delta, A.T, B, C, D, z, bias, states, dout.astype(u.dtype),
+        jnp.swapaxes(dlast.astype(jnp.float32), 1, 2), flags=static.flags,
+        block_sizes=static.block_sizes, interpret=static.interpret,
     )
+    dA = dA.T
+    dh0 = None if dh0 is None else jnp.swapaxes(dh0, 1, 2)
     cast = lambda g, x: None if x is None else g.astype(x.dtype)  # noqa: E731
     return (du, ddelta, cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), dz, cast(dbias, bias),
             cast(dh0, h0))

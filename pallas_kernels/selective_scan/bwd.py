@@ -1,31 +1,44 @@
-"""Backward selective-scan kernel (Pallas-Triton): one program per (batch, channel block).
+"""Backward selective-scan kernels (Pallas-Triton), parallel over time chunks.
 
-Algorithm (research/mamba_pallas.md A1/A2), per program, time walked from last to first:
-  g_t = dout_t * silu(z_t);  dh_t = C_t g_t + a_{t+1} dh_{t+1}   (dh_T = d final_state)
+Algorithm (research/mamba_pallas.md A1/A2), time walked from last to first:
+  g_t = dout_t * silu(z_t);  dh_t = C_t g_t + a_{t+1} dh_{t+1}   (a_T dh_T = d final_state)
   du_t = D g_t + dt_t (dh_t . B_t);  ddt_t = u_t (dh_t . B_t) + sum_n dh_t A a_t h_{t-1}
   dA += dh_t dt_t a_t h_{t-1};  dB_t, dC_t = per-program sums over the block's channels
-The states h_{t-1} are needed in reverse order. The recurrence is never inverted (a_t = exp(dt A)
-underflows): each `chunk` starts from the state the forward saved, a first pass writes the
-states at sub-chunk starts to a per-program buffer (`chunk // sub` states, it stays in L2), and
-each sub-chunk of `sub` steps is then recomputed into registers (Python-unrolled: no value
-slicing in Pallas-Triton) and walked backwards. With `chunk == sub` the first pass disappears and
-the forward's saved states are used directly (more saved memory, less recomputation).
+with a_t h_{t-1} = h_t - dt_t u_t B_t (mamba_ssm's identity: only h_t is needed per step).
+Time is cut into chunks of `chunk_bwd` steps, one program each, as in the forward:
+- Pass 1 (`_dstate_kernel`, grid (B, D/block_d, NC-1), the forward's `[N, block_d]` tiling):
+  chunk c >= 1 runs the reverse recurrence from a zero carry and writes the carry it would pass
+  to chunk c-1, `dh_loc [B, NC-1, N, D]`, and its sum of dt (the chunk's decay is exp(A sum dt)).
+  No reductions: per step one exp2 and two fmas per state element.
+- Pass 2 (`_bwd_kernel`, grid (B, D/block_d_bwd, NC)): first walks the chunks after its own
+  from the final-state cotangent, `dh = exp(A S_k) dh + dh_loc[k]`, then walks its chunk
+  backwards in sub-chunks of `sub` steps: the sub-chunk's states are recomputed into registers
+  (Python-unrolled: no value slicing in Pallas-Triton) from the state the forward saved every
+  `checkpoint` steps (advancing to the sub-chunk start when `checkpoint > sub`), then the
+  reverse steps run. The recurrence is never inverted (a_t = exp(dt A) underflows).
+- Tiles `[N, block_d_bwd]` with one channel per thread (`block_d_bwd = 32 * num_warps_bwd`):
+  the sums over N (y, dh.B, sum_n A q) are in-thread and per-channel work runs once. The sums
+  over channels (dB_t, dC_t: 2N values per step) are warp shuffles (5 levels); one warp per
+  program keeps them free of shared memory. 2-D tiles are read and written as N rows: a 2-D
+  load or store in the loop makes Triton pick its vectorised layout (4 channels x 4 lanes on
+  N) for the loop, which costs a shared-memory round trip and a barrier per row per step
+  (round one's compiled backward has 68 barriers in its loops; this one has 2 per step, for
+  the dB/dC row stores; checked on the SASS compiled offline for sm_90).
 
-Cost at the Mamba-370M layer (B=4, T=4096, D=2048, N=16, bf16, block_d 32):
-- Bytes: u, delta, z, dout read and du, ddelta, dz written (bf16) = 470 MB; saved states 34 MB;
-  dB/dC partials `[B, D/block_d, T, N]` float32 written and summed by XLA = 2 x 2 x 67 MB.
-  Total ~0.8 GB -> ~0.27 ms at 3 TB/s.
-- Exps: 2 per (t, d, n) (first pass + register recomputation) = 1.07G -> ~0.3 ms on the SFUs,
-  plus the per-channel softplus / sigmoid / silu, repeated by the threads sharing a channel.
-- Per (t, d, n) about 20 float32 ops and five reductions per step (three over N, two over
-  the channel block for dB/dC, which may cross warps). Instruction issue dominates: expect
-  3-4x the forward, ~1-1.5 ms (mamba_ssm: 2.44 ms backward).
-- Latency: 256 programs of 4 warps leave ~8 warps per SM, so each pass needs its own
-  independent work: the first pass advances `unroll` steps per iteration and prefetches the
-  next rows; the second recomputes `sub` steps (the exps do not wait for the state load) and
-  prefetches the rows of the sub-chunk it handles next. Registers bound `sub` (config.py).
-- dA, dD, d delta_bias are per-program partials summed over the batch by XLA (deterministic,
-  no atomics). Grid programs run concurrently; nothing depends on their order.
+Cost at the Mamba-370M layer (B=4, T=4096, D=2048, N=16, bf16; defaults: chunk_bwd 512,
+checkpoint 8, sub 4, 1 warp):
+- Exps: pass 1 one per (t, d, n); pass 2 the recomputation (1.5: half the sub-chunks advance
+  from the checkpoint first) and a_t again in the reverse step (1): ~3.5 x 537M = 1.9G at
+  16/clk/SM -> ~0.5 ms, plus per-channel softplus / sigmoids.
+- Instructions: ~55 per (t, d, n) in pass 2 (the dB/dC shuffles are a third of them), ~8 in
+  pass 1 -> ~1.1 ms issue-bound on 132 SMs. Programs: 4 * 64 * 8 = 2048 one-warp programs.
+- Bytes: u, delta, z, dout, B, C read and du, ddelta, dz written (bf16) = 470 MB; pass 1 reads
+  delta, z, dout again (200 MB); checkpoints every 8 steps (268 MB, written by the forward);
+  dB/dC partials `[B, D/32, T, N]` float32 written and summed by XLA = 2 x 2 x 67 MB.
+  Total ~1.2 GB -> ~0.4 ms at 3 TB/s.
+- Expected ~1-1.5 ms (round one: 3.8 ms; mamba_ssm's backward: 2.44 ms).
+- dA, dD, d delta_bias are per-program partials summed by XLA (deterministic, no atomics).
+  Grid programs run concurrently; nothing depends on their order.
 """
 
 from __future__ import annotations
@@ -38,264 +51,337 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels.selective_scan.fwd import F32, LOG2E, Flags, advance, discretize, sigmoid
+from pallas_kernels.selective_scan.fwd import (
+    F32,
+    LOG2E,
+    Flags,
+    _cost,
+    chunk_steps,
+    discretize,
+    n_chunks,
+    sigmoid,
+)
 
 
-def _bwd_kernel(*refs, T, chunk, sub, unroll, flags: Flags, prefetch, interpret):
+def _dstate_kernel(*refs, T, chunk, unroll, flags: Flags, prefetch):
+    """Pass 1: the reverse carry out of chunk c + 1 from a zero carry, and its sum of dt."""
     refs = list(refs)
-    u_ref, delta_ref, A_ref, B_ref, C_ref = refs[:5]
+    delta_ref, At_ref, C_ref = refs[:3]
+    rest = refs[3:]
+    z_ref = rest.pop(0) if flags.has_z else None
+    bias_ref = rest.pop(0) if flags.has_bias else None
+    dout_ref, dloc_ref, dtsum_ref = rest
+    base = (pl.program_id(2) + 1) * chunk
+    A2 = At_ref[...].astype(F32) * LOG2E
+    bias = bias_ref[...].astype(F32) if flags.has_bias else None
+    masked = T % unroll != 0
+    n_iter = (jnp.minimum(chunk, T - base) + (unroll - 1)) // unroll
+
+    def load_block(t0):
+        rows = []
+        for k in range(unroll):
+            t = jnp.minimum(t0 + k, T - 1) if masked else t0 + k
+            row = (delta_ref[t, :], C_ref[t, :], dout_ref[t, :])
+            rows.append(row + ((z_ref[t, :],) if flags.has_z else ()))
+        return tuple(rows)
+
+    def body(i, carry):
+        dh, s, rows = carry if prefetch else (*carry, None)
+        t0 = base + (n_iter - 1 - i) * unroll
+        if prefetch:
+            nxt = load_block(base + jnp.maximum(n_iter - 2 - i, 0) * unroll)
+        else:
+            rows = load_block(t0)
+        for k in reversed(range(unroll)):
+            row = rows[k]
+            _, dt = discretize(row[0], bias, flags)
+            g = row[2].astype(F32)
+            if flags.has_z:
+                zt = row[3].astype(F32)
+                g = g * (zt * sigmoid(zt))
+            if masked:
+                valid = t0 + k < T
+                dt, g = jnp.where(valid, dt, 0.0), jnp.where(valid, g, 0.0)
+            dh = jnp.exp2(A2 * dt[None, :]) * (dh + row[1].astype(F32)[:, None] * g[None, :])
+            s = s + dt
+        return (dh, s, nxt) if prefetch else (dh, s)
+
+    init = (jnp.zeros(A2.shape, F32), jnp.zeros(A2.shape[1:], F32))
+    if prefetch:
+        init = init + (load_block(base + (n_iter - 1) * unroll),)
+    carry = lax.fori_loop(0, n_iter, body, init)
+    dloc_ref[...] = carry[0]
+    dtsum_ref[...] = carry[1]
+
+
+def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags):
+    refs = list(refs)
+    u_ref, delta_ref, At_ref, B_ref, C_ref = refs[:5]
     rest = refs[5:]
     D_ref = rest.pop(0) if flags.has_D else None
     z_ref = rest.pop(0) if flags.has_z else None
     bias_ref = rest.pop(0) if flags.has_bias else None
     hs_ref, dout_ref, dlast_ref = rest.pop(0), rest.pop(0), rest.pop(0)
+    if n_total > 1:
+        dloc_ref, dtsum_ref = rest.pop(0), rest.pop(0)
     du_ref, ddelta_ref = rest.pop(0), rest.pop(0)
     dz_ref = rest.pop(0) if flags.has_z else None
     dB_ref, dC_ref, dA_ref = rest.pop(0), rest.pop(0), rest.pop(0)
     dD_ref = rest.pop(0) if flags.has_D else None
     dbias_ref = rest.pop(0) if flags.has_bias else None
     dh0_ref = rest.pop(0) if flags.has_h0 else None
-    per_chunk = chunk // sub
-    temp_ref = rest.pop(0) if per_chunk > 1 else None
+    per_chunk = checkpoint // sub
 
-    A = A_ref[...].astype(F32)
-    A2 = A * LOG2E
+    Np, bd = At_ref.shape
+    c = pl.program_id(2)
+    base = c * chunk
+    row_of = lax.broadcasted_iota(jnp.int32, (Np, bd), 0)
+
+    def tile_in(row):
+        """`[Np, bd]` from N row loads (a 2-D load would impose its vectorised layout)."""
+        return sum(jnp.where(row_of == n, row(n).astype(F32)[None, :], 0.0) for n in range(Np))
+
+    def tile_out(ref, x):
+        for n in range(Np):
+            ref[n, :] = jnp.sum(jnp.where(row_of == n, x, 0.0), axis=0)
+
+    A2 = tile_in(lambda n: At_ref[n, :]) * LOG2E
     Dv = D_ref[...].astype(F32) if flags.has_D else None
     bias = bias_ref[...].astype(F32) if flags.has_bias else None
+    masked = T % sub != 0  # only the last sub-chunk of the last chunk runs past T
 
-    def barrier():
-        # The sub-chunk buffer is written and read by different threads of the program.
-        if not interpret:
-            pltriton.debug_barrier()
+    def row_index(t):
+        return jnp.minimum(t, T - 1) if masked else t
 
-    def load(t):
-        rows = (u_ref[t, :], delta_ref[t, :], B_ref[t, :], C_ref[t, :], dout_ref[t, :])
-        return rows + ((z_ref[t, :],) if flags.has_z else ())
+    def step_rows(t):
+        """u, delta + bias, dt, B_t at step t (dt = 0 past T: an identity step)."""
+        r = row_index(t)
+        dl, dt = discretize(delta_ref[r, :], bias, flags)
+        if masked:
+            dt = jnp.where(t < T, dt, 0.0)
+        return u_ref[r, :].astype(F32), dl, dt, B_ref[r, :].astype(F32)
 
-    def load_block(t0, n):
-        return tuple(load(t0 + k) for k in range(n))
+    def advance(h, u, dt, B_t):
+        return jnp.exp2(A2 * dt[None, :]) * h + B_t[:, None] * (dt * u)[None, :]
 
-    # The state pass has little independent work per step: it advances `group` sub-chunks per
-    # loop iteration (`unroll` steps) and prefetches the next iteration's rows.
-    group = max(1, unroll // sub)
+    def saved_state(k):
+        return tile_in(lambda n: hs_ref[k, n, :])
 
-    def chunk_pass(c, n_adv):
-        """Write the states at the starts of sub-chunks 0..n_adv of chunk c to the buffer."""
-        barrier()
-        h = hs_ref[c]
-        temp_ref[0] = h
-
-        def load(first, n, clamp=False):  # rows of sub-chunks first .. first + n - 1 of chunk c
-            ts = [c * chunk + first * sub + s for s in range(n * sub)]
-            if clamp:  # the last chunk may be shorter than one group: stay inside the arrays
-                ts = [jnp.minimum(t, T - 1) for t in ts]
-            return tuple((u_ref[t, :], delta_ref[t, :], B_ref[t, :]) for t in ts)
-
-        def advance_subs(h, rows, first, n):
-            for g in range(n):
-                for u, dl, B_t in rows[g * sub:(g + 1) * sub]:
-                    _, dt = discretize(dl, bias, flags)
-                    _, h = advance(h, A2, u.astype(F32), dt, B_t.astype(F32))
-                temp_ref[first + g + 1] = h
-            return h
-
-        if isinstance(n_adv, int):
-            n_groups = n_adv // group
-        else:
-            n_groups = lax.div(n_adv, group)
-
-        def body(k, carry):
-            h, rows = carry if prefetch else (carry, None)
-            if prefetch:
-                nxt = load(jnp.minimum(k + 1, n_groups - 1) * group, group)
-            else:
-                rows = load(k * group, group)
-            h = advance_subs(h, rows, k * group, group)
-            return (h, nxt) if prefetch else h
-
-        h = lax.fori_loop(0, n_groups, body, (h, load(0, group, clamp=True)) if prefetch else h)
-        h = h[0] if prefetch else h
-        if group > 1:  # the remaining n_adv % group sub-chunks
-            h = lax.fori_loop(n_groups * group, n_adv,
-                              lambda k, h: advance_subs(h, load(k, 1), k, 1), h)
-        barrier()
-
-    def step_back(carry, row, dl, dt, a, h_prev, h, t):
+    def step_back(carry, t, u, dl, dt, h):
         dh, dA, dD, dbias = carry
-        u, B_t, C_t, do = (row[i].astype(F32) for i in (0, 2, 3, 4))
+        r = row_index(t)
+        B_t = B_ref[r, :].astype(F32)  # reloaded (L1): keeping sub rows of N live spills
+        C_t = C_ref[r, :].astype(F32)
+        do = dout_ref[r, :].astype(F32)
+        valid = t < T
         if flags.has_z:
-            zt = row[5].astype(F32)
+            zt = z_ref[r, :].astype(F32)
             sz = sigmoid(zt)
             g = do * (zt * sz)
-            y = jnp.sum(h * C_t[None, :], axis=1)
+            y = jnp.sum(h * C_t[:, None], axis=0)
             if flags.has_D:
                 y = y + Dv * u
-            dz_ref[t, :] = (do * y * sz * (1.0 + zt * (1.0 - sz))).astype(dz_ref.dtype)
+            dz = do * y * sz * (1.0 + zt * (1.0 - sz))
         else:
             g = do
-        dh = dh + g[:, None] * C_t[None, :]
-        dC_ref[t, :] = jnp.sum(h * g[:, None], axis=0)
-        s_B = jnp.sum(dh * B_t[None, :], axis=1)
+        if masked:
+            g = jnp.where(valid, g, 0.0)
+        dh = dh + C_t[:, None] * g[None, :]
+        dC = jnp.sum(h * g[None, :], axis=1)  # sums over the block's channels
+        s_B = jnp.sum(dh * B_t[:, None], axis=0)
         du = dt * s_B
         if flags.has_D:
             du = du + Dv * g
             dD = dD + g * u
-        du_ref[t, :] = du.astype(du_ref.dtype)
-        dB_ref[t, :] = jnp.sum(dh * (dt * u)[:, None], axis=0)
-        q = dh * a * h_prev
-        dA = dA + q * dt[:, None]
-        ddt = u * s_B + jnp.sum(q * A, axis=1)
+        b = B_t[:, None] * (dt * u)[None, :]
+        dB = jnp.sum(dh * (dt * u)[None, :], axis=1)
+        a = jnp.exp2(A2 * dt[None, :])  # recomputed: cheaper than keeping sub decays live
+        q = dh * (h - b)  # a_t h_{t-1} = h_t - dt_t u_t B_t (mamba_ssm's identity)
+        dA = dA + q * dt[None, :]
+        ddt = u * s_B + jnp.sum(q * A2, axis=0) * (1.0 / LOG2E)
         if flags.softplus:
             ddt = ddt * sigmoid(dl)
+        if masked:
+            ddt = jnp.where(valid, ddt, 0.0)
         if flags.has_bias:
             dbias = dbias + ddt
-        ddelta_ref[t, :] = ddt.astype(ddelta_ref.dtype)
+
+        def store():
+            if flags.has_z:
+                dz_ref[t, :] = dz.astype(dz_ref.dtype)
+            du_ref[t, :] = du.astype(du_ref.dtype)
+            ddelta_ref[t, :] = ddt.astype(ddelta_ref.dtype)
+            dB_ref[t, :] = dB
+            dC_ref[t, :] = dC
+
+        if masked:
+            pl.when(valid)(store)
+        else:
+            store()
         return a * dh, dA, dD, dbias
 
-    def sub_chunk(carry, h, rows, t0, n):
+    def sub_chunk(carry, h, t0, n):
         """Recompute the n states of steps t0.. from h (registers), then walk them backwards."""
-        states, decays, steps = [h], [], []
+        states, rows = [], []
         for k in range(n):
-            steps.append(discretize(rows[k][1], bias, flags))
-            a, h = advance(h, A2, rows[k][0].astype(F32), steps[k][1], rows[k][2].astype(F32))
-            decays.append(a)
+            u, dl, dt, B_t = step_rows(t0 + k)
+            h = advance(h, u, dt, B_t)
+            rows.append((u, dl, dt))
             states.append(h)
         for k in reversed(range(n)):
-            carry = step_back(carry, rows[k], *steps[k], decays[k], states[k], states[k + 1],
-                              t0 + k)
+            carry = step_back(carry, t0 + k, *rows[k], states[k])
         return carry
 
-    bd, Np = A.shape
+    dh = tile_in(lambda n: dlast_ref[n, :])
+    if n_total > 1:
+        # The carry entering this chunk from the chunks after it (pass 1 holds chunk k at k - 1).
+        def walk(i, dh):
+            k = n_total - 2 - i
+            decay = jnp.exp2(A2 * dtsum_ref[k][None, :])
+            return decay * dh + tile_in(lambda n: dloc_ref[k, n, :])
+
+        dh = lax.fori_loop(0, n_total - 1 - c, walk, dh)
     carry = (
-        dlast_ref[...].astype(F32),
-        jnp.zeros((bd, Np), F32),
+        dh,
+        jnp.zeros((Np, bd), F32),
         jnp.zeros((bd,), F32) if flags.has_D else None,
         jnp.zeros((bd,), F32) if flags.has_bias else None,
     )
-    n_full, tail = divmod(T, sub)
-    n_sub = n_full + (tail > 0)
+    n_sub = chunk_steps(base, T, chunk, n_total, sub)
+    first_interval = lax.div(base, checkpoint)
 
-    if tail:  # the last, partial sub-chunk (static length)
-        c, local = divmod(n_full, per_chunk)
-        if local:
-            chunk_pass(c, local)
-            h = temp_ref[local]
-        else:
-            h = hs_ref[c]
-        carry = sub_chunk(carry, h, load_block(n_full * sub, tail), n_full * sub, tail)
+    def body(j, carry):
+        m = n_sub - 1 - j
+        interval = first_interval + lax.div(m, per_chunk)
+        h = saved_state(interval)
+        if per_chunk > 1:  # advance from the checkpoint to the start of this sub-chunk
 
-    def body(j, state):
-        carry, rows = state if prefetch else (state, None)
-        m = n_full - 1 - j
-        if per_chunk > 1:
-            local = lax.rem(m, per_chunk)
-            first_visit = (local == per_chunk - 1) | (m + 1 == n_sub)
+            def skip(i, h):
+                for s in range(sub):
+                    u, _, dt, B_t = step_rows(interval * checkpoint + i * sub + s)
+                    h = advance(h, u, dt, B_t)
+                return h
 
-            @pl.when(first_visit)
-            def _():
-                chunk_pass(lax.div(m, per_chunk), local)
+            h = lax.fori_loop(0, lax.rem(m, per_chunk), skip, h)
+        return sub_chunk(carry, h, base + m * sub, sub)
 
-            h = temp_ref[local]
-        else:
-            h = hs_ref[m]
-        if prefetch:
-            nxt = load_block(jnp.maximum(m - 1, 0) * sub, sub)
-        else:
-            rows = load_block(m * sub, sub)
-        carry = sub_chunk(carry, h, rows, m * sub, sub)
-        return (carry, nxt) if prefetch else carry
-
-    if n_full:
-        init = (carry, load_block((n_full - 1) * sub, sub)) if prefetch else carry
-        carry = lax.fori_loop(0, n_full, body, init)
-        if prefetch:
-            carry = carry[0]
-
-    dh, dA, dD, dbias = carry
-    dA_ref[...] = dA
+    dh, dA, dD, dbias = lax.fori_loop(0, n_sub, body, carry)
+    tile_out(dA_ref, dA)
     if flags.has_D:
         dD_ref[...] = dD
     if flags.has_bias:
         dbias_ref[...] = dbias
     if flags.has_h0:
-        dh0_ref[...] = dh
+
+        @pl.when(c == 0)
+        def _():
+            tile_out(dh0_ref, dh)
 
 
-def backward(u, delta, A, B, C, D, z, bias, states, dout, dlast, *, flags: Flags, block_sizes,
+def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flags, block_sizes,
              interpret: bool):
-    """Run the backward kernel on padded inputs (shapes as in `fwd.forward`).
+    """Run the backward kernels on padded inputs (shapes as in `fwd.forward`).
 
     Args:
-      states: the forward's chunk-start states `[Bt, ceil(T / chunk), Dp, Np]` float32.
-      dout: `[Bt, T, Dp]` cotangent of the output; dlast: `[Bt, Dp, Np]` of the final state.
+      At: `[Np, Dp]`, A transposed.
+      states: the forward's states every `checkpoint` steps, `[Bt, ceil(T / checkpoint), Np,
+        Dp]` float32.
+      dout: `[Bt, T, Dp]` cotangent of the output; dlast: `[Bt, Np, Dp]` of the final state.
 
     Returns:
-      `du, ddelta, dz | None, dB [Bt, T, G, Np] f32, dC, dA [Dp, Np] f32, dD | None,
-      dbias | None, dh0 | None` (dB, dC, dA, dD, dbias already summed over programs).
+      `du, ddelta, dz | None, dB [Bt, T, G, Np] f32, dC, dA [Np, Dp] f32, dD | None,
+      dbias | None, dh0 [Bt, Np, Dp] | None` (dB, dC, dA, dD, dbias summed over programs).
     """
     Bt, T, Dp = u.shape
     G, Np = B.shape[2], B.shape[3]
-    bd, chunk, sub = block_sizes.block_d_bwd, block_sizes.chunk, block_sizes.sub
+    bs = block_sizes
+    bd, chunk, sub = bs.block_d_bwd, bs.chunk_bwd, bs.sub
     per_group = (Dp // G) // bd
     n_blocks = Dp // bd
-    nc = states.shape[1]
-    grid = (Bt, n_blocks)
+    nc = n_chunks(T, chunk)
+    ns = states.shape[1]
+    sds = jax.ShapeDtypeStruct
+    elems = Bt * T * Dp * Np
 
-    seq = pl.BlockSpec((None, T, bd), lambda b, j: (b, 0, j))
-    bc = pl.BlockSpec((None, T, None, Np), lambda b, j: (b, 0, lax.div(j, per_group), 0))
-    chan = pl.BlockSpec((bd,), lambda b, j: (j,))
-    state = pl.BlockSpec((None, bd, Np), lambda b, j: (b, j, 0))
-    part_seq = pl.BlockSpec((None, None, T, Np), lambda b, j: (b, j, 0, 0))
-    part_chan = pl.BlockSpec((None, bd), lambda b, j: (b, j))
+    extra_args, extra_specs = [], []
+    if nc > 1:  # pass 1: the reverse carries out of chunks 1 .. nc-1
+        bd1 = bs.block_d
+        pg1 = (Dp // G) // bd1
+        seq1 = pl.BlockSpec((None, T, bd1), lambda b, j, c: (b, 0, j))
+        bc1 = pl.BlockSpec((None, T, None, Np), lambda b, j, c: (b, 0, lax.div(j, pg1), 0))
+        args = [delta, At, C]
+        specs = [seq1, pl.BlockSpec((Np, bd1), lambda b, j, c: (0, j)), bc1]
+        if flags.has_z:
+            args.append(z)
+            specs.append(seq1)
+        if flags.has_bias:
+            args.append(bias)
+            specs.append(pl.BlockSpec((bd1,), lambda b, j, c: (j,)))
+        args.append(dout)
+        specs.append(seq1)
+        out_shape = [sds((Bt, nc - 1, Np, Dp), F32), sds((Bt, nc - 1, Dp), F32)]
+        extra_args = pl.pallas_call(
+            functools.partial(_dstate_kernel, T=T, chunk=chunk, unroll=bs.unroll, flags=flags,
+                              prefetch=bs.prefetch),
+            grid=(Bt, Dp // bd1, nc - 1),
+            in_specs=specs,
+            out_specs=[pl.BlockSpec((None, None, Np, bd1), lambda b, j, c: (b, c, 0, j)),
+                       pl.BlockSpec((None, None, bd1), lambda b, j, c: (b, c, j))],
+            out_shape=out_shape,
+            compiler_params=pltriton.CompilerParams(num_warps=bs.num_warps,
+                                                    num_stages=bs.num_stages),
+            cost_estimate=_cost(args, out_shape, 5 * elems, elems + 3 * Bt * T * Dp),
+            interpret=interpret,
+            name="selective_scan_bwd_states",
+        )(*args)
+        extra_specs = [pl.BlockSpec((None, nc - 1, Np, bd), lambda b, j, c: (b, 0, 0, j)),
+                       pl.BlockSpec((None, nc - 1, bd), lambda b, j, c: (b, 0, j))]
 
-    args = [u, delta, A, B, C]
-    specs = [seq, seq, pl.BlockSpec((bd, Np), lambda b, j: (j, 0)), bc, bc]
+    seq = pl.BlockSpec((None, T, bd), lambda b, j, c: (b, 0, j))
+    bc = pl.BlockSpec((None, T, None, Np), lambda b, j, c: (b, 0, lax.div(j, per_group), 0))
+    chan = pl.BlockSpec((bd,), lambda b, j, c: (j,))
+    state = pl.BlockSpec((None, Np, bd), lambda b, j, c: (b, 0, j))
+    part_seq = pl.BlockSpec((None, None, T, Np), lambda b, j, c: (b, j, 0, 0))
+    part_chan = pl.BlockSpec((None, None, bd), lambda b, j, c: (b, c, j))
+
+    args = [u, delta, At, B, C]
+    specs = [seq, seq, pl.BlockSpec((Np, bd), lambda b, j, c: (0, j)), bc, bc]
     for present, x, spec in ((flags.has_D, D, chan), (flags.has_z, z, seq),
                              (flags.has_bias, bias, chan)):
         if present:
             args.append(x)
             specs.append(spec)
-    args += [states, dout, dlast]
-    specs += [pl.BlockSpec((None, nc, bd, Np), lambda b, j: (b, 0, j, 0)), seq, state]
+    args += [states, dout, dlast] + list(extra_args)
+    specs += [pl.BlockSpec((None, ns, Np, bd), lambda b, j, c: (b, 0, 0, j)), seq, state]
+    specs += extra_specs
 
-    sds = jax.ShapeDtypeStruct
     outs = [(sds(u.shape, u.dtype), seq), (sds(delta.shape, delta.dtype), seq)]
     if flags.has_z:
         outs.append((sds(z.shape, z.dtype), seq))
     outs += [(sds((Bt, n_blocks, T, Np), F32), part_seq)] * 2
-    outs.append((sds((Bt, Dp, Np), F32), state))
+    outs.append((sds((Bt, nc, Np, Dp), F32),
+                 pl.BlockSpec((None, None, Np, bd), lambda b, j, c: (b, c, 0, j))))
     if flags.has_D:
-        outs.append((sds((Bt, Dp), F32), part_chan))
+        outs.append((sds((Bt, nc, Dp), F32), part_chan))
     if flags.has_bias:
-        outs.append((sds((Bt, Dp), F32), part_chan))
+        outs.append((sds((Bt, nc, Dp), F32), part_chan))
     if flags.has_h0:
-        outs.append((sds((Bt, Dp, Np), F32), state))
-    per_chunk = chunk // sub
-    if per_chunk > 1:
-        outs.append((sds((Bt, n_blocks, per_chunk, bd, Np), F32),
-                     pl.BlockSpec((None, None, per_chunk, bd, Np), lambda b, j: (b, j, 0, 0, 0))))
+        outs.append((sds((Bt, Np, Dp), F32), state))
 
-    elems = Bt * T * Dp * Np
-    io_bytes = sum(x.size * x.dtype.itemsize for x in args) + sum(
-        s.size * s.dtype.itemsize for s, _ in outs)
     kernel = functools.partial(
-        _bwd_kernel, T=T, chunk=chunk, sub=sub, unroll=block_sizes.unroll, flags=flags,
-        prefetch=block_sizes.prefetch_bwd,
-        interpret=interpret,
+        _bwd_kernel, T=T, checkpoint=bs.checkpoint, chunk=chunk, sub=sub, n_total=nc,
+        flags=flags,
     )
     res = pl.pallas_call(
         kernel,
-        grid=grid,
+        grid=(Bt, n_blocks, nc),
         in_specs=specs,
         out_specs=[spec for _, spec in outs],
         out_shape=[s for s, _ in outs],
         compiler_params=pltriton.CompilerParams(
-            num_warps=block_sizes.num_warps_bwd, num_stages=block_sizes.num_stages_bwd),
-        cost_estimate=pl.CostEstimate(
-            flops=int(26 * elems + 30 * Bt * T * Dp),
-            transcendentals=int(2 * elems + 6 * Bt * T * Dp),
-            bytes_accessed=int(io_bytes),
-        ),
+            num_warps=bs.num_warps_bwd, num_stages=bs.num_stages_bwd),
+        cost_estimate=_cost(args, [s for s, _ in outs], 26 * elems + 30 * Bt * T * Dp,
+                            2 * elems + 6 * Bt * T * Dp),
         interpret=interpret,
         name="selective_scan_bwd",
     )(*args)
@@ -303,12 +389,13 @@ def backward(u, delta, A, B, C, D, z, bias, states, dout, dlast, *, flags: Flags
     du, ddelta = res.pop(0), res.pop(0)
     dz = res.pop(0) if flags.has_z else None
     dB_part, dC_part, dA_part = res.pop(0), res.pop(0), res.pop(0)
-    dD = res.pop(0).sum(0) if flags.has_D else None
-    dbias = res.pop(0).sum(0) if flags.has_bias else None
+    dD = res.pop(0).sum((0, 1)) if flags.has_D else None
+    dbias = res.pop(0).sum((0, 1)) if flags.has_bias else None
     dh0 = res.pop(0) if flags.has_h0 else None
 
     def group_sum(part):  # [Bt, n_blocks, T, Np] -> [Bt, T, G, Np]
         part = part.reshape(Bt, G, per_group, T, Np).sum(2)
         return jnp.transpose(part, (0, 2, 1, 3))
 
-    return du, ddelta, dz, group_sum(dB_part), group_sum(dC_part), dA_part.sum(0), dD, dbias, dh0
+    return (du, ddelta, dz, group_sum(dB_part), group_sum(dC_part), dA_part.sum((0, 1)), dD,
+            dbias, dh0)

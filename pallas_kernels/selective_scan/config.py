@@ -6,11 +6,12 @@ import dataclasses
 
 from pallas_kernels._common import next_pow2
 
-# Largest state size the kernels take (mamba_ssm's MAX_DSTATE). The state of one program is
-# `[block_d, N]` float32; at N = 256 the default block is 2 channels.
+# Largest state size the kernels take (mamba_ssm's MAX_DSTATE).
 MAX_N = 256
-# Default number of state elements one program holds: 4 per thread at 4 warps.
-_STATE_ELEMENTS = 512
+# State elements one thread of the forward kernels holds by default (4 channels x N = 16).
+_FWD_ELEMENTS_PER_THREAD = 64
+# Default state elements per thread in a backward sub-chunk (sub x N).
+_BWD_SUB_ELEMENTS = 64
 
 
 def _is_pow2(n) -> bool:
@@ -19,48 +20,48 @@ def _is_pow2(n) -> bool:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BlockSizes:
-    """Tiling of the forward and backward selective-scan kernels.
+    """Tiling of the time-parallel selective-scan kernels (see `fwd.py` and `bwd.py`).
 
-    Both kernels run one program per (batch, block of `block_d` channels) and walk time
-    sequentially with a `[block_d, N]` float32 state.
+    Time is split into chunks that run as separate programs; the state entering a chunk is
+    passed between chunks through each chunk's end state and total decay `exp(A sum dt)`.
 
-    Forward:
-      block_d: channels per program (power of two).
-      unroll: time steps per loop iteration, unrolled in Python so that the exps and loads of
-        these steps are independent instructions the GPU can overlap (also used by the
-        backward's state pass).
-      chunk: the forward saves the state every `chunk` steps (multiple of `unroll` and `sub`);
-        the backward recomputes the states inside a chunk from its saved start state.
+    Forward (and the backward's local reverse pass, which has the same shape):
+      block_d: channels per program (power of two). The state tile is `[N, block_d]`, channels
+        across threads: at `block_d = 4 * 32 * num_warps` each thread holds 4 channels x all N
+        states, so the readout over N needs no shuffles and per-channel work is not repeated.
+      chunk: time steps per program (multiple of `unroll`).
+      unroll: time steps per loop iteration, written out in Python (independent loads and exps).
       prefetch: load the next iteration's rows while computing the current one.
       num_warps, num_stages: Triton launch parameters.
+      checkpoint: the forward saves the state every `checkpoint` steps for the backward
+        (multiple of `unroll` and of `sub`).
 
-    Backward (`*_bwd`):
-      block_d_bwd: channels per program.
+    Backward (`*_bwd`): one program per (batch, channel block, `chunk_bwd` steps); the state is
+    held as N rows of `block_d_bwd` channels. At `block_d_bwd = 32 * num_warps_bwd` each thread
+    holds one channel x all N; with one warp the sums over the block's channels (dB, dC) are
+    warp shuffles without shared memory.
+      chunk_bwd: time steps per program (multiple of `checkpoint`).
       sub: steps whose states are recomputed into registers at a time, then walked backwards.
-        When `chunk > sub`, a first pass over each chunk writes the states at sub-chunk starts
-        to a small per-program buffer (`chunk // sub` states, L2-resident).
-      prefetch_bwd: load the rows of the sub-chunk computed next while computing this one
-        (both passes).
-
-    Registers bound `sub`: a sub-chunk keeps `2 sub + 1` states of `block_d * N / threads`
-    floats, plus (with prefetch) two sub-chunks of input rows. With 4 elements per thread,
-    sub = 4 with prefetch needs ~130 registers per thread, sub = 8 with prefetch ~270 (spills).
+        When `checkpoint > sub`, the state at a sub-chunk's start is recomputed from the
+        checkpoint (on average (checkpoint / sub - 1) / 2 extra steps per step). Registers bound
+        it: a sub-chunk keeps `sub` states of N per thread.
     """
 
-    block_d: int = 32
-    unroll: int = 8
-    chunk: int = 64
-    prefetch: bool = True
-    num_warps: int = 4
+    block_d: int = 256
+    chunk: int = 128
+    unroll: int = 4
+    prefetch: bool = False
+    num_warps: int = 2
     num_stages: int = 1
+    checkpoint: int = 8
     block_d_bwd: int = 32
+    chunk_bwd: int = 512
     sub: int = 4
-    prefetch_bwd: bool = True
-    num_warps_bwd: int = 4
+    num_warps_bwd: int = 1
     num_stages_bwd: int = 1
 
     def __post_init__(self):
-        for name in ("block_d", "unroll", "chunk", "block_d_bwd", "sub"):
+        for name in ("block_d", "unroll", "block_d_bwd", "sub"):
             value = getattr(self, name)
             if not _is_pow2(value):
                 raise ValueError(f"{name} must be a power of two, got {name}={value!r}")
@@ -68,23 +69,35 @@ class BlockSizes:
             value = getattr(self, name)
             if not _is_pow2(value) or value > 16:
                 raise ValueError(f"{name} must be a power of two <= 16, got {name}={value!r}")
-        for name in ("num_stages", "num_stages_bwd"):
+        for name in ("num_stages", "num_stages_bwd", "chunk", "checkpoint", "chunk_bwd"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {name}={value!r}")
-        if self.chunk < self.unroll or self.chunk < self.sub:
+        if self.chunk % self.unroll:
             raise ValueError(
-                f"chunk must be a multiple of unroll and sub, got chunk={self.chunk}, "
-                f"unroll={self.unroll}, sub={self.sub}"
+                f"chunk must be a multiple of unroll, got chunk={self.chunk}, unroll={self.unroll}")
+        if self.checkpoint % self.unroll or self.checkpoint % self.sub:
+            raise ValueError(
+                f"checkpoint must be a multiple of unroll and sub, got "
+                f"checkpoint={self.checkpoint}, unroll={self.unroll}, sub={self.sub}"
+            )
+        if self.chunk_bwd % self.checkpoint:
+            raise ValueError(
+                f"chunk_bwd must be a multiple of checkpoint, got chunk_bwd={self.chunk_bwd}, "
+                f"checkpoint={self.checkpoint}"
             )
 
     @classmethod
     def get_default(cls, N: int = 16, **overrides) -> BlockSizes:
-        """Defaults for state size `N`: the channel block shrinks as N grows (~512 elements)."""
+        """Defaults for state size `N`: the channel blocks shrink as N grows."""
         if not 1 <= N <= MAX_N:
             raise ValueError(f"state size N must be in [1, {MAX_N}], got {N=}")
-        block = max(1, min(32, _STATE_ELEMENTS // next_pow2(N)))
-        sizes = dict(block_d=block, block_d_bwd=block)
+        n = next_pow2(N)
+        warps = overrides.get("num_warps", cls.__dataclass_fields__["num_warps"].default)
+        per_thread = max(1, min(4, _FWD_ELEMENTS_PER_THREAD // n))
+        sub = max(1, min(4, _BWD_SUB_ELEMENTS // n))
+        unroll = overrides.get("unroll", cls.__dataclass_fields__["unroll"].default)
+        sizes = dict(block_d=per_thread * 32 * warps, sub=sub, checkpoint=max(2 * sub, unroll))
         sizes.update(overrides)
         return cls(**sizes)
 

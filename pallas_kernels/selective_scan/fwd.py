@@ -1,29 +1,37 @@
-"""Forward selective-scan kernel (Pallas-Triton): one program per (batch, channel block).
+"""Forward selective-scan kernels (Pallas-Triton), parallel over time chunks.
 
 Why this shape (H100, Mamba-370M layer B=4, T=4096, D=2048, N=16, bf16 activations):
-- Bytes: u, delta, z read and y written once (bf16) = 268 MB, B and C 1 MB, the saved states
-  (chunk 64) 34 MB: ~0.10 ms at 3 TB/s. Exps: B*T*D*N = 537M `exp2` at 16/clk/SM on 132 SMs
-  (1.75 GHz) = 0.15 ms. FLOPs (~7 per (t, d, n) in float32) are negligible. So the kernel is
-  bound by the exp pipe and by latency: the recurrence `h = a*h + b` is sequential in t.
-- The sequential chain per step is one FMA; everything else (loads, exp, the C.h reduction,
-  the gate) does not depend on the carry. Each loop iteration therefore handles `unroll` steps
-  written out in Python (independent instructions the scheduler can overlap), and with
-  `prefetch` the rows of the next iteration are loaded while this one computes (Triton's
-  `num_stages` pipelining does not apply: these are small non-dot loads).
-- Parallelism is the scarce resource: B*D = 8192 channels * N = 131k state elements in all, so
-  with `block_d` = 32 there are 256 programs of 4 warps (2 per SM, 4 state elements per thread).
-  Smaller blocks give more programs but fewer independent exps per thread; the tuning script
-  (`benchmarks/gpu/selective_scan_tune.py`) measures the trade-off.
-- Per-channel work (softplus, silu: ~4 SFU ops per (t, d)) is repeated by every thread that
-  holds a piece of the channel's N states (likely 4 at N = 16), which about doubles the SFU
-  load: ~0.3 ms SFU-bound; instruction issue (~60 per thread-step, 8 warps per SM) is similar.
-  Expected ~0.3 ms if latency is hidden (mamba_ssm: 0.61 ms).
-- States are saved every `chunk` steps (`[B, T/chunk, D, N]` float32, 1 byte per (b, t, d) at
-  N = 16, chunk = 64) for the backward, which recomputes the states inside a chunk.
+- Round one ran one program per (batch, channel block) over all T steps: 512 programs of 2
+  warps, ~2 warps per scheduler to hide the latency of a 4096-step chain: 1.14 ms, ~3x its
+  instruction-issue bound. Its `[block_d, N]` tile put 4 threads on each channel, so every
+  per-channel op (softplus, silu, loads) ran 4 times and the readout over N needed shuffles;
+  the output row (a slice of that layout) went through shared memory with 2 barriers per step.
+- Time parallelism (Mamba-2's state passing): time is cut into chunks of `chunk` steps.
+  Pass 1 (`_state_kernel`, grid (B, D/block_d, NC-1)) scans each chunk but the last from a zero
+  state and writes only its end state `h_loc [B, NC-1, N, D]` and its sum of dt `[B, NC-1, D]`
+  (the chunk's decay is exp(A sum dt): one exp per (d, n), not per step). Pass 2
+  (`_out_kernel`, grid (B, D/block_d, NC)) first walks the chunks before its own,
+  `h = exp(A S_k) h + h_loc[k]` (c steps of one tile, ~NC/2 tiles per program, from L2), then
+  reruns its chunk from that state and writes y, the checkpoints and (last chunk) the final
+  state. Twice the exps of one pass, NC times the programs.
+- The state tile is `[N, block_d]` (channels along the fast axis). With `block_d = 4 * 32 *
+  num_warps` Triton's layout gives each thread 4 channels x all N: per-channel work runs once,
+  the readout over N is in-thread, the rows of u/delta/z/y (4 channels per thread) and the
+  broadcast B/C rows need no layout conversion (checked offline on the compiled SASS: no
+  barrier or shuffle in the loop).
+- Cost: exps 2 x B*T*D*N = 1.07G exp2 at 16/clk/SM = 0.29 ms, plus softplus and silu once
+  per (t, d) (~1.25 MUFU ops per state element in all); pass 2 issues ~10 instructions per
+  state element (ex2, 2 mul, 2 fma, loads, converts), pass 1 ~6 -> ~0.3 ms issue; bytes: pass 1
+  reads u, delta (134 MB), pass 2 reads u, delta, z and writes y (268 MB) -> 0.13 ms; with
+  `save` (training) the checkpoints every 8 steps add 268 MB (0.09 ms). 255 registers, no
+  spills at unroll 4 without prefetch (ptxas offline): 4 programs of 2 warps per SM, each with
+  64 independent state elements per thread. Programs: B*D/block_d*NC = 4*8*32 = 1024 (chunk
+  128). Expected ~0.4-0.5 ms (mamba_ssm: 0.61 ms).
 
 Layout: u, delta, z, y `[B, T, D]`; B, C `[B, T, G, N]` (the program's channel block lies in one
-group); A `[D, N]`; D, delta_bias `[D]`; states `[B, D, N]`. All dims the kernel sees are padded
-by `api.py`: D to a multiple of the block within each group, N to a power of two.
+group); `At` is A transposed, `[N, D]`; D, delta_bias `[D]`; states `[B, N, D]` (transposed).
+All dims the kernels see are padded by `api.py`: D to a multiple of the blocks within each
+group, N to a power of two. Steps past T in the last chunk are identities (dt = 0, no store).
 """
 
 from __future__ import annotations
@@ -71,140 +79,227 @@ def discretize(delta_row, bias, flags: Flags):
     return dl, (softplus(dl) if flags.softplus else dl)
 
 
-def advance(h, A2, u, dt, B_t):
-    """One step of the recurrence; returns `(a, h_new)` with `a = exp(dt * A)`."""
-    a = jnp.exp2(dt[:, None] * A2)
-    return a, a * h + (dt * u)[:, None] * B_t[None, :]
+def n_chunks(T: int, chunk: int) -> int:
+    return -(-T // chunk)
 
 
-def _fwd_kernel(*refs, T, unroll, chunk, flags: Flags, save, prefetch):
+def chunk_steps(base, T: int, chunk: int, n_total: int, step: int):
+    """Loop iterations of `step` steps covering the chunk starting at `base` (static if one)."""
+    if n_total == 1:
+        return -(-min(chunk, T) // step)
+    return (jnp.minimum(chunk, T - base) + (step - 1)) // step
+
+
+def _state_kernel(*refs, chunk, unroll, flags: Flags, prefetch):
+    """Pass 1: end state of chunk c from a zero state, and the chunk's sum of dt."""
     refs = list(refs)
-    u_ref, delta_ref, A_ref, B_ref, C_ref = refs[:5]
+    u_ref, delta_ref, At_ref, B_ref = refs[:4]
+    rest = refs[4:]
+    bias_ref = rest.pop(0) if flags.has_bias else None
+    hloc_ref, dtsum_ref = rest
+    base = pl.program_id(2) * chunk  # every chunk this kernel sees is full
+    A2 = At_ref[...].astype(F32) * LOG2E  # exp(dt A) = exp2(dt A log2 e)
+    bias = bias_ref[...].astype(F32) if flags.has_bias else None
+
+    def load_block(t0):
+        return tuple((u_ref[t, :], delta_ref[t, :], B_ref[t, :])
+                     for t in (t0 + k for k in range(unroll)))
+
+    n_iter = chunk // unroll
+
+    def body(i, carry):
+        h, s, rows = carry if prefetch else (*carry, None)
+        if prefetch:
+            nxt = load_block(base + jnp.minimum(i + 1, n_iter - 1) * unroll)
+        else:
+            rows = load_block(base + i * unroll)
+        for u, dl, B_t in rows:
+            _, dt = discretize(dl, bias, flags)
+            h = jnp.exp2(A2 * dt[None, :]) * h + B_t.astype(F32)[:, None] * (
+                dt * u.astype(F32))[None, :]
+            s = s + dt
+        return (h, s, nxt) if prefetch else (h, s)
+
+    init = (jnp.zeros(A2.shape, F32), jnp.zeros(A2.shape[1:], F32))
+    if prefetch:
+        init = init + (load_block(base),)
+    carry = lax.fori_loop(0, n_iter, body, init)
+    hloc_ref[...] = carry[0]
+    dtsum_ref[...] = carry[1]
+
+
+def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save, prefetch):
+    """Pass 2: the state entering chunk c from the chunks before it, then the chunk's outputs."""
+    refs = list(refs)
+    u_ref, delta_ref, At_ref, B_ref, C_ref = refs[:5]
     rest = refs[5:]
     D_ref = rest.pop(0) if flags.has_D else None
     z_ref = rest.pop(0) if flags.has_z else None
     bias_ref = rest.pop(0) if flags.has_bias else None
     h0_ref = rest.pop(0) if flags.has_h0 else None
+    if n_total > 1:
+        hloc_ref, dtsum_ref = rest.pop(0), rest.pop(0)
     out_ref, last_ref = rest.pop(0), rest.pop(0)
-    hs_ref = rest.pop(0) if save else None
+    states_ref = rest.pop(0) if save else None
 
-    A2 = A_ref[...].astype(F32) * LOG2E  # exp(dt A) = exp2(dt A log2 e)
+    c = pl.program_id(2)
+    base = c * chunk
+    A2 = At_ref[...].astype(F32) * LOG2E
     Dv = D_ref[...].astype(F32) if flags.has_D else None
     bias = bias_ref[...].astype(F32) if flags.has_bias else None
     h = h0_ref[...].astype(F32) if flags.has_h0 else jnp.zeros(A2.shape, F32)
+    if n_total > 1:
+        h = lax.fori_loop(
+            0, c, lambda k, h: jnp.exp2(A2 * dtsum_ref[k][None, :]) * h + hloc_ref[k], h)
 
-    def load(t):
-        rows = (u_ref[t, :], delta_ref[t, :], B_ref[t, :], C_ref[t, :])
-        return rows + ((z_ref[t, :],) if flags.has_z else ())
+    masked = T % unroll != 0  # only the last iteration of the last chunk runs past T
 
-    def load_block(t0, n):
-        return tuple(load(t0 + k) for k in range(n))
+    def load_block(t0):
+        rows = []
+        for k in range(unroll):
+            t = jnp.minimum(t0 + k, T - 1) if masked else t0 + k
+            row = (u_ref[t, :], delta_ref[t, :], B_ref[t, :], C_ref[t, :])
+            rows.append(row + ((z_ref[t, :],) if flags.has_z else ()))
+        return tuple(rows)
 
     def step(h, raw, t):
         u = raw[0].astype(F32)
         _, dt = discretize(raw[1], bias, flags)
-        _, h = advance(h, A2, u, dt, raw[2].astype(F32))
-        y = jnp.sum(h * raw[3].astype(F32)[None, :], axis=1)
+        if masked:
+            dt = jnp.where(t < T, dt, 0.0)
+        h = jnp.exp2(A2 * dt[None, :]) * h + raw[2].astype(F32)[:, None] * (dt * u)[None, :]
+        y = jnp.sum(h * raw[3].astype(F32)[:, None], axis=0)
         if flags.has_D:
             y = y + Dv * u
         if flags.has_z:
             zt = raw[4].astype(F32)
             y = y * (zt * sigmoid(zt))
-        out_ref[t, :] = y.astype(out_ref.dtype)
+
+        def store():
+            out_ref[t, :] = y.astype(out_ref.dtype)
+
+        if masked:
+            pl.when(t < T)(store)
+        else:
+            store()
         return h
 
-    n_iter, tail = divmod(T, unroll)
-    per_chunk = chunk // unroll
+    n_iter = chunk_steps(base, T, chunk, n_total, unroll)
 
     def body(i, carry):
         h, rows = carry if prefetch else (carry, None)
-        t0 = i * unroll
+        t0 = base + i * unroll
         if save:
 
-            @pl.when(lax.rem(i, per_chunk) == 0)
+            @pl.when(lax.rem(t0, checkpoint) == 0)
             def _():
-                hs_ref[lax.div(i, per_chunk)] = h
+                states_ref[lax.div(t0, checkpoint)] = h
 
         if prefetch:
-            nxt = load_block(jnp.minimum(i + 1, n_iter - 1) * unroll, unroll)
+            nxt = load_block(base + jnp.minimum(i + 1, n_iter - 1) * unroll)
         else:
-            rows = load_block(t0, unroll)
+            rows = load_block(t0)
         for k in range(unroll):
             h = step(h, rows[k], t0 + k)
         return (h, nxt) if prefetch else h
 
-    if n_iter:
-        init = (h, load_block(0, unroll)) if prefetch else h
-        h = lax.fori_loop(0, n_iter, body, init)
-        if prefetch:
-            h = h[0]
-    if tail:
-        t0 = n_iter * unroll
-        if save and t0 % chunk == 0:
-            hs_ref[t0 // chunk] = h
-        rows = load_block(t0, tail)
-        for k in range(tail):
-            h = step(h, rows[k], t0 + k)
-    last_ref[...] = h
+    h = lax.fori_loop(0, n_iter, body, (h, load_block(base)) if prefetch else h)
+    if prefetch:
+        h = h[0]
+
+    @pl.when(c == n_total - 1)
+    def _():
+        last_ref[...] = h
 
 
-def forward(u, delta, A, B, C, D, z, bias, h0, *, flags: Flags, block_sizes, save: bool,
+def _cost(args, out_shape, flops, transcendentals):
+    io = sum(x.size * x.dtype.itemsize for x in args) + sum(
+        s.size * s.dtype.itemsize for s in out_shape)
+    return pl.CostEstimate(flops=int(flops), transcendentals=int(transcendentals),
+                           bytes_accessed=int(io))
+
+
+def forward(u, delta, At, B, C, D, z, bias, h0, *, flags: Flags, block_sizes, save: bool,
             interpret: bool):
-    """Run the forward kernel on padded inputs.
+    """Run the forward kernels on padded inputs.
 
     Args:
-      u, delta, z: `[Bt, T, Dp]`; A `[Dp, Np]`; B, C `[Bt, T, G, Np]`; D, bias `[Dp]`;
-        h0 `[Bt, Dp, Np]` float32 (None entries for absent options, matching `flags`).
-      save: also return the chunk-start states `[Bt, ceil(T / chunk), Dp, Np]` float32.
+      u, delta, z: `[Bt, T, Dp]`; At `[Np, Dp]` (A transposed); B, C `[Bt, T, G, Np]`;
+        D, bias `[Dp]`; h0 `[Bt, Np, Dp]` float32 (None entries for absent options, matching
+        `flags`).
+      save: also return the states every `checkpoint` steps, `[Bt, ceil(T / checkpoint), Np,
+        Dp]` float32 (state before step k * checkpoint).
 
     Returns:
-      `(out [Bt, T, Dp] in u.dtype, last [Bt, Dp, Np] float32, states or None)`.
+      `(out [Bt, T, Dp] in u.dtype, last [Bt, Np, Dp] float32, states or None)`.
     """
     Bt, T, Dp = u.shape
     G, Np = B.shape[2], B.shape[3]
-    bd, chunk = block_sizes.block_d, block_sizes.chunk
+    bs = block_sizes
+    bd, chunk, unroll = bs.block_d, bs.chunk, bs.unroll
     per_group = (Dp // G) // bd  # channel blocks per group
-    nc = pl.cdiv(T, chunk)
-    grid = (Bt, Dp // bd)
+    nc = n_chunks(T, chunk)
+    params = pltriton.CompilerParams(num_warps=bs.num_warps, num_stages=bs.num_stages)
+    elems = Bt * T * Dp * Np
 
-    seq = pl.BlockSpec((None, T, bd), lambda b, j: (b, 0, j))
-    bc = pl.BlockSpec((None, T, None, Np), lambda b, j: (b, 0, lax.div(j, per_group), 0))
-    chan = pl.BlockSpec((bd,), lambda b, j: (j,))
-    state = pl.BlockSpec((None, bd, Np), lambda b, j: (b, j, 0))
-    args = [u, delta, A, B, C]
-    specs = [seq, seq, pl.BlockSpec((bd, Np), lambda b, j: (j, 0)), bc, bc]
+    seq = pl.BlockSpec((None, T, bd), lambda b, j, c: (b, 0, j))
+    bc = pl.BlockSpec((None, T, None, Np), lambda b, j, c: (b, 0, lax.div(j, per_group), 0))
+    chan = pl.BlockSpec((bd,), lambda b, j, c: (j,))
+    tile = pl.BlockSpec((Np, bd), lambda b, j, c: (0, j))
+    state = pl.BlockSpec((None, Np, bd), lambda b, j, c: (b, 0, j))
+    sds = jax.ShapeDtypeStruct
+
+    extra_args, extra_specs = [], []
+    if nc > 1:  # pass 1: the end states of chunks 0 .. nc-2
+        args = [u, delta, At, B] + ([bias] if flags.has_bias else [])
+        specs = [seq, seq, tile, bc] + ([chan] if flags.has_bias else [])
+        out_shape = [sds((Bt, nc - 1, Np, Dp), F32), sds((Bt, nc - 1, Dp), F32)]
+        extra_args = pl.pallas_call(
+            functools.partial(_state_kernel, chunk=chunk, unroll=unroll, flags=flags,
+                              prefetch=bs.prefetch),
+            grid=(Bt, Dp // bd, nc - 1),
+            in_specs=specs,
+            out_specs=[pl.BlockSpec((None, None, Np, bd), lambda b, j, c: (b, c, 0, j)),
+                       pl.BlockSpec((None, None, bd), lambda b, j, c: (b, c, j))],
+            out_shape=out_shape,
+            compiler_params=params,
+            cost_estimate=_cost(args, out_shape, 5 * elems, elems + 2 * Bt * T * Dp),
+            interpret=interpret,
+            name="selective_scan_fwd_states",
+        )(*args)
+        extra_specs = [pl.BlockSpec((None, nc - 1, Np, bd), lambda b, j, c: (b, 0, 0, j)),
+                       pl.BlockSpec((None, nc - 1, bd), lambda b, j, c: (b, 0, j))]
+
+    args = [u, delta, At, B, C]
+    specs = [seq, seq, tile, bc, bc]
     for present, x, spec in ((flags.has_D, D, chan), (flags.has_z, z, seq),
                              (flags.has_bias, bias, chan), (flags.has_h0, h0, state)):
         if present:
             args.append(x)
             specs.append(spec)
+    args += list(extra_args)
+    specs += extra_specs
 
-    out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype), jax.ShapeDtypeStruct((Bt, Dp, Np), F32)]
+    out_shape = [sds(u.shape, u.dtype), sds((Bt, Np, Dp), F32)]
     out_specs = [seq, state]
+    ns = n_chunks(T, bs.checkpoint)
     if save:
-        out_shape.append(jax.ShapeDtypeStruct((Bt, nc, Dp, Np), F32))
-        out_specs.append(pl.BlockSpec((None, nc, bd, Np), lambda b, j: (b, 0, j, 0)))
+        out_shape.append(sds((Bt, ns, Np, Dp), F32))
+        out_specs.append(pl.BlockSpec((None, ns, Np, bd), lambda b, j, c: (b, 0, 0, j)))
 
-    elems = Bt * T * Dp * Np
-    io_bytes = sum(x.size * x.dtype.itemsize for x in args) + sum(
-        s.size * s.dtype.itemsize for s in out_shape)
     kernel = functools.partial(
-        _fwd_kernel, T=T, unroll=block_sizes.unroll, chunk=chunk, flags=flags, save=save,
-        prefetch=block_sizes.prefetch,
+        _out_kernel, T=T, chunk=chunk, unroll=unroll, checkpoint=bs.checkpoint, n_total=nc,
+        flags=flags, save=save, prefetch=bs.prefetch,
     )
     outs = pl.pallas_call(
         kernel,
-        grid=grid,
+        grid=(Bt, Dp // bd, nc),
         in_specs=specs,
         out_specs=out_specs,
         out_shape=out_shape,
-        compiler_params=pltriton.CompilerParams(
-            num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages),
-        cost_estimate=pl.CostEstimate(
-            flops=int(7 * elems + 12 * Bt * T * Dp),
-            transcendentals=int(elems + 3 * Bt * T * Dp),
-            bytes_accessed=int(io_bytes),
-        ),
+        compiler_params=params,
+        cost_estimate=_cost(args, out_shape, 7 * elems + 12 * Bt * T * Dp,
+                            elems + 3 * Bt * T * Dp),
         interpret=interpret,
         name="selective_scan_fwd",
     )(*args)

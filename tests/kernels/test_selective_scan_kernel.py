@@ -19,12 +19,14 @@ from tests.inputs import selective_scan_inputs
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")
 MODES = [pytest.param(True, id="interpret"), pytest.param(False, id="gpu", marks=pytest.mark.gpu)]
 
-# Small blocks so that these shapes have several channel blocks per group, several chunks and
-# both backward passes (chunk > sub); the defaults are exercised too.
-SMALL = BlockSizes(block_d=8, unroll=4, chunk=16, block_d_bwd=8, sub=4)
-# One-level backward (chunk == sub: no sub-chunk buffer) without prefetching.
-FLAT = BlockSizes(block_d=16, unroll=2, chunk=8, block_d_bwd=16, sub=8, prefetch=False,
-                  prefetch_bwd=False)
+# Small blocks so that these shapes have several channel blocks per group, several time chunks
+# (the last one partial) in both directions and both backward passes (checkpoint > sub).
+SMALL = BlockSizes(block_d=8, chunk=16, unroll=4, checkpoint=8, block_d_bwd=8, chunk_bwd=16,
+                   sub=4)
+# One-level backward (checkpoint == sub: no sub-chunk buffer) without prefetching; chunks that
+# are not powers of two.
+FLAT = BlockSizes(block_d=16, unroll=2, chunk=24, checkpoint=8, block_d_bwd=16, chunk_bwd=24,
+                  sub=8, prefetch=False)
 
 
 BLOCKS = {"default": None, "small": SMALL, "flat": FLAT, "wide": BlockSizes.get_default(64)}
@@ -169,13 +171,13 @@ def test_mamba_370m_layer_shape(rng, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bs", [
-    BlockSizes(),
-    BlockSizes(chunk=8, sub=8, prefetch=False, prefetch_bwd=False),
-    BlockSizes(block_d=16, block_d_bwd=16, num_warps=2, num_warps_bwd=2, chunk=128, sub=8),
-    BlockSizes(block_d=64, block_d_bwd=64, num_warps=8, num_warps_bwd=8, unroll=4),
-    BlockSizes(block_d=16, block_d_bwd=16, num_warps=1, num_warps_bwd=1, num_stages=3,
-               num_stages_bwd=3),
-], ids=["default", "flat", "bd16-w2-c128-s8", "bd64-w8", "bd16-w1-stages3"])
+    BlockSizes.get_default(16, chunk=1 << 20, chunk_bwd=1 << 20),
+    BlockSizes.get_default(16, sub=4, checkpoint=16, chunk=64, chunk_bwd=256),
+    BlockSizes.get_default(16, num_warps=1, block_d=128, unroll=2, prefetch=True,
+                           num_warps_bwd=2, block_d_bwd=64, sub=2, checkpoint=8),
+    BlockSizes.get_default(16, num_warps=4, block_d=512, unroll=8, sub=8, checkpoint=8,
+                           num_stages=2, num_stages_bwd=2),
+], ids=["one-chunk", "s4-c16-fc64-cb256", "fw1-u2-pf-bw2-s2", "fw4-u8-s8-stages2"])
 def test_block_variants_on_gpu(rng, bs):
     """Launch variants the tuning script tries, at a GPU-sized shape with 4 groups."""
     check_against_spec(rng, 777, 512, 16, 4, (True, True, True, True, True), dtype=jnp.bfloat16,
@@ -191,13 +193,18 @@ def test_large_state_on_gpu(rng):
 def test_block_sizes_validation():
     with pytest.raises(ValueError, match="block_d must be a power of two"):
         BlockSizes(block_d=24)
-    with pytest.raises(ValueError, match="chunk must be a multiple of unroll and sub"):
-        BlockSizes(chunk=8, sub=16)
+    with pytest.raises(ValueError, match="checkpoint must be a multiple of unroll and sub"):
+        BlockSizes(checkpoint=8, sub=16)
+    with pytest.raises(ValueError, match="chunk must be a multiple of unroll"):
+        BlockSizes(chunk=30, unroll=4)
+    with pytest.raises(ValueError, match="chunk_bwd must be a multiple of checkpoint"):
+        BlockSizes(chunk_bwd=100, checkpoint=64)
     with pytest.raises(ValueError, match="num_warps must be a power of two"):
         BlockSizes(num_warps=3)
     with pytest.raises(ValueError, match="state size N must be in"):
         BlockSizes.get_default(MAX_N + 1)
-    assert BlockSizes.get_default(64).block_d * 64 <= 512
+    wide = BlockSizes.get_default(64)  # at most 64 forward state elements per thread
+    assert wide.block_d * 64 <= 64 * 32 * wide.num_warps and wide.sub * 64 <= 64
 
 
 def test_unsupported_inputs_raise(rng):
@@ -245,7 +252,13 @@ def test_kernels_lower_for_cuda(case):
         outs, vjp = jax.vjp(fwd, *args)
         return vjp(outs)
 
-    assert lower_for_cuda(fwd, *args).count("__gpu$xla.gpu.triton") == 1
+    # The chunk-state passes run only when there is more than one time chunk.
+    blocks = bs or BlockSizes.get_default(N)
+    fwd_names = ["selective_scan_fwd"] + ["selective_scan_fwd_states"] * (T > blocks.chunk)
+    bwd_names = ["selective_scan_bwd"] + ["selective_scan_bwd_states"] * (T > blocks.chunk_bwd)
+    text = lower_for_cuda(fwd, *args)
+    assert text.count("__gpu$xla.gpu.triton") == len(fwd_names)
     text = lower_for_cuda(fwd_bwd, *args)
-    assert text.count("__gpu$xla.gpu.triton") == 2
-    assert "selective_scan_fwd" in text and "selective_scan_bwd" in text
+    assert text.count("__gpu$xla.gpu.triton") == len(fwd_names) + len(bwd_names)
+    for name in fwd_names + bwd_names:
+        assert f'name = "{name}"' in text, name
