@@ -54,11 +54,11 @@ OUTPUT_VARIANTS = [
 if SMOKE:
     OUTPUT_VARIANTS = [(8, 2, 1, 32), (4, 2, 2, 16)]
 GRAD_VARIANTS = [
-    (8, 2, 1, 32), (8, 1, 1, 32), (8, 3, 1, 32), (8, 2, 2, 32), (8, 2, 1, 16), (8, 2, 1, 64),
-    (16, 2, 1, 32), (4, 2, 1, 32),
-]
+    (4, 2, 1, 32), (8, 2, 1, 32), (8, 1, 1, 32), (8, 3, 1, 32), (8, 2, 1, 16), (8, 2, 1, 64),
+    (16, 2, 1, 32), (4, 3, 1, 32),
+]  # chunks_per_program_bwd > 1 is refused (wrong gradients on the GPU, see config.py)
 if SMOKE:
-    GRAD_VARIANTS = [(8, 2, 1, 32), (4, 2, 2, 16)]
+    GRAD_VARIANTS = [(8, 2, 1, 32), (4, 2, 1, 16)]
 
 
 def log(msg):
