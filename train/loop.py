@@ -327,7 +327,8 @@ def train(config: TrainConfig, *, echo=print) -> dict:
     echo(f"summary: {config.preset} B={B} T={T} on {n_dev} x {kind}: {M.fmt_rate(rates)} "
          f"(after {config.timing_warmup} warm-up steps, {rates['timed_steps']} timed), peak "
          f"memory {mem}, final loss {M.fmt(summary['final_loss'], '.4f')}")
-    return {"losses": losses, "evals": evals, "summary": summary, "run_dir": run_dir}
+    return {"losses": losses, "evals": evals, "summary": summary, "run_dir": run_dir,
+            "state": state}
 
 
 def _finish_files(config: TrainConfig, run_dir: Path, log: M.JsonlLog, dataset):

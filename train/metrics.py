@@ -155,8 +155,8 @@ def plot_curves(records: list[dict], path: Path, *, entropy: float | None = None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(r["step"], r["loss"]) for r in records if r.get("event") == "train"
-             and r.get("loss") is not None and math.isfinite(r["loss"])]
+    train = [(r["step"], r.get("loss_avg", r["loss"])) for r in records
+             if r.get("event") == "train" and math.isfinite(r.get("loss_avg", r["loss"]))]
     val = [(r["step"], r["val_loss"]) for r in records if r.get("event") == "eval"]
     acc = [(r["step"], r["val_accuracy"]) for r in records
            if r.get("event") == "eval" and r.get("val_accuracy") is not None]
@@ -166,7 +166,7 @@ def plot_curves(records: list[dict], path: Path, *, entropy: float | None = None
     fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.2), squeeze=False)
     ax = axes[0, 0]
     if train:
-        ax.plot(*zip(*train, strict=True), label="train loss", lw=1.2)
+        ax.plot(*zip(*train, strict=True), label="train loss (mean since the previous point)", lw=1.2)
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation loss", lw=1.5, ms=4)
     if entropy is not None:
