@@ -101,7 +101,8 @@ class TrainConfig:
         if self.progress not in ("auto", "bar", "lines", "off"):
             raise ValueError(f"progress must be auto, bar, lines or off, got {self.progress!r}")
         if self.token_dtype not in ("uint16", "uint32", "int32"):
-            raise ValueError(f"token_dtype must be uint16, uint32 or int32, got {self.token_dtype!r}")
+            raise ValueError(f"token_dtype must be uint16, uint32 or int32, "
+                             f"got {self.token_dtype!r}")
         if self.mesh_fsdp < 1 or (self.mesh_data < 1 and self.mesh_data != -1):
             raise ValueError(f"mesh sizes must be >= 1 (mesh_data may be -1: all remaining "
                              f"devices), got {self.mesh_data=}, {self.mesh_fsdp=}")
@@ -254,19 +255,38 @@ def _converter(tp):
     raise TypeError(f"no command-line converter for {tp}")
 
 
+CHOICES = {
+    "data": DATA_KINDS,
+    "progress": ("auto", "bar", "lines", "off"),
+    "token_dtype": ("uint16", "uint32", "int32"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16", "float16"),
+    "model.lightning_decay": ("minimax", "fla"),
+}
+
+
+def _metavar(tp) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if args and typing.get_origin(tp) is not tuple:
+        return _metavar(args[0]) + "|none"
+    if typing.get_origin(tp) is tuple:
+        return "A,B,..."
+    return {int: "INT", float: "FLOAT", str: "STR"}.get(tp, "VALUE")
+
+
 def _add_field(group, flags, tp, dest, help_text):
     if tp is bool:
         group.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction,
                            default=argparse.SUPPRESS, help=help_text)
         return
-    metavar = {int: "INT", float: "FLOAT", str: "STR"}.get(tp, "VALUE")
     group.add_argument(*flags, dest=dest, type=_converter(tp), default=argparse.SUPPRESS,
-                       metavar=metavar, help=help_text)
+                       choices=CHOICES.get(dest), metavar=_metavar(tp), help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m train",
+        usage="python -m train [--preset NAME] [--OPTION VALUE ...] [--model.FIELD VALUE ...]",
         description="Train a jaxla language model. With no arguments: the embedded default, a "
                     "byte-level GLA model on the Python standard library's source files.",
         epilog="Examples:\n"
@@ -274,7 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m train --steps 2000 --hidden_size 384\n"
                "  python -m train --preset gla_340m --batch_size 8 --seq_len 2048 --steps 300 "
                "--data random --no-checkpoint\n"
-               "  python -m train --data mqar --preset tiny_gla --seq_len 64\n"
+               "  python -m train --data mqar --preset tiny_gla --vocab_size 32 --seq_len 32 "
+               "--batch_size 64 --hidden_size 128 --num_heads 1 --use_short_conv --no-mlp "
+               "--initializer_range 0.05 --lr 1e-2 --min_lr_ratio 1 --weight_decay 0 "
+               "--steps 200\n"
                "  python -m train --resume --run_dir runs/default-stdlib --steps 1200",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -285,11 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name == "model":
             continue
         default = getattr(defaults, f.name)
-        _add_field(group, [f"--{f.name}"], train_types[f.name], f.name,
-                   f"{TRAIN_HELP[f.name]} (default: {default})")
+        text = TRAIN_HELP[f.name]
+        if "default:" not in text:
+            text += f" (default: {default})"
+        _add_field(group, [f"--{f.name}"], train_types[f.name], f.name, text)
     model_types = _field_types(LMConfig)
     group = parser.add_argument_group(
-        "model options (override the preset's LMConfig; --model.NAME or --NAME)")
+        "model options (defaults from the preset's LMConfig; spell them --model.NAME or --NAME)")
     for f in dataclasses.fields(LMConfig):
         tp = model_types[f.name]
         _add_field(group, [f"--model.{f.name}", f"--{f.name}"], tp, f"model.{f.name}",

@@ -217,9 +217,9 @@ def train(config: TrainConfig, *, echo=print) -> dict:
         sums = np.zeros(3)
         for b in val_batches:
             sums += np.asarray(jax.device_get(compiled_eval(params, b)), np.float64)
-        record = {"event": "eval", "step": step, "val_loss": sums[0] / max(sums[1], 1.0)}
+        record = {"event": "eval", "step": step, "val_loss": float(sums[0] / max(sums[1], 1.0))}
         if dataset.has_accuracy:
-            record["val_accuracy"] = sums[2] / max(sums[1], 1.0)
+            record["val_accuracy"] = float(sums[2] / max(sums[1], 1.0))
         return record
 
     def finish_step(step: int, metrics):

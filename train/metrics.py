@@ -166,7 +166,8 @@ def plot_curves(records: list[dict], path: Path, *, entropy: float | None = None
     fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.2), squeeze=False)
     ax = axes[0, 0]
     if train:
-        ax.plot(*zip(*train, strict=True), label="train loss (mean since the previous point)", lw=1.2)
+        ax.plot(*zip(*train, strict=True), label="train loss (mean since the previous point)",
+                lw=1.2)
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation loss", lw=1.5, ms=4)
     if entropy is not None:

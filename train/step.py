@@ -104,7 +104,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
             poison = jnp.where(step == nan_at_step, jnp.nan, 1.0)
             loss = loss * poison
             grads = jax.tree.map(lambda g: g * poison.astype(g.dtype), grads)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         # One key per step for stochastic layers (none of jaxla's layers draws from it yet).

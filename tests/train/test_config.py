@@ -6,7 +6,14 @@ import json
 import pytest
 
 from jaxla.models import LMConfig
-from train.config import DEFAULT_MODEL, MODEL_HELP, TRAIN_HELP, TrainConfig, build_parser, parse_args
+from train.config import (
+    DEFAULT_MODEL,
+    MODEL_HELP,
+    TRAIN_HELP,
+    TrainConfig,
+    build_parser,
+    parse_args,
+)
 
 
 def test_defaults_are_the_embedded_byte_model():

@@ -26,7 +26,8 @@ def test_data_x_fsdp_mesh_matches_one_device(tmp_path, rng):
     assert kernel.addressable_shards[0].data.shape[1] == kernel.shape[1] // 4
     steps = sorted(one["losses"])
     assert steps == sorted(eight["losses"]) == [1, 2, 3, 4, 5]
-    assert_close(np.array([eight["losses"][s] for s in steps], np.float32),
-                 np.array([one["losses"][s] for s in steps], np.float32), name="losses")
-    assert_close(np.float32(eight["evals"][-1]["val_loss"]), np.float32(one["evals"][-1]["val_loss"]),
-                 name="val loss")
+    err = assert_close(np.array([eight["losses"][s] for s in steps], np.float32),
+                       np.array([one["losses"][s] for s in steps], np.float32), name="losses")
+    print(f"8-device vs 1-device losses: relative error {err:.2e}")
+    assert_close(np.float32(eight["evals"][-1]["val_loss"]),
+                 np.float32(one["evals"][-1]["val_loss"]), name="val loss")

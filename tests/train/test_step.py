@@ -1,4 +1,4 @@
-"""Optimizer pieces and the step's loss: schedule, decay mask, weighted cross-entropy, sharding rule."""
+"""Step pieces: schedule, weight-decay mask, weighted cross-entropy, the FSDP rule, the mesh."""
 
 import jax
 import jax.numpy as jnp
