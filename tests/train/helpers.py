@@ -2,12 +2,15 @@
 
 from pathlib import Path
 
+import numpy as np
+
 from train.config import parse_args
 
 
 def corpus(tmp_path: Path, rng) -> Path:
     """A 60 kB text file with structure to learn (repeated words) and noise."""
-    words = [bytes(rng.integers(97, 123, int(rng.integers(2, 8)))).decode() for _ in range(50)]
+    words = [bytes(rng.integers(97, 123, int(rng.integers(2, 8))).astype(np.uint8)).decode()
+             for _ in range(50)]
     text = " ".join(words[int(i)] for i in rng.integers(0, 50, 12_000))
     path = tmp_path / "corpus.txt"
     path.write_text(text[:60_000])
