@@ -66,8 +66,8 @@ def run_preset(preset: str, args, remat: bool, timeout: float, out: Path | None)
     return row
 
 
-def _fmt(v, spec):
-    return "n/a" if v is None else format(v, spec)
+def _fmt(v, spec, suffix=""):
+    return "n/a" if v is None else format(v, spec) + suffix
 
 
 def table(rows: list[dict]) -> str:
