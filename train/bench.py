@@ -83,11 +83,11 @@ def table(rows: list[dict]) -> str:
             continue
         peak = r.get("peak_memory_bytes")
         lines.append(
-            f"| {r['preset']} | {r['remat']} | {r['params'] / 1e6:.0f}M | "
+            f"| {r['preset']} | {r['remat']} | {r['params'] / 1e6:.1f}M | "
             f"{r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | "
-            f"{_fmt(r['tflops_per_device'], '.1f')} | "
-            f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f')}% | "
-            f"{_fmt(None if r['mfu_6n'] is None else 100 * r['mfu_6n'], '.1f')}% | "
+            f"{_fmt(r['tflops_per_device'], '.3g')} | "
+            f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f', '%')} | "
+            f"{_fmt(None if r['mfu_6n'] is None else 100 * r['mfu_6n'], '.1f', '%')} | "
             f"{_fmt(None if peak is None else peak / 2**30, '.2f')} | {r['compile_s']:.0f} | "
             f"{r['tokens_per_s'] / FLA_GLA_340M_TOKENS_PER_S:.2f}x |")
     return "\n".join(lines)
