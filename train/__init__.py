@@ -1,1 +1,15 @@
-"""`python -m train`: jaxla's training program."""
+"""`python -m train`: the jaxla training program.
+
+* `config`: `TrainConfig`, presets plus command-line overrides, JSON form.
+* `data`: byte corpora (the Python standard library by default), token arrays, MQAR, random.
+* `step`: AdamW + warm-up/cosine + clipping, the functional train and eval steps.
+* `sharding`: the ("data", "fsdp") mesh, batch and FSDP parameter shardings.
+* `checkpoint`: Orbax checkpoints with exact resume.
+* `metrics`: tokens/s, TFLOP/s, MFU, the JSONL log, the progress bar, the plot.
+* `loop`: `train(config)` and `main(argv)`.
+"""
+
+from train.config import TrainConfig, parse_args
+from train.loop import TrainingDiverged, main, train
+
+__all__ = ["TrainConfig", "TrainingDiverged", "main", "parse_args", "train"]

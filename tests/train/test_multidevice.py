@@ -1,0 +1,33 @@
+"""8 fake CPU devices (tests/conftest.py) on a data x fsdp mesh train like one device."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxla.testing import assert_close
+from train import loop
+
+from .helpers import corpus, tiny_config
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices (tests/conftest.py fakes them)")
+def test_data_x_fsdp_mesh_matches_one_device(tmp_path, rng):
+    data = corpus(tmp_path, rng)
+    common = ("--steps", "5", "--eval_every", "5", "--no-checkpoint", "--no-plot")
+    one = loop.train(tiny_config(tmp_path / "one", data, *common))
+    eight = loop.train(tiny_config(tmp_path / "eight", data, *common, "--num_devices", "8",
+                                   "--mesh_data", "2", "--mesh_fsdp", "4"))
+    assert eight["summary"]["num_devices"] == 8
+    # Parameters and optimizer moments are sharded over fsdp, the batch over all 8 devices.
+    state = eight["state"]
+    kernel = state["params"]["blocks"][0]["mlp"]["up_proj"]["kernel"][...]
+    assert "fsdp" in tuple(kernel.sharding.spec)
+    assert len({s.device for s in kernel.addressable_shards}) == 8
+    assert kernel.addressable_shards[0].data.shape[1] == kernel.shape[1] // 4
+    steps = sorted(one["losses"])
+    assert steps == sorted(eight["losses"]) == [1, 2, 3, 4, 5]
+    err = assert_close(np.array([eight["losses"][s] for s in steps], np.float32),
+                       np.array([one["losses"][s] for s in steps], np.float32), name="losses")
+    print(f"8-device vs 1-device losses: relative error {err:.2e}")
+    assert_close(np.float32(eight["evals"][-1]["val_loss"]),
+                 np.float32(one["evals"][-1]["val_loss"]), name="val loss")

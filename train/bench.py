@@ -1,0 +1,135 @@
+"""Training throughput of the ~340M presets: `python -m train` on random tokens, one table.
+
+    PYTHONPATH=. python3 -m train.bench          # gla_340m, mamba_370m, transformer_340m
+    PYTHONPATH=. python3 -m train.bench --presets gla_340m --steps 300
+    PYTHONPATH=. python3 -m train.bench --presets tiny_gla --batch_size 2 --seq_len 128 \
+        --steps 20                               # CPU smoke
+
+Each preset runs in its own process (so its peak memory is its own):
+`python -m train --preset P --data random --batch_size 8 --seq_len 2048 --steps N --no-checkpoint
+--timing_warmup W` (FLA's benchmark setting: B=8, T=2048, random tokens). A run that fails with an
+out-of-memory error is retried once with `--remat`. Runs that would start after `--budget_s`
+are skipped, and each gets at most the budget left, so the command ends inside a 10-minute limit.
+The table (tokens/s after the warm-up steps, step ms, TFLOP/s per device, MFU from jaxla's FLOP
+formulas and from 6N, peak memory, ratio to FLA's GLA-340M anchor of 77,800 tokens/s) is printed
+last and, with OUT set, written to `$OUT/train_bench.md` with the logs and summaries beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FLA_GLA_340M_TOKENS_PER_S = 77_800  # shared/anchors.md: H100, B=8, T=2048, bf16, 16.1 GiB peak
+FLA_GLA_340M_PEAK_GIB = 16.1
+
+
+def _is_oom(text: str) -> bool:
+    low = text.lower()
+    return any(s in low for s in ("resource_exhausted", "out of memory", "oom when"))
+
+
+def run_preset(preset: str, args, remat: bool, timeout: float, out: Path | None) -> dict:
+    run_dir = Path("runs") / f"bench-{preset}"
+    cmd = [sys.executable, "-m", "train", "--preset", preset, "--data", "random",
+           "--batch_size", str(args.batch_size), "--seq_len", str(args.seq_len),
+           "--steps", str(args.steps), "--no-checkpoint", "--timing_warmup", str(args.warmup),
+           "--eval_every", str(10 * args.steps), "--eval_batches", "2", "--progress", "lines",
+           "--log_every", str(max(1, args.steps // 6)), "--run_dir", str(run_dir),
+           "--overwrite", "--no-plot"] + (["--remat"] if remat else []) + args.extra
+    print("$ " + " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "OUT": ""})
+        text, rc = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        text = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        text += f"\n[timed out after {timeout:.0f} s]"
+        rc = -1
+    wall = time.perf_counter() - start
+    tail = "\n".join(text.splitlines()[-25:])
+    print(tail, flush=True)
+    if out is not None:
+        (out / f"train_{preset}{'_remat' if remat else ''}.log").write_text(text)
+    row = {"preset": preset, "remat": remat, "rc": rc, "wall_s": wall, "oom": _is_oom(text)}
+    summary_path = run_dir / "summary.json"
+    if rc == 0 and summary_path.exists():
+        row.update(json.loads(summary_path.read_text()))
+        if out is not None:
+            (out / f"train_{preset}_summary.json").write_text(summary_path.read_text())
+    return row
+
+
+def _fmt(v, spec, suffix=""):
+    return "n/a" if v is None else format(v, spec) + suffix
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| preset | remat | params | tokens/s | step ms | TFLOP/s/dev | MFU | MFU (6N) | "
+            "peak GiB | compile s | vs FLA GLA-340M tokens/s |")
+    lines = [head, "| " + " | ".join(["---"] * (head.count("|") - 1)) + " |"]
+    for r in rows:
+        if r.get("tokens_per_s") is None:
+            why = "out of memory" if r.get("oom") else f"failed (rc {r.get('rc')})"
+            if r.get("skipped"):
+                why = "skipped (time budget)"
+            lines.append(f"| {r['preset']} | {r.get('remat', '')} | {why} |" + " |" * 8)
+            continue
+        peak = r.get("peak_memory_bytes")
+        lines.append(
+            f"| {r['preset']} | {r['remat']} | {r['params'] / 1e6:.1f}M | "
+            f"{r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | "
+            f"{_fmt(r['tflops_per_device'], '.3g')} | "
+            f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f', '%')} | "
+            f"{_fmt(None if r['mfu_6n'] is None else 100 * r['mfu_6n'], '.1f', '%')} | "
+            f"{_fmt(None if peak is None else peak / 2**30, '.2f')} | {r['compile_s']:.0f} | "
+            f"{r['tokens_per_s'] / FLA_GLA_340M_TOKENS_PER_S:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", default="gla_340m,mamba_370m,transformer_340m")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--seq_len", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=20, help="steps left out of the timing")
+    p.add_argument("--budget_s", type=float, default=560.0)
+    p.add_argument("extra", nargs="*", help="more `python -m train` options (after --)")
+    args = p.parse_args(argv)
+    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    rows = []
+    for preset in [s for s in args.presets.split(",") if s]:
+        for remat in (False, True):
+            left = args.budget_s - (time.perf_counter() - start)
+            if left < 30:
+                rows.append({"preset": preset, "remat": remat, "skipped": True})
+                break
+            row = run_preset(preset, args, remat, left, out)
+            rows.append(row)
+            if not row["oom"] or remat:
+                break
+    text = table(rows)
+    note = (f"B={args.batch_size}, T={args.seq_len}, {args.steps} steps, random tokens, tokens/s "
+            f"after {args.warmup} warm-up steps; FLA GLA-340M anchor: "
+            f"{FLA_GLA_340M_TOKENS_PER_S:,} tokens/s, {FLA_GLA_340M_PEAK_GIB} GiB peak (H100).")
+    if out is not None:
+        (out / "train_bench.md").write_text(note + "\n\n" + text + "\n")
+        (out / "train_bench.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    print("\n" + note)
+    print(text)
+    return 0 if all(r.get("tokens_per_s") is not None for r in rows if not r.get("oom")) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

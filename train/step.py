@@ -1,0 +1,128 @@
+"""The functional train and eval steps: params as a pytree, `nnx.merge` inside a plain jit.
+
+The train state is a dict pytree `{"step": int32 [], "params": nnx.State, "opt_state": optax
+state, "rng": uint32 [2]}`; it is donated to the step, which returns the next one and its
+metrics. Loss: next-token cross-entropy in float32, averaged over the positions whose weight is
+1 (all of them for language modelling, the query positions for MQAR).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxla.models import CausalLM, LMConfig
+
+# Parameters without weight decay, by name (besides every vector: norm scales, biases).
+NO_DECAY_NAMES = ("A_log", "D")
+
+
+def lr_schedule(config) -> optax.Schedule:
+    """Learning rate of update k = count + 1 (optax passes the 0-based count): linear warm-up
+    `lr * k / warmup_steps` for k <= warmup_steps, then cosine decay to `lr * min_lr_ratio` at
+    k = steps."""
+    lr, warmup, steps = config.lr, config.warmup_steps, config.steps
+    end = lr * config.min_lr_ratio
+
+    def schedule(count):
+        k = jnp.asarray(count, jnp.float32) + 1.0
+        warm = lr * k / max(warmup, 1)
+        progress = jnp.clip((k - warmup) / max(steps - warmup, 1), 0.0, 1.0)
+        cosine = end + 0.5 * (lr - end) * (1.0 + jnp.cos(jnp.pi * progress))
+        return jnp.where(k <= warmup, warm, cosine)
+
+    return schedule
+
+
+def _path_names(path) -> list[str]:
+    return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+
+
+def decay_mask(params):
+    """True for the arrays that get weight decay: matrices (>= 2-D) other than NO_DECAY_NAMES."""
+    def decide(path, x):
+        names = _path_names(path)
+        return x.ndim >= 2 and not any(n in NO_DECAY_NAMES for n in names)
+
+    return jax.tree_util.tree_map_with_path(decide, params)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """AdamW (decay on matrices only) on the warm-up + cosine schedule, after clipping."""
+    adamw = optax.adamw(lr_schedule(config), b1=config.beta1, b2=config.beta2, eps=config.eps,
+                        weight_decay=config.weight_decay, mask=decay_mask)
+    if config.clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(config.clip_norm), adamw)
+    return adamw
+
+
+def build_model(model_config: LMConfig, seed: int) -> CausalLM:
+    return CausalLM(model_config, rngs=nnx.Rngs(params=seed))
+
+
+def split_model(model: CausalLM):
+    """`(graphdef, params)`; the models hold nothing but parameters."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise ValueError(f"the model holds non-parameter state, which the train step would "
+                         f"drop: {rest}")
+    return graphdef, params
+
+
+def init_state(model_config: LMConfig, tx: optax.GradientTransformation, seed: int) -> dict:
+    """The initial train state (call under `jax.jit` with out_shardings to create it sharded)."""
+    _, params = split_model(build_model(model_config, seed))
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": tx.init(params), "rng": jax.random.key_data(jax.random.key(seed))}
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array):
+    """`(sum of weighted CE, sum of weights, sum of weighted hits)` over `[B, T]` positions."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    hits = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return jnp.sum(ce * weights), jnp.sum(weights), jnp.sum(hits * weights)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    nan_at_step: int | None = None):
+    """`train_step(state, batch) -> (state, metrics)`, to be jitted with the state donated."""
+
+    def loss_fn(params, batch):
+        model = nnx.merge(graphdef, params)
+        logits = model(batch["inputs"])
+        ce_sum, count, hits = cross_entropy(logits, batch["targets"], batch["weights"])
+        count = jnp.maximum(count, 1.0)
+        return ce_sum / count, hits / count
+
+    def train_step(state, batch):
+        step = state["step"] + 1  # the 1-based number of this update
+        (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"],
+                                                                            batch)
+        if nan_at_step is not None:  # testing hook: poison this step as a diverged one would be
+            poison = jnp.where(step == nan_at_step, jnp.nan, 1.0)
+            loss = loss * poison
+            grads = jax.tree.map(lambda g: g * poison.astype(g.dtype), grads)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        # One key per step for stochastic layers (none of jaxla's layers draws from it yet).
+        rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0])
+        new_state = {"step": step, "params": params, "opt_state": opt_state, "rng": rng}
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm,
+                   "lr": schedule(step - 1)}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(graphdef):
+    """`eval_step(params, batch) -> (sum CE, sum weights, sum hits)`, to be jitted."""
+
+    def eval_step(params, batch):
+        logits = nnx.merge(graphdef, params)(batch["inputs"])
+        return cross_entropy(logits, batch["targets"], batch["weights"])
+
+    return eval_step
+
