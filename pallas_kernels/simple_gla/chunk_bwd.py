@@ -32,7 +32,7 @@ errors up to 4e-2 against the 5e-3 bound (1-5% of the draws failing in 6 of 9 ca
 in some regimes. With a gate gradient, all four are therefore split into hi + lo bf16 halves
 (`dot_state`: two dots, ~16 bits), which brings dg and dg_gamma to ~1e-5 (rms over draws; worst
 1.8e-4) and d initial_state from ~2e-3 to ~2e-6 (dq, dk gain a little too). Cost: two more
-C x bk x V dots per chunk in each of the dq and dk sweeps; the backward without gate
+C x bk x V dots per chunk in each of the dq and dk sweeps (below); the backward without gate
 gradients (no decay, or a constant g_gamma as in lightning attention) runs the same dots as
 before.
 
@@ -42,9 +42,13 @@ Design (B=4, T=4096, H=16, K=V=128, bf16, C=64, tiles of 64 on an H100):
   whole). dv sweep: grid (V/bv, B, H), dS tile [K, bv]. 128 programs each; `fuse_bwd` launches
   all 384 as one kernel so that two or three programs share an SM and hide each other's latency.
 * Bytes: every sweep reads three of q, k, v, do (0.2 GB; the tiles of one head share them
-  through L2) and writes one gradient: ~0.8 GB in all -> 0.27 ms at 3.0 TB/s.
-* FLOPs per chunk and program: 2C^2*V + C^2*tile + 4C*K*tile (dq, dk) or 2C^2*K + ... (dv):
-  3.7 MFLOP; 384 programs x 64 chunks -> 90 GFLOP -> 0.2 ms at 470 TFLOP/s.
+  through L2) and writes one gradient: ~0.8 GB in all -> 0.27 ms at 3.0 TB/s. With a gate
+  gradient the float32 states S_n add 0.27 GB written (dq) and 0.27 GB read (dk).
+* FLOPs per chunk and program: 2C^2*V + 2C^2*tile + 4C*K*tile (dq, dk) or 2C^2*K + ... (dv):
+  3.7 MFLOP; 384 programs x 64 chunks -> 90 GFLOP -> 0.2 ms at 470 TFLOP/s. With a gate
+  gradient (16-bit inputs) the dq sweep adds q k^T and the crossing's two dots (1.6 MFLOP) and
+  the lo halves of S and v * exp(G_rev) (2.1 MFLOP), the dk sweep the lo halves of dS and
+  q * exp(G) (2.1 MFLOP): 137 GFLOP in all (103 without the halves, +33%) -> 0.3 ms.
 * Expected 0.3-0.5 ms for the backward, 0.4-0.7 ms fwd+bwd against FLA's 1.34 ms.
 """
 
@@ -282,9 +286,20 @@ def _bwd_call(roles, q, k, v, do, gate, h0, dht, states, *, scale, seq_len, gate
         width = {"dq": bs.block_k_dq, "dk": bs.block_k_dk, "dv": bs.block_v_dv}[role]
         full = Kp if role == "dv" else Vp  # the head dim each sweep contracts whole
         other = Vp if role != "dv" else Kp
-        flops += n * 2 * C * (C * full + C * width + 2 * width * other)
+        per_chunk = C * full + C * width + 2 * width * other  # sum of the dots' M*N*K / C
+        if gate_grad and role in ("dq", "dk"):
+            half = jnp.dtype(q.dtype) != jnp.float32
+            if half:  # the lo halves of the two split operands (module docstring)
+                per_chunk += 2 * width * other
+            if role == "dq":  # q k^T and the crossing's U @ M (two halves for 16-bit inputs)
+                per_chunk += C * width + (2 if half else 1) * C * C
+        flops += n * 2 * C * per_chunk
     flops *= B * H * N
     nbytes = itemsize(q) * B * Tp * H * (2 * Kp + 2 * Vp) * (1 + len(roles))
+    if gate_grad:  # the float32 states (written by dq, read by dk) and the per-tile gate terms
+        for role, n in zip(roles, tiles):
+            if role in ("dq", "dk"):
+                nbytes += 4 * B * H * (N * Kp * Vp + 2 * n * Tp)
     kernel = functools.partial(_bwd_kernel, roles=roles, tiles=tiles, cfg=cfg)
     return pl.pallas_call(
         kernel,
