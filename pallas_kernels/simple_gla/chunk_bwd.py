@@ -15,11 +15,26 @@ cancellation between large partial sums:
 The usual closed form (q.dq - k.dk reverse-summed over the sequence, or over the chunk plus a
 chunk term as in FLA) subtracts sums that are much larger than dg once decays are not weak: for
 bf16 inputs (interpret mode, T=256, K=V=64) its chunk-local version gave dg errors of 2e-2 with
-medium gates and 1.5e-1 with strong ones against the float64 spec; this form gives 1e-3 to
-3e-3, and float32 inputs stay below 1e-5 in every regime. Here the dq sweep
+medium gates and 1.5e-1 with strong ones against the float64 spec; this form gives ~1e-5
+with the hi/lo splits below (1e-3 to 3e-3 typical without them), and float32 inputs stay below
+1e-5 in every regime. Here the dq sweep
 writes a and the crossing sums (per K tile, from float32 values before any rounding) and, only
 when a gate gradient is needed, its float32 states S_n [B, H, T/C, K, V]; the dk sweep, launched
 after it, writes b and P_n. The chunk-local cumsums of a and b are cheap XLA ops (api.py).
+16-bit inputs: the dots take bf16 operands, so the float32 states and decayed inputs are rounded
+to bf16 for them. For dq, dk, dv that is harmless, but the gate gradient is a sum over a chunk
+(and dg_gamma over all of B and T) of terms that share one state: a rounding of S_n in do S_n^T
+(-> a), of dS_n in v dS_n^T (-> b), or of v * exp(G_last - G) and q * exp(G) in the state
+updates (-> S, dS, P) leaves one error per chunk that every position repeats, so it adds up
+instead of averaging out. Measured (interpret mode, 100-200 draws per case, 9 cases): dg_gamma
+errors up to 4e-2 against the 5e-3 bound (1-5% of the draws failing in 6 of 9 cases), dg up to
+4.7e-3; with only two or three of the four operands exact, still 1e-3 to 5e-3 (rms over draws)
+in some regimes. With a gate gradient, all four are therefore split into hi + lo bf16 halves
+(`dot_state`: two dots, ~16 bits), which brings dg and dg_gamma to ~1e-5 (rms over draws; worst
+1.8e-4) and d initial_state from ~2e-3 to ~2e-6 (dq, dk gain a little too). Cost: two more
+C x bk x V dots per chunk in each of the dq and dk sweeps (below); the backward without gate
+gradients (no decay, or a constant g_gamma as in lightning attention) runs the same dots as
+before.
 
 Design (B=4, T=4096, H=16, K=V=128, bf16, C=64, tiles of 64 on an H100):
 * dq sweep: grid (K/bk, B, H), float32 state tile [bk, V] (recomputes the forward states).
@@ -27,9 +42,13 @@ Design (B=4, T=4096, H=16, K=V=128, bf16, C=64, tiles of 64 on an H100):
   whole). dv sweep: grid (V/bv, B, H), dS tile [K, bv]. 128 programs each; `fuse_bwd` launches
   all 384 as one kernel so that two or three programs share an SM and hide each other's latency.
 * Bytes: every sweep reads three of q, k, v, do (0.2 GB; the tiles of one head share them
-  through L2) and writes one gradient: ~0.8 GB in all -> 0.27 ms at 3.0 TB/s.
-* FLOPs per chunk and program: 2C^2*V + C^2*tile + 4C*K*tile (dq, dk) or 2C^2*K + ... (dv):
-  3.7 MFLOP; 384 programs x 64 chunks -> 90 GFLOP -> 0.2 ms at 470 TFLOP/s.
+  through L2) and writes one gradient: ~0.8 GB in all -> 0.27 ms at 3.0 TB/s. With a gate
+  gradient the float32 states S_n add 0.27 GB written (dq) and 0.27 GB read (dk).
+* FLOPs per chunk and program: 2C^2*V + 2C^2*tile + 4C*K*tile (dq, dk) or 2C^2*K + ... (dv):
+  3.7 MFLOP; 384 programs x 64 chunks -> 90 GFLOP -> 0.2 ms at 470 TFLOP/s. With a gate
+  gradient (16-bit inputs) the dq sweep adds q k^T and the crossing's two dots (1.6 MFLOP) and
+  the lo halves of S and v * exp(G_rev) (2.1 MFLOP), the dk sweep the lo halves of dS and
+  q * exp(G) (2.1 MFLOP): 137 GFLOP in all (103 without the halves, +33%) -> 0.3 ms.
 * Expected 0.3-0.5 ms for the backward, 0.4-0.7 ms fwd+bwd against FLA's 1.34 ms.
 """
 
@@ -48,6 +67,7 @@ from pallas_kernels.simple_gla.common import (
     cost,
     dot,
     dot_precision,
+    dot_state,
     itemsize,
 )
 
@@ -92,13 +112,14 @@ def _dq_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, h0_ref, dq_ref, ga_ref,
     cols = pl.ds(ik * bk, bk)
     Vp = v_ref.shape[-1]
     gate_grad = states_ref is not None
+    split = "b" if gate_grad else None  # S and v * exp(G_rev): hi + lo for the gate gradient
 
     def body(n, S):
         rows = pl.ds(n * C, C)
         k, v, do = k_ref[rows, cols], v_ref[rows, :], do_ref[rows, :]
         G, G_last, G_rev, diff = _gates(gate_ref, n, cfg, dtype)
         dA = dot(do, v, tb=True, precision=precision) * (jnp.exp2(diff) * cfg["scale"])
-        dq_inter = dot(do, S.astype(dtype), tb=True, precision=precision) * (
+        dq_inter = dot_state(do, S, dtype=dtype, split=split, tb=True) * (
             cfg["scale"] * jnp.exp2(G))[:, None]
         dq = dot(dA.astype(dtype), k, precision=precision) + dq_inter
         dq_ref[rows, cols] = dq.astype(dq_ref.dtype)
@@ -108,8 +129,8 @@ def _dq_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, h0_ref, dq_ref, ga_ref,
             ga_ref[ik, rows] = jnp.sum(q.astype(jnp.float32) * dq_inter, axis=1)
             qk = dot(q, k, tb=True, precision=precision)
             gc_ref[ik, rows] = _crossing(qk, dA, chunk=C, dtype=dtype)
-        v_decayed = (v.astype(jnp.float32) * jnp.exp2(G_rev)[:, None]).astype(dtype)
-        return S * jnp.exp2(G_last) + dot(k, v_decayed, ta=True, precision=precision)
+        v_decayed = v.astype(jnp.float32) * jnp.exp2(G_rev)[:, None]
+        return S * jnp.exp2(G_last) + dot_state(k, v_decayed, dtype=dtype, split=split, ta=True)
 
     S = _state(h0_ref, (cols, slice(None)), (bk, Vp))
     lax.fori_loop(0, cfg["num_chunks"], body, S)
@@ -121,6 +142,7 @@ def _dk_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, dht_ref, states_ref, dk
     precision = dot_precision(dtype)
     cols = pl.ds(ik * bk, bk)
     Vp = v_ref.shape[-1]
+    gate_grad = states_ref is not None  # dS and q * exp(G): hi + lo for the gate gradient
 
     def body(i, dS):
         n = N - 1 - i
@@ -128,17 +150,19 @@ def _dk_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, dht_ref, states_ref, dk
         q, v, do = q_ref[rows, cols], v_ref[rows, :], do_ref[rows, :]
         G, G_last, G_rev, diff = _gates(gate_ref, n, cfg, dtype)
         dA = dot(do, v, tb=True, precision=precision) * (jnp.exp2(diff) * cfg["scale"])
-        dk_inter = dot(v, dS.astype(dtype), tb=True, precision=precision) * jnp.exp2(G_rev)[:, None]
+        dk_inter = dot_state(v, dS, dtype=dtype, split="b" if gate_grad else None, tb=True) * (
+            jnp.exp2(G_rev)[:, None])
         dk = dot(dA.astype(dtype), q, ta=True, precision=precision) + dk_inter
         dk_ref[rows, cols] = dk.astype(dk_ref.dtype)
-        if states_ref is not None:
+        if gate_grad:
             k = k_ref[rows, cols]
             gb_ref[ik, rows] = jnp.sum(k.astype(jnp.float32) * dk_inter, axis=1)
             # one axis at a time: Triton reductions take a single axis
             P = jnp.exp2(G_last) * jnp.sum(jnp.sum(states_ref[n, cols, :] * dS, axis=1), axis=0)
             gp_ref[ik, rows] = jnp.full((C,), P, jnp.float32)
-        q_decayed = (q.astype(jnp.float32) * (cfg["scale"] * jnp.exp2(G))[:, None]).astype(dtype)
-        return dS * jnp.exp2(G_last) + dot(q_decayed, do, ta=True, precision=precision)
+        q_decayed = q.astype(jnp.float32) * (cfg["scale"] * jnp.exp2(G))[:, None]
+        return dS * jnp.exp2(G_last) + dot_state(q_decayed, do, dtype=dtype,
+                                                 split="a" if gate_grad else None, ta=True)
 
     dS = _state(dht_ref, (cols, slice(None)), (bk, Vp))
     dh0_ref[cols, :] = lax.fori_loop(0, N, body, dS)
@@ -262,9 +286,20 @@ def _bwd_call(roles, q, k, v, do, gate, h0, dht, states, *, scale, seq_len, gate
         width = {"dq": bs.block_k_dq, "dk": bs.block_k_dk, "dv": bs.block_v_dv}[role]
         full = Kp if role == "dv" else Vp  # the head dim each sweep contracts whole
         other = Vp if role != "dv" else Kp
-        flops += n * 2 * C * (C * full + C * width + 2 * width * other)
+        per_chunk = C * full + C * width + 2 * width * other  # sum of the dots' M*N*K / C
+        if gate_grad and role in ("dq", "dk"):
+            half = jnp.dtype(q.dtype) != jnp.float32
+            if half:  # the lo halves of the two split operands (module docstring)
+                per_chunk += 2 * width * other
+            if role == "dq":  # q k^T and the crossing's U @ M (two halves for 16-bit inputs)
+                per_chunk += C * width + (2 if half else 1) * C * C
+        flops += n * 2 * C * per_chunk
     flops *= B * H * N
     nbytes = itemsize(q) * B * Tp * H * (2 * Kp + 2 * Vp) * (1 + len(roles))
+    if gate_grad:  # the float32 states (written by dq, read by dk) and the per-tile gate terms
+        for role, n in zip(roles, tiles):
+            if role in ("dq", "dk"):
+                nbytes += 4 * B * H * (N * Kp * Vp + 2 * n * Tp)
     kernel = functools.partial(_bwd_kernel, roles=roles, tiles=tiles, cfg=cfg)
     return pl.pallas_call(
         kernel,
