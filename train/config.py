@@ -223,6 +223,8 @@ MODEL_HELP = {
     "param_dtype": "parameter dtype (float32)",
     "implementation": "op implementation: pallas, xla, naive (none: pallas on GPU, xla elsewhere)",
     "remat": "recompute each block in the backward pass (less activation memory)",
+    "scan_layers": "run the blocks as one lax.scan over repetitions of layer_pattern (compiles "
+                   "one repetition instead of every layer)",
 }
 
 

@@ -34,6 +34,7 @@ from train.step import (
     make_eval_step,
     make_optimizer,
     make_train_step,
+    model_constants,
     split_model,
 )
 
@@ -142,7 +143,8 @@ def train(config: TrainConfig, *, echo=print) -> dict:
     tx = make_optimizer(config)
     schedule = lr_schedule(config)
     abstract_model = nnx.eval_shape(lambda: build_model(mcfg, config.seed))
-    graphdef, _ = split_model(abstract_model)
+    graphdef, _, _ = split_model(abstract_model)
+    constants = model_constants(mcfg, config.seed)
     n_params = abstract_model.num_params()
     flops_per_token, flops_source = _flops_per_token(mcfg, config.seq_len)
     from jaxla.flops import peak_flops
@@ -187,10 +189,10 @@ def train(config: TrainConfig, *, echo=print) -> dict:
     batch_abstract = {"inputs": jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=batch_sh),
                       "targets": jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=batch_sh),
                       "weights": jax.ShapeDtypeStruct((B, T), jnp.float32, sharding=batch_sh)}
-    step_fn = jax.jit(make_train_step(graphdef, tx, schedule, config.nan_at_step),
+    step_fn = jax.jit(make_train_step(graphdef, constants, tx, schedule, config.nan_at_step),
                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
                       donate_argnums=0)
-    eval_fn = jax.jit(make_eval_step(graphdef), in_shardings=(state_sh["params"], batch_sh),
+    eval_fn = jax.jit(make_eval_step(graphdef, constants), in_shardings=(state_sh["params"], batch_sh),
                       out_shardings=replicated)
     with jax.set_mesh(mesh):
         t0 = time.perf_counter()

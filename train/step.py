@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -63,17 +64,22 @@ def build_model(model_config: LMConfig, seed: int) -> CausalLM:
 
 
 def split_model(model: CausalLM):
-    """`(graphdef, params)`; the models hold nothing but parameters."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    if jax.tree.leaves(rest):
-        raise ValueError(f"the model holds non-parameter state, which the train step would "
-                         f"drop: {rest}")
-    return graphdef, params
+    """`(graphdef, params, constants)`: the trained `nnx.Param`s and the rest of the model's
+    state, which is fixed by the config (e.g. the lightning layers' per-head decays)."""
+    return nnx.split(model, nnx.Param, ...)
+
+
+def model_constants(model_config: LMConfig, seed: int) -> nnx.State:
+    """The model's non-parameter state as host (numpy) arrays, built without materialising the
+    parameters (their initialisation is dead code in this jit, so XLA drops it). Numpy leaves
+    become constants of the train step on any mesh."""
+    constants = jax.jit(lambda: split_model(build_model(model_config, seed))[2])()
+    return jax.tree.map(np.asarray, constants)
 
 
 def init_state(model_config: LMConfig, tx: optax.GradientTransformation, seed: int) -> dict:
     """The initial train state (call under `jax.jit` with out_shardings to create it sharded)."""
-    _, params = split_model(build_model(model_config, seed))
+    _, params, _ = split_model(build_model(model_config, seed))
     return {"step": jnp.zeros((), jnp.int32), "params": params,
             "opt_state": tx.init(params), "rng": jax.random.key_data(jax.random.key(seed))}
 
@@ -85,12 +91,12 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array):
     return jnp.sum(ce * weights), jnp.sum(weights), jnp.sum(hits * weights)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    nan_at_step: int | None = None):
+def make_train_step(graphdef, constants: nnx.State, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, nan_at_step: int | None = None):
     """`train_step(state, batch) -> (state, metrics)`, to be jitted with the state donated."""
 
     def loss_fn(params, batch):
-        model = nnx.merge(graphdef, params)
+        model = nnx.merge(graphdef, params, constants)
         logits = model(batch["inputs"])
         ce_sum, count, hits = cross_entropy(logits, batch["targets"], batch["weights"])
         count = jnp.maximum(count, 1.0)
@@ -117,11 +123,11 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
     return train_step
 
 
-def make_eval_step(graphdef):
+def make_eval_step(graphdef, constants: nnx.State):
     """`eval_step(params, batch) -> (sum CE, sum weights, sum hits)`, to be jitted."""
 
     def eval_step(params, batch):
-        logits = nnx.merge(graphdef, params)(batch["inputs"])
+        logits = nnx.merge(graphdef, params, constants)(batch["inputs"])
         return cross_entropy(logits, batch["targets"], batch["weights"])
 
     return eval_step

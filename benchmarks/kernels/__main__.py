@@ -85,17 +85,19 @@ def main(argv=None):
 
     module = importlib.import_module(f"benchmarks.kernels.{args.op}")
     Ts = args.T or module.DEFAULT_T
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"device": _device(), "jax": jax.__version__, "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d"), "argv": sys.argv}
     rows = []
     for T in Ts:
         start = time.perf_counter()
         for r in module.rows(T, args.modes):
             rows.append({"op": args.op, "T": T, **r})
+            print(f"[{args.op}] T={T} {r['impl']} {r['mode']}: "
+                  + ("failed" if r.get("ms") is None else f"{r['ms']:.3f} ms"), flush=True)
         print(f"[{args.op}] T={T} done in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"device": _device(), "jax": jax.__version__, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d"), "argv": sys.argv}
-    (args.out / f"{args.op}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        # Written after every T, so a run cut short keeps what it measured.
+        (args.out / f"{args.op}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     _plot(rows, args.op, args.out / f"{args.op}.png")
     print(f"{args.op} on {meta['device']}, jax {meta['jax']}, {meta['date']}")
     for mode in args.modes:

@@ -17,14 +17,22 @@ from jaxla.layers._common import (
     linear,
 )
 from jaxla.layers.norm import RMSNorm
-from jaxla.ops import lightning_attention, lightning_attention_recurrent
-from jaxla.ops.lightning import DECAYS
+from jaxla.ops import simple_gla, simple_gla_recurrent
+from jaxla.ops.lightning import DECAYS, default_scale, lightning_decay
 
 
 class LightningCache(NamedTuple):
     """Decode state of a `LightningAttention` layer."""
 
     state: jax.Array  # [B, H, d_h, d_h] float32
+
+
+class FixedDecay(nnx.Variable):
+    """A per-head log-decay set by the layer's depth: state, but not trained (not an nnx.Param).
+
+    Holding it as an array rather than as the Python int `layer_idx` keeps every lightning layer's
+    graph structure the same, so a model can scan over its layers.
+    """
 
 
 class LightningAttention(nnx.Module):
@@ -60,10 +68,10 @@ class LightningAttention(nnx.Module):
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.head_dim = head_dim
-        self.layer_idx = layer_idx
-        self.num_layers = num_layers
         self.decay = decay
-        self.scale = scale
+        self.scale = default_scale(decay, head_dim) if scale is None else scale
+        self.g_gamma = FixedDecay(jnp.asarray(lightning_decay(num_heads, layer_idx, num_layers,
+                                                              decay)))
         self.implementation = implementation
         self.dtype = dtype
         inner = num_heads * head_dim
@@ -88,9 +96,8 @@ class LightningAttention(nnx.Module):
         qkv = jax.nn.silu(self.qkv_proj(x).astype(jnp.float32)).astype(cd)
         qkv = qkv.reshape(B, T, H, 3 * d)
         q, k, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
-        op = lightning_attention_recurrent if T <= RECURRENT_MAX_LEN else lightning_attention
-        o, state = op(q, k, v, layer_idx=self.layer_idx, num_layers=self.num_layers,
-                      decay=self.decay, scale=self.scale,
+        op = simple_gla_recurrent if T <= RECURRENT_MAX_LEN else simple_gla
+        o, state = op(q, k, v, g_gamma=self.g_gamma[...], scale=self.scale,
                       initial_state=None if cache is None else cache.state,
                       output_final_state=cache is not None, implementation=self.implementation)
         o = self.norm(o.reshape(B, T, H * d), out_dtype=jnp.float32)

@@ -81,6 +81,9 @@ class LMConfig:
     implementation: str | None = None
     # Rematerialise each block in the backward pass (saves activation memory, costs a forward).
     remat: bool = False
+    # Run the blocks of a forward pass as a lax.scan over repetitions of layer_pattern, so XLA
+    # compiles one repetition instead of every layer (compile time independent of depth).
+    scan_layers: bool = True
 
     def __post_init__(self):
         # Accept a list (e.g. read back from JSON); the config must stay hashable.

@@ -66,8 +66,29 @@ class Block(nnx.Module):
         return x if cache is None else (x, cache)
 
 
-def _block_forward(block: Block, x: jax.Array) -> jax.Array:
-    return block(x)
+def _remat_block(block: Block, x: jax.Array) -> jax.Array:
+    """`block(x)` recomputed in the backward pass; functional, so nothing is written back to
+    the block's variables (some of which, like a fixed decay, may come from outside the trace)."""
+    graphdef, state = nnx.split(block)
+    return jax.checkpoint(lambda state, x: nnx.merge(graphdef, state)(x))(state, x)
+
+
+def scan_groups(blocks, period: int):
+    """`[(graphdef, stacked_state)]` for each position j < period of a repeating layer pattern.
+
+    Block `g * period + j` is repetition g of position j; position j's states are stacked along a
+    new leading axis of size `len(blocks) // period`. None when two repetitions of a position differ
+    in structure (then the blocks run one after another).
+    """
+    groups = []
+    for j in range(period):
+        splits = [nnx.split(block) for block in blocks[j::period]]
+        graphdef = splits[0][0]
+        if any(g != graphdef for g, _ in splits[1:]):
+            return None
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(state for _, state in splits))
+        groups.append((graphdef, stacked))
+    return groups
 
 
 class CausalLM(nnx.Module):
@@ -79,6 +100,9 @@ class CausalLM(nnx.Module):
     `config.param_dtype`; logits are float32.
 
     `implementation` overrides `config.implementation` for every mixer's op.
+
+    With `config.scan_layers` (the default) a forward pass without a cache runs the blocks as a
+    `lax.scan` over repetitions of `config.layer_pattern` (parameters stay one module per block).
 
     Decoding: `init_cache(batch_size, max_len)` is a tuple with one cache per block;
     `model(input_ids, cache=cache)` returns `(logits, new_cache)` for a prefill of any T or one
@@ -119,18 +143,39 @@ class CausalLM(nnx.Module):
             raise ValueError(f"cache has {len(cache)} entries for {len(self.blocks)} blocks")
         x = self.embed(input_ids)
         new_cache = []
-        for i, block in enumerate(self.blocks):
-            if cache is not None:
-                x, c = block(x, cache[i])
-                new_cache.append(c)
-            elif self.config.remat:
-                x = nnx.remat(_block_forward)(block, x)
-            else:
-                x = block(x)
+        groups = None
+        period = len(self.config.layer_pattern)
+        if cache is None and self.config.scan_layers and len(self.blocks) > period:
+            groups = scan_groups(self.blocks, period)
+        if groups is not None:
+            x = self._scanned_blocks(x, groups)
+        else:
+            for i, block in enumerate(self.blocks):
+                if cache is not None:
+                    x, c = block(x, cache[i])
+                    new_cache.append(c)
+                elif self.config.remat:
+                    x = _remat_block(block, x)
+                else:
+                    x = block(x)
         x = self.norm(x)
         head = self.embed.embedding[...].T if self.lm_head is None else self.lm_head[...]
         logits = jnp.dot(x, head.astype(x.dtype), preferred_element_type=jnp.float32)
         return logits if cache is None else (logits, tuple(new_cache))
+
+    def _scanned_blocks(self, x: jax.Array, groups) -> jax.Array:
+        """The blocks as one `lax.scan` over repetitions of the layer pattern: XLA compiles one
+        repetition's body (and its kernels) once instead of once per layer."""
+
+        def body(x, states):
+            for (graphdef, _), state in zip(groups, states):
+                x = nnx.merge(graphdef, state)(x)
+            return x, None
+
+        if self.config.remat:
+            body = jax.checkpoint(body)
+        x, _ = jax.lax.scan(body, x, tuple(state for _, state in groups))
+        return x
 
     def num_params(self) -> int:
         """Number of parameters (works on an abstract model from `nnx.eval_shape`)."""

@@ -146,9 +146,10 @@ def test_gla_layer_matches_fla_semantics(T, conv, rng):
     assert_close(apply(m, x), np_gla(m, np.float64(x), 1e-5), dtype=jnp.float32)
 
 
-def np_lightning(m: LightningAttention, x, eps):
+def np_lightning(m: LightningAttention, x, eps, l, L):
+    """The layer of depth l in an L-layer stack."""
     B, T, _ = x.shape
-    H, d, l, L = m.num_heads, m.head_dim, m.layer_idx, m.num_layers
+    H, d = m.num_heads, m.head_dim
     qkv = silu(x @ P(m.qkv_proj.kernel)).reshape(B, T, H, 3 * d)
     q, k, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
     h = np.arange(H)
@@ -170,7 +171,7 @@ def test_lightning_layer_matches_minimax_semantics(T, decay, rng):
                            norm_eps=1e-6, rngs=nnx.Rngs(0))
     randomize_params(m, rng)
     x = normal(rng, (2, T, 32), jnp.float32)
-    assert_close(apply(m, x), np_lightning(m, np.float64(x), 1e-6), dtype=jnp.float32)
+    assert_close(apply(m, x), np_lightning(m, np.float64(x), 1e-6, 1, 4), dtype=jnp.float32)
 
 
 def np_mamba(m: Mamba, x):

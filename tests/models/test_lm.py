@@ -48,14 +48,19 @@ def test_prefill_then_decode_equals_full_forward(kind, rng):
 
 def test_minimax_pattern_seven_lightning_then_softmax(rng):
     config = LMConfig.tiny("lightning", num_layers=16, layer_pattern=("lightning",) * 7 + ("attention",))
-    model = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
+    model = CausalLM(config, rngs=nnx.Rngs(0))
     kinds = [b.kind for b in model.blocks]
     assert kinds == (["lightning"] * 7 + ["attention"]) * 2
+    H = config.num_heads
     for i, block in enumerate(model.blocks):
         mixer = block.mixer
         assert isinstance(mixer, Attention if (i + 1) % 8 == 0 else LightningAttention)
         if isinstance(mixer, LightningAttention):
-            assert (mixer.layer_idx, mixer.num_layers, mixer.decay) == (i, 16, "minimax")
+            # MiniMax's decay of layer i of 16: slope_h * (1 - i / (16 - 1 + 1e-5) + 1e-5).
+            slopes = 2.0 ** (-8.0 * np.arange(1, H + 1) / H)
+            expected = -slopes * (1 - i / (15 + 1e-5) + 1e-5)
+            np.testing.assert_allclose(np.asarray(mixer.g_gamma[...]), expected, rtol=1e-6)
+            assert mixer.decay == "minimax"
     assert LMConfig.minimax_hybrid_340m().mixers[7::8] == ("attention",) * 3
 
 
@@ -145,3 +150,33 @@ def test_config_accepts_a_list_pattern_and_stays_hashable():
     assert config.layer_pattern == ("gla", "mamba")
     assert hash(config) == hash(LMConfig.tiny("gla", layer_pattern=("gla", "mamba")))
     assert np.all([LMConfig.preset(n).num_layers > 0 for n in ("tiny", "tiny_mamba", "gla_340m")])
+
+
+@pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
+@pytest.mark.parametrize("pattern", [("gla",), ("lightning", "attention"), ("mamba",)],
+                         ids=["gla", "lightning+attention", "mamba"])
+def test_scanned_layers_equal_unrolled_layers(pattern, remat, rng):
+    """scan_layers runs the blocks as one lax.scan: same logits and parameter gradients."""
+    config = LMConfig.tiny(pattern[0], num_layers=4, layer_pattern=pattern, remat=remat)
+    ids = jnp.asarray(rng.integers(0, config.vocab_size, (2, 70)))
+    targets = jnp.asarray(rng.integers(0, config.vocab_size, (2, 70)))
+
+    def loss_and_grads(scan):
+        model = CausalLM(config.replace(scan_layers=scan), rngs=nnx.Rngs(3))
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(params):
+            logits = nnx.merge(graphdef, params, rest)(ids)
+            logp = jax.nn.log_softmax(logits)
+            return -jnp.take_along_axis(logp, targets[..., None], -1).mean(), logits
+
+        (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return logits, jax.tree.leaves(grads)
+
+    logits_scan, grads_scan = loss_and_grads(True)
+    logits_loop, grads_loop = loss_and_grads(False)
+    assert_close(logits_scan, logits_loop, dtype=jnp.float32, name="logits")
+    assert len(grads_scan) == len(grads_loop) == len(jax.tree.leaves(nnx.state(
+        CausalLM(config, rngs=nnx.Rngs(3)), nnx.Param)))
+    for i, (a, b) in enumerate(zip(grads_scan, grads_loop)):
+        assert_close(a, b, dtype=jnp.float32, name=f"grad {i}")

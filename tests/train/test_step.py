@@ -7,10 +7,18 @@ import optax
 import pytest
 from flax import nnx
 
+from jaxla.layers.lightning import FixedDecay
 from jaxla.testing import assert_close
 from train.config import parse_args
 from train.sharding import fsdp_spec, make_mesh
-from train.step import build_model, cross_entropy, decay_mask, lr_schedule, split_model
+from train.step import (
+    build_model,
+    cross_entropy,
+    decay_mask,
+    lr_schedule,
+    model_constants,
+    split_model,
+)
 
 
 def test_schedule_warms_up_linearly_then_cosine_to_the_floor():
@@ -28,7 +36,7 @@ def test_schedule_warms_up_linearly_then_cosine_to_the_floor():
 
 def test_weight_decay_only_on_matrices():
     model = build_model(parse_args(["--preset", "tiny_hybrid"], backend="cpu").model, 0)
-    _, params = split_model(model)
+    _, params, _ = split_model(model)
     mask = decay_mask(params)
     flat = {jax.tree_util.keystr(p): (m, x.shape) for (p, m), x in
             zip(jax.tree_util.tree_flatten_with_path(mask)[0], jax.tree.leaves(params),
@@ -83,7 +91,19 @@ def test_mesh_sizes():
         make_mesh(len(jax.devices()) + 1)
 
 
-def test_model_holds_only_parameters():
-    model = build_model(parse_args(["--preset", "tiny_hybrid"], backend="cpu").model, 0)
-    graphdef, params = split_model(model)
+def test_split_model_separates_parameters_from_constants():
+    config = parse_args(["--preset", "tiny_hybrid"], backend="cpu").model
+    model = build_model(config, 0)
+    graphdef, params, constants = split_model(model)
     assert isinstance(params, nnx.State) and jax.tree.leaves(params)
+    assert all(isinstance(v, nnx.Param) for v in jax.tree.leaves(
+        params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    # The hybrid's lightning layers hold their fixed decays outside the trained parameters, and
+    # model_constants rebuilds exactly them without the model's parameters.
+    const_vars = jax.tree.leaves(constants, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    assert const_vars and all(isinstance(v, FixedDecay) for v in const_vars)
+    rebuilt = model_constants(config, 0)
+    assert jax.tree.structure(rebuilt) == jax.tree.structure(constants)
+    for a, b in zip(jax.tree.leaves(rebuilt), jax.tree.leaves(constants), strict=True):
+        assert isinstance(a, np.ndarray)
+        np.testing.assert_array_equal(a, np.asarray(b))
