@@ -103,6 +103,18 @@ def _copy_to_out(run_dir: Path, name: str):
             shutil.copy2(run_dir / fname, dest / fname)
 
 
+def init_on_host(init_fn, shardings):
+    """Run `init_fn` (random initialisation) on the host CPU, then place its result.
+
+    XLA's GPU compile of a whole model's random initialisation is pathologically slow (over 8
+    minutes for gla_340m's 24 layers on an H100, where its 2-layer version takes seconds); the CPU
+    compiles it in seconds, and threefry gives the same bits on either backend.
+    """
+    with jax.default_device(jax.devices("cpu")[0]):
+        state = jax.jit(init_fn)()
+    return jax.device_put(state, shardings)
+
+
 def train(config: TrainConfig, *, echo=print) -> dict:
     """Run training as `config` says; see the module docstring of `train` for the files."""
     t_start = time.perf_counter()
@@ -179,7 +191,7 @@ def train(config: TrainConfig, *, echo=print) -> dict:
             start = int(meta["step"])
             echo(f"  resumed from {ckpt.directory / str(latest)} at step {start}")
         else:
-            state = jax.jit(init_fn, out_shardings=state_sh)()
+            state = init_on_host(init_fn, state_sh)
     (run_dir / "config.json").write_text(config.to_json() + "\n")
     log = M.JsonlLog(run_dir / "metrics.jsonl")
     log.truncate_after(start)
