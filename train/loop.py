@@ -110,8 +110,10 @@ def init_on_host(init_fn, shardings):
     minutes for gla_340m's 24 layers on an H100, where its 2-layer version takes seconds); the CPU
     compiles it in seconds, and threefry gives the same bits on either backend.
     """
-    with jax.default_device(jax.devices("cpu")[0]):
-        state = jax.jit(init_fn)()
+    # An explicit CPU output sharding pins the computation there even inside `jax.set_mesh`
+    # (where `jax.default_device` is not enough).
+    host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    state = jax.jit(init_fn, out_shardings=host)()
     return jax.device_put(state, shardings)
 
 
@@ -191,7 +193,9 @@ def train(config: TrainConfig, *, echo=print) -> dict:
             start = int(meta["step"])
             echo(f"  resumed from {ckpt.directory / str(latest)} at step {start}")
         else:
+            t0 = time.perf_counter()
             state = init_on_host(init_fn, state_sh)
+            echo(f"  initialised the model and optimizer state in {time.perf_counter() - t0:.1f} s")
     (run_dir / "config.json").write_text(config.to_json() + "\n")
     log = M.JsonlLog(run_dir / "metrics.jsonl")
     log.truncate_after(start)

@@ -73,8 +73,9 @@ def model_constants(model_config: LMConfig, seed: int) -> nnx.State:
     """The model's non-parameter state as host (numpy) arrays, built without materialising the
     parameters (their initialisation is dead code in this jit, so XLA drops it). Numpy leaves
     become constants of the train step on any mesh."""
-    with jax.default_device(jax.devices("cpu")[0]):
-        constants = jax.jit(lambda: split_model(build_model(model_config, seed))[2])()
+    host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    constants = jax.jit(lambda: split_model(build_model(model_config, seed))[2],
+                        out_shardings=host)()
     return jax.tree.map(np.asarray, constants)
 
 
