@@ -110,8 +110,7 @@ def init_on_host(init_fn, shardings):
     minutes for gla_340m's 24 layers on an H100, where its 2-layer version takes seconds); the CPU
     compiles it in seconds, and threefry gives the same bits on either backend.
     """
-    # An explicit CPU output sharding pins the computation there even inside `jax.set_mesh`
-    # (where `jax.default_device` is not enough).
+    # The explicit CPU output sharding, not `jax.default_device`, is what keeps it off the GPU.
     host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     state = jax.jit(init_fn, out_shardings=host)()
     return jax.device_put(state, shardings)
@@ -181,21 +180,22 @@ def train(config: TrainConfig, *, echo=print) -> dict:
     batch_sh = batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
     start = 0
-    with jax.set_mesh(mesh):
-        if config.resume and latest is not None:
-            target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  abstract_state, state_sh)
+    if config.resume and latest is not None:
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              abstract_state, state_sh)
+        with jax.set_mesh(mesh):
             state, meta = ckpt.restore(latest, target)
-            saved_model = meta.get("config", {}).get("model")
-            if saved_model is not None and saved_model != config.to_dict()["model"]:
-                raise SystemExit("the checkpoint's model config differs from this one; resume "
-                                 "with the saved config.json (drop the model overrides)")
-            start = int(meta["step"])
-            echo(f"  resumed from {ckpt.directory / str(latest)} at step {start}")
-        else:
-            t0 = time.perf_counter()
-            state = init_on_host(init_fn, state_sh)
-            echo(f"  initialised the model and optimizer state in {time.perf_counter() - t0:.1f} s")
+        saved_model = meta.get("config", {}).get("model")
+        if saved_model is not None and saved_model != config.to_dict()["model"]:
+            raise SystemExit("the checkpoint's model config differs from this one; resume "
+                             "with the saved config.json (drop the model overrides)")
+        start = int(meta["step"])
+        echo(f"  resumed from {ckpt.directory / str(latest)} at step {start}")
+    else:
+        # Outside `jax.set_mesh`: a context mesh would claim the host computation for its devices.
+        t0 = time.perf_counter()
+        state = init_on_host(init_fn, state_sh)
+        echo(f"  initialised the model and optimizer state in {time.perf_counter() - t0:.1f} s")
     (run_dir / "config.json").write_text(config.to_json() + "\n")
     log = M.JsonlLog(run_dir / "metrics.jsonl")
     log.truncate_after(start)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxla.ops import _checks as checks
+from jaxla.ops._sharding import batch_sharded_call
 from jaxla.ops.reference.gla import chunk_gla, naive_gla
 
 # Implementations that exist for each entry point.
@@ -96,10 +97,13 @@ def gla(
     if impl == "pallas" and _kernel_supports(q, v, implementation):
         from pallas_kernels.gla import chunk_gla as chunk_gla_kernel
 
-        return chunk_gla_kernel(
-            q, k, v, g, scale=scale, initial_state=initial_state,
-            output_final_state=output_final_state, chunk_size=chunk_size,
-        )
+        def kernel(q, k, v, g, initial_state):
+            return chunk_gla_kernel(
+                q, k, v, g, scale=scale, initial_state=initial_state,
+                output_final_state=output_final_state, chunk_size=chunk_size,
+            )
+
+        return batch_sharded_call(kernel, (q, k, v, g, initial_state), (True,) * 5)
     if impl == "naive":
         o, final = naive_gla(q, k, v, g, scale=scale, initial_state=initial_state)
     else:
@@ -133,9 +137,12 @@ def gla_recurrent(
     if impl == "pallas" and _kernel_supports(q, v, implementation):
         from pallas_kernels.gla import fused_recurrent_gla
 
-        return fused_recurrent_gla(
-            q, k, v, g, scale=scale, initial_state=initial_state,
-            output_final_state=output_final_state,
-        )
+        def kernel(q, k, v, g, initial_state):
+            return fused_recurrent_gla(
+                q, k, v, g, scale=scale, initial_state=initial_state,
+                output_final_state=output_final_state,
+            )
+
+        return batch_sharded_call(kernel, (q, k, v, g, initial_state), (True,) * 5)
     o, final = naive_gla(q, k, v, g, scale=scale, initial_state=initial_state)
     return o, (final if output_final_state else None)

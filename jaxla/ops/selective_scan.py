@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxla.ops import _checks as checks
+from jaxla.ops._sharding import batch_sharded_call
 from jaxla.ops.reference.selective_scan import (
     chunk_selective_scan,
     discretize_dt,
@@ -127,9 +128,13 @@ def _pallas(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
     # Imported here: the kernels (and Pallas) load only when the pallas path is used.
     from pallas_kernels.selective_scan import selective_scan as kernel
 
-    out, final = kernel(u, delta, A, B, C, D, z, delta_bias=delta_bias,
-                        delta_softplus=delta_softplus, initial_state=initial_state)
-    return out, (final if output_final_state else None)
+    def per_device(u, delta, A, B, C, D, z, delta_bias, initial_state):
+        out, final = kernel(u, delta, A, B, C, D, z, delta_bias=delta_bias,
+                            delta_softplus=delta_softplus, initial_state=initial_state)
+        return out, (final if output_final_state else None)
+
+    return batch_sharded_call(per_device, (u, delta, A, B, C, D, z, delta_bias, initial_state),
+                              (True, True, False, True, True, False, True, False, True))
 
 
 def selective_state_update(

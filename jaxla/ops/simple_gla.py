@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxla.ops import _checks as checks
+from jaxla.ops._sharding import batch_sharded_call
 from jaxla.ops.reference.simple_gla import chunk_simple_gla, naive_simple_gla
 
 _CHUNK_IMPLEMENTATIONS = ("pallas", "xla", "naive")
@@ -111,10 +112,14 @@ def simple_gla(
     if impl == "pallas":
         from pallas_kernels import simple_gla as kernels
 
-        return kernels.simple_gla(
-            q, k, v, g, g_gamma, scale=scale, initial_state=initial_state,
-            output_final_state=output_final_state, chunk=chunk_size,
-        )
+        def kernel(q, k, v, g, g_gamma, initial_state):
+            return kernels.simple_gla(
+                q, k, v, g, g_gamma, scale=scale, initial_state=initial_state,
+                output_final_state=output_final_state, chunk=chunk_size,
+            )
+
+        return batch_sharded_call(kernel, (q, k, v, g, g_gamma, initial_state),
+                                  (True, True, True, True, False, True))
     gate = total_gate(q, g, g_gamma)
     if impl == "naive":
         o, final = naive_simple_gla(q, k, v, gate, scale=scale, initial_state=initial_state)
@@ -148,10 +153,14 @@ def simple_gla_recurrent(
     if impl == "pallas":
         from pallas_kernels import simple_gla as kernels
 
-        return kernels.simple_gla_recurrent(
-            q, k, v, g, g_gamma, scale=scale, initial_state=initial_state,
-            output_final_state=output_final_state,
-        )
+        def kernel(q, k, v, g, g_gamma, initial_state):
+            return kernels.simple_gla_recurrent(
+                q, k, v, g, g_gamma, scale=scale, initial_state=initial_state,
+                output_final_state=output_final_state,
+            )
+
+        return batch_sharded_call(kernel, (q, k, v, g, g_gamma, initial_state),
+                                  (True, True, True, True, False, True))
     gate = total_gate(q, g, g_gamma)
     o, final = naive_simple_gla(q, k, v, gate, scale=scale, initial_state=initial_state)
     return o, (final if output_final_state else None)

@@ -31,3 +31,25 @@ def test_data_x_fsdp_mesh_matches_one_device(tmp_path, rng):
     print(f"8-device vs 1-device losses: relative error {err:.2e}")
     assert_close(np.float32(eight["evals"][-1]["val_loss"]),
                  np.float32(one["evals"][-1]["val_loss"]), name="val loss")
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices (tests/conftest.py fakes them)")
+def test_checkpoint_on_eight_devices_resumes_on_one(tmp_path, rng):
+    data = corpus(tmp_path, rng)
+    common = ("--steps", "6", "--save_every", "3", "--eval_every", "6", "--no-plot")
+    full = loop.train(tiny_config(tmp_path / "full", data, *common))
+    cut = tmp_path / "cut"
+    first = loop.train(tiny_config(cut, data, *common, "--num_devices", "8", "--mesh_data", "2",
+                                   "--mesh_fsdp", "4", "--stop_after", "3"))
+    assert first["summary"]["num_devices"] == 8
+    # The checkpoint of the fsdp=4 run is restored onto a 1x1 mesh.
+    second = loop.train(loop.parse_args(["--resume", "--run_dir", str(cut), "--progress", "off",
+                                         "--num_devices", "1", "--mesh_data", "1",
+                                         "--mesh_fsdp", "1"], backend="cpu"))
+    assert second["summary"]["num_devices"] == 1
+    assert sorted(second["losses"]) == [4, 5, 6]
+    steps = list(range(1, 7))
+    got = np.array([(first if s <= 3 else second)["losses"][s] for s in steps], np.float32)
+    assert_close(got, np.array([full["losses"][s] for s in steps], np.float32), name="losses")
+    assert_close(np.float32(second["evals"][-1]["val_loss"]),
+                 np.float32(full["evals"][-1]["val_loss"]), name="val loss")
