@@ -139,10 +139,6 @@ def train(config: TrainConfig, *, echo=print) -> dict:
     echo(f"jaxla train: {run_dir}")
     echo(f"  jax {jax.__version__}, {backend}, {n_dev} x {kind}, mesh data={mesh.shape['data']} "
          f"x fsdp={mesh.shape['fsdp']}")
-    if n_dev > 1 and backend == "gpu" and mcfg.implementation in (None, "pallas"):
-        echo("  note: Pallas kernels are custom calls XLA does not partition; on several GPUs "
-             "each kernel runs on gathered inputs. Use --implementation xla for the partitioned "
-             "pure-JAX path.")
 
     t0 = time.perf_counter()
     dataset = make_dataset(config)
