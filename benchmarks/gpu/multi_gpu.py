@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--mesh_data", type=int, default=1)
     p.add_argument("--warmup", type=int, default=10, help="steps left out of the timing")
     p.add_argument("--base", default="runs/multi_gpu")
+    p.add_argument("extra", nargs="*", help="more `python -m train` options (after --)")
     args = p.parse_args(argv)
     n = len(jax.devices())
     out = Path(os.environ.get("OUT") or "runs/multi_gpu_out")
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
     common = ["--preset", args.preset, "--data", "stdlib", "--batch_size", str(batch),
               "--seq_len", str(args.seq_len), "--steps", str(S), "--log_every", "25",
               "--eval_every", str(S), "--eval_batches", "2", "--progress", "lines", "--no-plot",
-              "--timing_warmup", str(args.warmup), "--overwrite"]
+              "--timing_warmup", str(args.warmup), "--overwrite", *args.extra]
     print(f"{n} x {jax.devices()[0].device_kind}, NCCL_NVLS_ENABLE="
           f"{os.environ.get('NCCL_NVLS_ENABLE')}", flush=True)
     one = _run(common + ["--run_dir", str(base / "one"), "--num_devices", "1", "--no-checkpoint"])
