@@ -65,3 +65,13 @@ def torch_peak_bytes(fn) -> int:
 def floor_ms(bytes_moved: float, flops: float = 0.0) -> float:
     """The larger of memory time and matmul time at the measured H100 ceilings, in ms."""
     return 1e3 * max(bytes_moved / H100_HBM_BYTES_PER_S, flops / H100_BF16_MATMUL_FLOPS)
+
+
+def report_row(op: str, T: int, row: dict, started: float) -> dict:
+    """Print one measured row at once (stderr), so a run cut short still shows it; returns it."""
+    import sys
+
+    ms = f"{row['ms']:.3f} ms" if row.get("ms") is not None else f"failed ({row.get('error')})"
+    print(f"[{op}] T={T} {row['impl']} {row['mode']}: {ms} "
+          f"[{time.perf_counter() - started:.0f} s incl. compile]", file=sys.stderr, flush=True)
+    return row

@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# One device call: FLA agreement tests of the GLA / simple GLA kernels, then the kernel benchmark
-# of all three ops (Pallas vs the xla path vs FLA vs cuDNN flash attention).
+# One device call: the kernel benchmark of the three ops (Pallas vs the xla path vs FLA vs cuDNN
+# flash attention) at T = 4096, then the FLA agreement tests of the GLA / simple GLA kernels.
 #   bash benchmarks/gpu/kernels_and_fla.sh   (on the GPU, OUT set; FLA's wheel under .carry/fla)
+# Env: TS (sequence lengths, default 4096), TOTAL_S (whole budget, default 560 s). Every row is
+# printed as soon as it is measured (stderr of each log), so a stage cut short keeps its rows.
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/fla
 python3 -c "import glob, zipfile; [zipfile.ZipFile(w).extractall('/tmp/fla') for w in glob.glob('.carry/fla/*.whl')]"
-export PYTHONPATH=/tmp/fla:.
-budget() { echo $(( ${DEADLINE} - $(date +%s) )); }
+export PYTHONPATH=/tmp/fla:. PYTHONUNBUFFERED=1
 DEADLINE=$(( $(date +%s) + ${TOTAL_S:-560} ))
-JAXLA_TEST_GPU=1 timeout 170 python3 -m pytest -q -p no:cacheprovider -m gpu -k fla \
-  tests/kernels/test_gla_kernel.py tests/kernels/test_simple_gla_kernel.py \
-  > "$OUT/fla_tests.log" 2>&1
-echo "fla tests rc=$?"; tail -3 "$OUT/fla_tests.log"
-for op in ${OPS:-gla simple_gla selective_scan}; do
-  left=$(budget); [ "$left" -lt 40 ] && { echo "skip $op"; continue; }
-  per=$(( left < 190 ? left : 190 ))
-  # T = 4096 (the anchors' length) first, so a run cut short still has it.
-  if [ "$op" = selective_scan ]; then Ts="4096 1024 2048 8192"; else Ts="4096 1024 2048 8192 16384"; fi
-  timeout "$per" python3 -m benchmarks.kernels --op "$op" --out "$OUT/$op" --T $Ts \
-    > "$OUT/bench_$op.log" 2>&1
-  echo "bench $op rc=$?"
+left() { echo $(( DEADLINE - $(date +%s) )); }
+stage() {  # stage NAME SECONDS COMMAND...: run with at most SECONDS (and what is left)
+  local name=$1 want=$2; shift 2
+  local l; l=$(left); [ "$l" -lt 30 ] && { echo "skip $name"; return; }
+  local t=$(( want < l ? want : l )); local t0; t0=$(date +%s)
+  timeout "$t" "$@" > "$OUT/$name.log" 2>&1
+  echo "$name rc=$? in $(( $(date +%s) - t0 )) s"
+}
+stage bench_gla 170 python3 -m benchmarks.kernels --op gla --out "$OUT/gla" --T ${TS:-4096}
+stage bench_simple_gla 150 python3 -m benchmarks.kernels --op simple_gla --out "$OUT/simple_gla" \
+  --T ${TS:-4096}
+stage fla_tests 150 env JAXLA_TEST_GPU=1 python3 -m pytest -q -rA -p no:cacheprovider -m gpu \
+  -k fla tests/kernels/test_gla_kernel.py tests/kernels/test_simple_gla_kernel.py
+stage bench_selective_scan 120 python3 -m benchmarks.kernels --op selective_scan \
+  --out "$OUT/selective_scan" --T ${TS:-4096}
+for name in bench_gla bench_simple_gla bench_selective_scan; do
+  echo "== $name"; grep -a "^\[\|^fwd\|^fwd+bwd\|^memory\|^[a-z(].*  " "$OUT/$name.log" 2>/dev/null \
+    | grep -av "Constant folding\|slow_operation" | tail -16
 done
-for op in ${OPS:-gla simple_gla selective_scan}; do
-  echo "== $op"; grep -v "^\s*$" "$OUT/bench_$op.log" | tail -14
-done
+echo "== fla_tests"; grep -a "PASSED\|FAILED\|ERROR\|passed\|failed\|ours-vs" "$OUT/fla_tests.log" | tail -12

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 
 # Share the GPU with PyTorch: allocate on demand instead of taking 75% of it up front. Takes
@@ -30,7 +31,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.timing import floor_ms, time_jax, time_torch, torch_peak_bytes  # noqa: E402
+from benchmarks.timing import floor_ms, report_row, time_jax, time_torch, torch_peak_bytes  # noqa: E402
 from jaxla import ops  # noqa: E402
 from jaxla.testing import rel_error  # noqa: E402
 
@@ -79,6 +80,7 @@ def _cudnn(q, k, v):
 def _jax_row(name, fn, args, do, mode, reference, gla=True):
     """Time `fn` (fwd) or its gradient (fwd+bwd) on `args`; `reference` holds the xla results."""
     n_grad = len(args)
+    started = time.perf_counter()
     if mode == "fwd":
         run = jax.jit(fn)
     else:
@@ -96,7 +98,7 @@ def _jax_row(name, fn, args, do, mode, reference, gla=True):
     if reference is not None and gla:
         outs = (out,) if mode == "fwd" else out
         row["error"] = max(rel_error(a, b) for a, b in zip(outs, reference))
-    return row, out
+    return report_row("gla", args[0].shape[1], row, started), out
 
 
 def _fla_rows(args, do, modes, reference):
@@ -113,6 +115,7 @@ def _fla_rows(args, do, modes, reference):
     T = q.shape[1]
     rows = []
     for mode in modes:
+        started = time.perf_counter()
         try:
             if mode == "fwd":
                 def fn():  # the inputs do not require grad: no autograd graph is built
@@ -136,7 +139,7 @@ def _fla_rows(args, do, modes, reference):
                 if ref is not None:
                     mine = [jnp.asarray(x.detach().float().cpu().numpy()) for x in out]
                     row["error"] = max(rel_error(a, b) for a, b in zip(mine, ref))
-            rows.append(row)
+            rows.append(report_row("gla", T, row, started))
         except Exception as e:  # noqa: BLE001
             rows.append({"impl": "fla chunk_gla", "mode": mode, "ms": None, "error": _message(e)})
         finally:

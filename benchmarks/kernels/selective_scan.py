@@ -24,13 +24,14 @@ and `vs_xla_associative_scan` (speed-up over the XLA reference measured in the s
 from __future__ import annotations
 
 import gc
+import time
 import traceback
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.timing import floor_ms, jax_peak_bytes, time_jax
+from benchmarks.timing import floor_ms, jax_peak_bytes, report_row, time_jax
 from jaxla import ops
 from jaxla.testing import rel_error
 
@@ -122,6 +123,7 @@ def rows(T: int, modes):
         for impl, fn in IMPLS.items():
             f = fn if mode == "fwd" else _fwd_bwd(fn)
             row = {"impl": impl, "mode": mode, "floor_ms": floor(T, mode)}
+            started = time.perf_counter()
             try:
                 row["ms"], row["peak_gib"], jitted = _measure(f, args, slow=impl != "pallas")
                 if impl in ("pallas", "xla"):
@@ -130,7 +132,7 @@ def rows(T: int, modes):
                 row["ms"] = None
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
                 traceback.print_exc()
-            out.append(row)
+            out.append(report_row("selective_scan", T, row, started))
             gc.collect()
         fwd_bwd = mode != "fwd"
         anchor = MAMBA_SSM_MS.get(T)

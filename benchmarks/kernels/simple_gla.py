@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.timing import (  # noqa: E402
     floor_ms,
+    report_row,
     time_jax,
     time_torch,
     torch_peak_bytes,
@@ -124,6 +125,7 @@ def peak_bytes(compiled) -> int | None:
 
 
 def jax_row(name, fn, args, do, mode, reference, with_floor=True):
+    started = time.perf_counter()
     run = jitted(fn, len(args), do, mode).lower(*args).compile()
     out = jax.block_until_ready(run(*args))
     row = {"impl": name, "mode": mode, "ms": time_jax(run, *args),
@@ -135,7 +137,7 @@ def jax_row(name, fn, args, do, mode, reference, with_floor=True):
     outs = (out,) if mode == "fwd" else tuple(out)
     if reference is not None:
         row["error"] = max(rel_error(a, b) for a, b in zip(outs, reference))
-    return row, outs
+    return report_row("simple_gla", args[0].shape[1], row, started), outs
 
 
 def fla_rows(name, args, do, modes, reference):
@@ -163,6 +165,7 @@ def fla_rows(name, args, do, modes, reference):
     tdo = to_torch(do)
     rows = []
     for mode in modes:
+        started = time.perf_counter()
         try:
             if mode == "fwd":
                 def fn():
@@ -184,7 +187,7 @@ def fla_rows(name, args, do, modes, reference):
             if reference.get(mode) is not None:
                 mine = [np.asarray(t.detach().float().cpu().numpy()) for t in out]
                 row["error"] = max(rel_error(a, b) for a, b in zip(mine, reference[mode]))
-            rows.append(row)
+            rows.append(report_row("simple_gla", args[0].shape[1], row, started))
         except Exception as e:  # noqa: BLE001
             rows.append({"impl": name, "mode": mode, "ms": None, "error": message(e)})
         finally:
