@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the kernel benchmark of the three ops (Pallas vs the xla path vs FLA vs cuDNN
-# flash attention) at T = 4096, then the FLA agreement tests of the GLA / simple GLA kernels.
+# flash attention) at T = 4096 and the FLA agreement tests of the GLA / simple GLA kernels.
 #   bash benchmarks/gpu/kernels_and_fla.sh   (on the GPU, OUT set; FLA's wheel under .carry/fla)
 # Env: TS (sequence lengths, default 4096), TOTAL_S (whole budget, default 560 s). Every row is
 # printed as soon as it is measured (stderr of each log), so a stage cut short keeps its rows.
@@ -9,6 +9,11 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/fla
 python3 -c "import glob, zipfile; [zipfile.ZipFile(w).extractall('/tmp/fla') for w in glob.glob('.carry/fla/*.whl')]"
 export PYTHONPATH=/tmp/fla:. PYTHONUNBUFFERED=1
+# FLA caches its Triton autotuning results (small *.autotune.json files) in Triton's cache: carry
+# them from an earlier call (.carry/triton_autotune.tgz) to skip tuning, and hand them back.
+export TRITON_CACHE_DIR=/tmp/triton_cache
+mkdir -p "$TRITON_CACHE_DIR"
+[ -f .carry/triton_autotune.tgz ] && tar xzf .carry/triton_autotune.tgz -C "$TRITON_CACHE_DIR"
 DEADLINE=$(( $(date +%s) + ${TOTAL_S:-560} ))
 left() { echo $(( DEADLINE - $(date +%s) )); }
 stage() {  # stage NAME SECONDS COMMAND...: run with at most SECONDS (and what is left)
@@ -18,13 +23,16 @@ stage() {  # stage NAME SECONDS COMMAND...: run with at most SECONDS (and what i
   timeout "$t" "$@" > "$OUT/$name.log" 2>&1
   echo "$name rc=$? in $(( $(date +%s) - t0 )) s"
 }
-stage bench_gla 170 python3 -m benchmarks.kernels --op gla --out "$OUT/gla" --T ${TS:-4096}
-stage bench_simple_gla 150 python3 -m benchmarks.kernels --op simple_gla --out "$OUT/simple_gla" \
-  --T ${TS:-4096}
-stage fla_tests 150 env JAXLA_TEST_GPU=1 python3 -m pytest -q -rA -p no:cacheprovider -m gpu \
+STAGES=${STAGES:-bench_gla fla_tests bench_simple_gla bench_selective_scan}
+want() { case " $STAGES " in *" $1 "*) return 0;; esac; return 1; }
+want bench_gla && stage bench_gla ${GLA_S:-170} python3 -m benchmarks.kernels --op gla --out "$OUT/gla" --T ${TS:-4096}
+want fla_tests && stage fla_tests ${FLA_S:-150} env JAXLA_TEST_GPU=1 python3 -m pytest -q -rA -p no:cacheprovider -m gpu \
   -k fla tests/kernels/test_gla_kernel.py tests/kernels/test_simple_gla_kernel.py
-stage bench_selective_scan 120 python3 -m benchmarks.kernels --op selective_scan \
+want bench_simple_gla && stage bench_simple_gla ${SGLA_S:-150} python3 -m benchmarks.kernels --op simple_gla --out "$OUT/simple_gla" \
+  --T ${TS:-4096}
+want bench_selective_scan && stage bench_selective_scan 120 python3 -m benchmarks.kernels --op selective_scan \
   --out "$OUT/selective_scan" --T ${TS:-4096}
+(cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$OUT/triton_autotune.tgz" -T -)
 for name in bench_gla bench_simple_gla bench_selective_scan; do
   echo "== $name"; grep -a "^\[\|^fwd\|^fwd+bwd\|^memory\|^[a-z(].*  " "$OUT/$name.log" 2>/dev/null \
     | grep -av "Constant folding\|slow_operation" | tail -16
