@@ -23,15 +23,23 @@ stage() {  # stage NAME SECONDS COMMAND...: run with at most SECONDS (and what i
   timeout "$t" "$@" > "$OUT/$name.log" 2>&1
   echo "$name rc=$? in $(( $(date +%s) - t0 )) s"
 }
-STAGES=${STAGES:-bench_gla fla_tests bench_simple_gla bench_selective_scan}
-want() { case " $STAGES " in *" $1 "*) return 0;; esac; return 1; }
-want bench_gla && stage bench_gla ${GLA_S:-170} python3 -m benchmarks.kernels --op gla --out "$OUT/gla" --T ${TS:-4096}
-want fla_tests && stage fla_tests ${FLA_S:-150} env JAXLA_TEST_GPU=1 python3 -m pytest -q -rA -p no:cacheprovider -m gpu \
-  -k fla tests/kernels/test_gla_kernel.py tests/kernels/test_simple_gla_kernel.py
-want bench_simple_gla && stage bench_simple_gla ${SGLA_S:-150} python3 -m benchmarks.kernels --op simple_gla --out "$OUT/simple_gla" \
-  --T ${TS:-4096}
-want bench_selective_scan && stage bench_selective_scan 120 python3 -m benchmarks.kernels --op selective_scan \
-  --out "$OUT/selective_scan" --T ${TS:-4096}
+run_stage() {
+  case $1 in
+    bench_gla) stage bench_gla ${GLA_S:-170} python3 -m benchmarks.kernels --op gla \
+      --out "$OUT/gla" --T ${TS:-4096} ;;
+    fla_tests) stage fla_tests ${FLA_S:-150} env JAXLA_TEST_GPU=1 python3 -m pytest -v -rA \
+      -p no:cacheprovider -m gpu -k fla tests/kernels/test_gla_kernel.py \
+      tests/kernels/test_simple_gla_kernel.py ;;
+    bench_simple_gla) stage bench_simple_gla ${SGLA_S:-150} python3 -m benchmarks.kernels \
+      --op simple_gla --out "$OUT/simple_gla" --T ${TS:-4096} ;;
+    bench_selective_scan) stage bench_selective_scan ${SCAN_S:-120} python3 -m benchmarks.kernels \
+      --op selective_scan --out "$OUT/selective_scan" --T ${TS:-4096} ;;
+    *) echo "unknown stage $1" ;;
+  esac
+}
+for name in ${STAGES:-bench_gla fla_tests bench_simple_gla bench_selective_scan}; do
+  run_stage "$name"
+done
 (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$OUT/triton_autotune.tgz" -T -)
 for name in bench_gla bench_simple_gla bench_selective_scan; do
   echo "== $name"; grep -a "^\[\|^fwd\|^fwd+bwd\|^memory\|^[a-z(].*  " "$OUT/$name.log" 2>/dev/null \
