@@ -27,8 +27,8 @@ run_stage() {
   case $1 in
     bench_gla) stage bench_gla ${GLA_S:-170} python3 -m benchmarks.kernels --op gla \
       --out "$OUT/gla" --T ${TS:-4096} ;;
-    fla_tests) stage fla_tests ${FLA_S:-150} env JAXLA_TEST_GPU=1 python3 -m pytest -v -rA \
-      -p no:cacheprovider -m gpu -k fla tests/kernels/test_gla_kernel.py \
+    fla_tests) stage fla_tests ${FLA_S:-150} env JAXLA_TEST_GPU=1 python3 -m pytest -v -s \
+      --tb=short -p no:cacheprovider -m gpu -k "${FLA_K:-fla}" tests/kernels/test_gla_kernel.py \
       tests/kernels/test_simple_gla_kernel.py ;;
     bench_simple_gla) stage bench_simple_gla ${SGLA_S:-150} python3 -m benchmarks.kernels \
       --op simple_gla --out "$OUT/simple_gla" --T ${TS:-4096} ;;
