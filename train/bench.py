@@ -57,7 +57,8 @@ def run_preset(preset: str, args, remat: bool, timeout: float, out: Path | None)
     print(tail, flush=True)
     if out is not None:
         (out / f"train_{preset}{'_remat' if remat else ''}.log").write_text(text)
-    row = {"preset": preset, "remat": remat, "rc": rc, "wall_s": wall, "oom": _is_oom(text)}
+    row = {"preset": preset, "remat": remat or "--remat" in args.extra, "rc": rc, "wall_s": wall,
+           "oom": _is_oom(text)}
     summary_path = run_dir / "summary.json"
     if rc == 0 and summary_path.exists():
         row.update(json.loads(summary_path.read_text()))

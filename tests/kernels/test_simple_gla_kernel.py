@@ -387,14 +387,22 @@ def _to_torch(torch, x):
 @pytest.mark.parametrize("which", ["chunk_lightning_attn", "chunk_simple_gla"])
 def test_matches_fla(rng, which):
     """bf16, identical inputs and cotangents: output, final state and every gradient agree with
-    FLA's kernels within the bf16 bound (both are also measured against the float64 spec)."""
+    FLA's kernels within the bf16 bound (both are also measured against the float64 spec).
+
+    Run on an H100 with fla-core 0.6.0 / Triton 3.6 (2026-11-24), two limits of FLA set the
+    regime: `chunk_lightning_attn` returns NaN final states for heads whose decay is around -5
+    per step (layer 1 of 12 at H=4; ours matched the spec to 8e-6 there), so the decays here are
+    those of layer 10 of 12 (down to -1 per step; the strong-decay regime is held against the
+    spec in the tests above); and FLA refuses the gated backward (`chunk_simple_gla` with g) on
+    Triton < 3.7.1 on Hopper (its issue #640), in which case the forward is compared and the
+    gradients are reported as skipped."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("fla")
     from fla.ops.lightning_attn import chunk_lightning_attn
     from fla.ops.simple_gla import chunk_simple_gla
 
     B, T, H, K, V = 2, 1000, 4, 128, 128
-    layer_idx, num_layers = 1, 12
+    layer_idx, num_layers = 10, 12
     q, k, v, _, _, h0 = _inputs(rng, (B, T, H, K, V), "medium", "none", True, BF16)
     # FLA's test gates: logsigmoid(randn) / 16 (anchors.md)
     g = jnp.asarray(jax.nn.log_sigmoid(jnp.asarray(rng.standard_normal((B, T, H)), F32)) / 16)
@@ -435,9 +443,16 @@ def test_matches_fla(rng, which):
     t_args = [_to_torch(torch, x).requires_grad_() for x in args]
     o_t, ht_t = theirs(*t_args)
     loss = (o_t.float() * _to_torch(torch, do).float()).sum() + (ht_t * _to_torch(torch, dht)).sum()
-    loss.backward()
     to_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
-    theirs_all = [to_np(o_t), to_np(ht_t)] + [to_np(t.grad) for t in t_args]
+    theirs_all = [to_np(o_t), to_np(ht_t)]
+    fla_backward_refused = None
+    try:
+        loss.backward()
+        theirs_all += [to_np(t.grad) for t in t_args]
+    except RuntimeError as e:
+        if "Triton" not in str(e):
+            raise
+        fla_backward_refused = str(e)
 
     with jax.enable_x64(True):
         args64 = tuple(jnp.asarray(x, jnp.float64) for x in args)
@@ -453,3 +468,7 @@ def test_matches_fla(rng, which):
     print("\n".join(report))
     for label, a, b in zip(labels, ours_all, theirs_all):
         assert_close(np.asarray(a, np.float32), b, dtype=BF16, name=f"{label} vs FLA ({which})")
+    for label, a, s in zip(labels[2:], ours_all[2:], spec_all[2:]):
+        assert_close(np.asarray(a, np.float32), s, dtype=BF16, name=f"{label} vs spec ({which})")
+    if fla_backward_refused is not None:
+        pytest.skip(f"forward agrees with FLA; FLA refused its backward: {fla_backward_refused}")
