@@ -15,9 +15,10 @@ from jaxla.layers._common import (
     check_kernel_dim,
     compute_dtype,
     linear,
+    recomputed,
 )
 from jaxla.layers.conv import ShortConvolution
-from jaxla.layers.norm import RMSNorm
+from jaxla.layers.norm import RMSNorm, rms_norm
 from jaxla.ops import gla, gla_recurrent
 
 
@@ -132,10 +133,15 @@ class GatedLinearAttention(nnx.Module):
                       initial_state=None if cache is None else cache.state,
                       output_final_state=cache is not None, implementation=self.implementation)
 
-        o = self.g_norm(o, out_dtype=jnp.float32)
-        if self.use_output_gate:
-            o = o * jax.nn.silu(self.g_proj(x).astype(jnp.float32).reshape(B, T, H, V))
-        y = self.o_proj(o.astype(cd).reshape(B, T, self.value_dim))
+        def norm_and_gate(o, gate, weight):
+            o = rms_norm(o, weight, self.g_norm.eps)
+            if gate is not None:
+                o = o * jax.nn.silu(gate.astype(jnp.float32).reshape(B, T, H, V))
+            return o.astype(cd)
+
+        gate = self.g_proj(x) if self.use_output_gate else None
+        o = recomputed(norm_and_gate)(o, gate, self.g_norm.weight[...])
+        y = self.o_proj(o.reshape(B, T, self.value_dim))
         if cache is None:
             return y
         return y, GLACache(state, *convs)

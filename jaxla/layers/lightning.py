@@ -15,8 +15,9 @@ from jaxla.layers._common import (
     check_kernel_dim,
     compute_dtype,
     linear,
+    recomputed,
 )
-from jaxla.layers.norm import RMSNorm
+from jaxla.layers.norm import RMSNorm, rms_norm
 from jaxla.ops import simple_gla, simple_gla_recurrent
 from jaxla.ops.lightning import DECAYS, default_scale, lightning_decay
 
@@ -93,16 +94,17 @@ class LightningAttention(nnx.Module):
             raise ValueError(f"LightningAttention({self.hidden_size}) got {x.shape=}")
         cd = compute_dtype(self.dtype, x)
         H, d = self.num_heads, self.head_dim
-        qkv = jax.nn.silu(self.qkv_proj(x).astype(jnp.float32)).astype(cd)
+        qkv = recomputed(lambda a: jax.nn.silu(a.astype(jnp.float32)).astype(cd))(self.qkv_proj(x))
         qkv = qkv.reshape(B, T, H, 3 * d)
         q, k, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
         op = simple_gla_recurrent if T <= RECURRENT_MAX_LEN else simple_gla
         o, state = op(q, k, v, g_gamma=self.g_gamma[...], scale=self.scale,
                       initial_state=None if cache is None else cache.state,
                       output_final_state=cache is not None, implementation=self.implementation)
-        o = self.norm(o.reshape(B, T, H * d), out_dtype=jnp.float32)
-        o = o * jax.nn.sigmoid(self.output_gate(x).astype(jnp.float32))
-        y = self.out_proj(o.astype(cd))
+        o = recomputed(lambda o, gate, weight: (
+            rms_norm(o, weight, self.norm.eps) * jax.nn.sigmoid(gate.astype(jnp.float32))
+        ).astype(cd))(o.reshape(B, T, H * d), self.output_gate(x), self.norm.weight[...])
+        y = self.out_proj(o)
         if cache is None:
             return y
         return y, LightningCache(state)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxla.layers._common import compute_dtype, linear
+from jaxla.layers._common import compute_dtype, linear, recomputed
 
 
 class SwiGLU(nnx.Module):
@@ -25,6 +25,7 @@ class SwiGLU(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         cd = compute_dtype(self.dtype, x)
-        gate = self.gate_proj(x).astype(jnp.float32)
-        h = jax.nn.silu(gate) * self.up_proj(x).astype(jnp.float32)
-        return self.down_proj(h.astype(cd))
+        h = recomputed(lambda gate, up: (jax.nn.silu(gate.astype(jnp.float32))
+                                         * up.astype(jnp.float32)).astype(cd))(
+            self.gate_proj(x), self.up_proj(x))
+        return self.down_proj(h)

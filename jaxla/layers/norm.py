@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxla.layers._common import recomputed
+
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     """`x / sqrt(mean(x^2) + eps) * weight` over the last axis, in float32."""
@@ -33,4 +35,5 @@ class RMSNorm(nnx.Module):
         if x.shape[-1] != self.num_features:
             raise ValueError(f"RMSNorm({self.num_features}) got {x.shape=}")
         out_dtype = out_dtype or self.dtype or x.dtype
-        return rms_norm(x, self.weight[...], self.eps).astype(out_dtype)
+        return recomputed(lambda x, w: rms_norm(x, w, self.eps).astype(out_dtype))(
+            x, self.weight[...])
