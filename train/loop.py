@@ -35,6 +35,7 @@ from train.step import (
     make_optimizer,
     make_train_step,
     model_constants,
+    run_on_host,
     split_model,
 )
 
@@ -101,19 +102,6 @@ def _copy_to_out(run_dir: Path, name: str):
     for fname in RUN_FILES:
         if (run_dir / fname).exists():
             shutil.copy2(run_dir / fname, dest / fname)
-
-
-def init_on_host(init_fn, shardings):
-    """Run `init_fn` (random initialisation) on the host CPU, then place its result.
-
-    XLA's GPU compile of a whole model's random initialisation is pathologically slow (over 8
-    minutes for gla_340m's 24 layers on an H100, where its 2-layer version takes seconds); the CPU
-    compiles it in seconds, and threefry gives the same bits on either backend.
-    """
-    # The explicit CPU output sharding, not `jax.default_device`, is what keeps it off the GPU.
-    host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    state = jax.jit(init_fn, out_shardings=host)()
-    return jax.device_put(state, shardings)
 
 
 def train(config: TrainConfig, *, echo=print) -> dict:
@@ -188,9 +176,8 @@ def train(config: TrainConfig, *, echo=print) -> dict:
         start = int(meta["step"])
         echo(f"  resumed from {ckpt.directory / str(latest)} at step {start}")
     else:
-        # Outside `jax.set_mesh`: a context mesh would claim the host computation for its devices.
         t0 = time.perf_counter()
-        state = init_on_host(init_fn, state_sh)
+        state = jax.device_put(run_on_host(init_fn), state_sh)
         echo(f"  initialised the model and optimizer state in {time.perf_counter() - t0:.1f} s")
     (run_dir / "config.json").write_text(config.to_json() + "\n")
     log = M.JsonlLog(run_dir / "metrics.jsonl")
@@ -204,8 +191,8 @@ def train(config: TrainConfig, *, echo=print) -> dict:
     step_fn = jax.jit(make_train_step(graphdef, constants, tx, schedule, config.nan_at_step),
                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
                       donate_argnums=0)
-    eval_fn = jax.jit(make_eval_step(graphdef, constants), in_shardings=(state_sh["params"], batch_sh),
-                      out_shardings=replicated)
+    eval_fn = jax.jit(make_eval_step(graphdef, constants),
+                      in_shardings=(state_sh["params"], batch_sh), out_shardings=replicated)
     with jax.set_mesh(mesh):
         t0 = time.perf_counter()
         compiled = step_fn.lower(state, batch_abstract).compile()
