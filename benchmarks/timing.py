@@ -9,6 +9,7 @@ a reset for PyTorch.
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 
 import jax
@@ -69,8 +70,6 @@ def floor_ms(bytes_moved: float, flops: float = 0.0) -> float:
 
 def report_row(op: str, T: int, row: dict, started: float) -> dict:
     """Print one measured row at once (stderr), so a run cut short still shows it; returns it."""
-    import sys
-
     ms = f"{row['ms']:.3f} ms" if row.get("ms") is not None else f"failed ({row.get('error')})"
     print(f"[{op}] T={T} {row['impl']} {row['mode']}: {ms} "
           f"[{time.perf_counter() - started:.0f} s incl. compile]", file=sys.stderr, flush=True)

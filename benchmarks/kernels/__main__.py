@@ -93,8 +93,6 @@ def main(argv=None):
         start = time.perf_counter()
         for r in module.rows(T, args.modes):
             rows.append({"op": args.op, "T": T, **r})
-            print(f"[{args.op}] T={T} {r['impl']} {r['mode']}: "
-                  + ("failed" if r.get("ms") is None else f"{r['ms']:.3f} ms"), flush=True)
         print(f"[{args.op}] T={T} done in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
         # Written after every T, so a run cut short keeps what it measured.
         (args.out / f"{args.op}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
