@@ -6,11 +6,9 @@
 # Env: FILES (test files, default the four kernel files), PER_FILE_S (default 280), TOTAL_S (570).
 set -u
 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT" /tmp/fla
-python3 -c "import glob, zipfile; [zipfile.ZipFile(w).extractall('/tmp/fla') for w in glob.glob('.carry/fla/*.whl')]"
-export PYTHONPATH=/tmp/fla:. PYTHONUNBUFFERED=1 JAXLA_TEST_GPU=1 TRITON_CACHE_DIR=/tmp/triton_cache
-mkdir -p "$TRITON_CACHE_DIR"
-[ -f .carry/triton_autotune.tgz ] && tar xzf .carry/triton_autotune.tgz -C "$TRITON_CACHE_DIR"
+mkdir -p "$OUT"
+source benchmarks/gpu/fla_env.sh
+export JAXLA_TEST_GPU=1
 DEADLINE=$(( $(date +%s) + ${TOTAL_S:-570} ))
 FILES=${FILES:-tests/kernels/test_gla_kernel.py tests/kernels/test_simple_gla_kernel.py \
 tests/kernels/test_selective_scan_kernel.py tests/kernels/test_selective_scan_chunks.py}
@@ -23,5 +21,5 @@ for f in $FILES; do
   echo "$f rc=$rc: $(grep -o '[0-9]* selected' "$log" | head -1), passed $(grep -c ' PASSED' "$log")," \
        "failed $(grep -c ' FAILED' "$log"), skipped $(grep -c ' SKIPPED' "$log")"
 done
-(cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$OUT/triton_autotune.tgz" -T -)
+save_autotune
 grep -h " FAILED\|^E " "$OUT"/*.log | head -20

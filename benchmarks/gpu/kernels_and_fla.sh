@@ -6,14 +6,8 @@
 # printed as soon as it is measured (stderr of each log), so a stage cut short keeps its rows.
 set -u
 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT" /tmp/fla
-python3 -c "import glob, zipfile; [zipfile.ZipFile(w).extractall('/tmp/fla') for w in glob.glob('.carry/fla/*.whl')]"
-export PYTHONPATH=/tmp/fla:. PYTHONUNBUFFERED=1
-# FLA caches its Triton autotuning results (small *.autotune.json files) in Triton's cache: carry
-# them from an earlier call (.carry/triton_autotune.tgz) to skip tuning, and hand them back.
-export TRITON_CACHE_DIR=/tmp/triton_cache
-mkdir -p "$TRITON_CACHE_DIR"
-[ -f .carry/triton_autotune.tgz ] && tar xzf .carry/triton_autotune.tgz -C "$TRITON_CACHE_DIR"
+mkdir -p "$OUT"
+source benchmarks/gpu/fla_env.sh
 DEADLINE=$(( $(date +%s) + ${TOTAL_S:-560} ))
 left() { echo $(( DEADLINE - $(date +%s) )); }
 stage() {  # stage NAME SECONDS COMMAND...: run with at most SECONDS (and what is left)
@@ -40,7 +34,7 @@ run_stage() {
 for name in ${STAGES:-bench_gla fla_tests bench_simple_gla bench_selective_scan}; do
   run_stage "$name"
 done
-(cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar czf "$OUT/triton_autotune.tgz" -T -)
+save_autotune
 for name in bench_gla bench_simple_gla bench_selective_scan; do
   echo "== $name"; grep -a "^\[\|^fwd\|^fwd+bwd\|^memory\|^[a-z(].*  " "$OUT/$name.log" 2>/dev/null \
     | grep -av "Constant folding\|slow_operation" | tail -16
