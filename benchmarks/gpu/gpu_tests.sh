@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # One device call: every test marked `gpu` (the compiled twins of the interpret-mode kernel tests,
-# and the FLA comparisons), one file per stage under its own time limit, each test reported as it
-# ends (pytest -v, unbuffered), a summary line per file last.
+# and the FLA comparisons), spread over WORKERS pytest-xdist processes sharing the GPU (compiling
+# the Pallas kernels is the slow part and runs on the host's cores), each test reported as it
+# ends, a summary line per file last.
 #   bash benchmarks/gpu/gpu_tests.sh   (on the GPU, OUT set; FLA's wheel under .carry/fla)
-# Env: FILES (test files, default the four kernel files), PER_FILE_S (default 280), TOTAL_S (570).
+# Env: FILES (test files, default the four kernel files), WORKERS (default 6), TOTAL_S (570).
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 source benchmarks/gpu/fla_env.sh
-export JAXLA_TEST_GPU=1
-DEADLINE=$(( $(date +%s) + ${TOTAL_S:-570} ))
+# Several processes share one GPU: no process may preallocate most of its memory.
+export JAXLA_TEST_GPU=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 FILES=${FILES:-tests/kernels/test_gla_kernel.py tests/kernels/test_simple_gla_kernel.py \
 tests/kernels/test_selective_scan_kernel.py tests/kernels/test_selective_scan_chunks.py}
+log="$OUT/gpu_tests.log"
+timeout "${TOTAL_S:-570}" python3 -m pytest -v --tb=short -p no:cacheprovider -m gpu \
+  -n "${WORKERS:-6}" $FILES > "$log" 2>&1
+echo "pytest rc=$? ($(grep -o '[0-9]* workers' "$log" | head -1))"
 for f in $FILES; do
-  left=$(( DEADLINE - $(date +%s) )); [ "$left" -lt 30 ] && { echo "skip $f"; continue; }
-  per=${PER_FILE_S:-280}; t=$(( per < left ? per : left ))
-  log="$OUT/$(basename "$f" .py).log"
-  timeout "$t" python3 -m pytest -v --tb=short -p no:cacheprovider -m gpu "$f" > "$log" 2>&1
-  rc=$?
-  echo "$f rc=$rc: $(grep -o '[0-9]* selected' "$log" | head -1), passed $(grep -c ' PASSED' "$log")," \
-       "failed $(grep -c ' FAILED' "$log"), skipped $(grep -c ' SKIPPED' "$log")"
+  b=$(basename "$f")
+  echo "$f: passed $(grep -c " PASSED.*$b\|$b.* PASSED" "$log")," \
+       "failed $(grep -c " FAILED.*$b\|$b.* FAILED" "$log")," \
+       "skipped $(grep -c " SKIPPED.*$b\|$b.* SKIPPED" "$log")"
 done
 save_autotune
-grep -h " FAILED\|^E " "$OUT"/*.log | head -20
+tail -3 "$log"
+grep -h " FAILED\|^E " "$log" | head -20
