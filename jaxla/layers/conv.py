@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxla.layers._common import compute_dtype, normal_init
+from jaxla.layers._common import compute_dtype, normal_init, recomputed
 
 ACTIVATIONS = (None, "silu")
 
@@ -59,13 +59,19 @@ class ShortConvolution(nnx.Module):
                                  f"got {cache.shape=}")
             past = cache.astype(cd)
         ext = jnp.concatenate([past, x], axis=1)  # [B, W-1+T, C]
-        w = self.weight[...].astype(jnp.float32)
-        y = sum(ext[:, i:i + T].astype(jnp.float32) * w[i] for i in range(W))
-        if self.bias is not None:
-            y = y + self.bias[...].astype(jnp.float32)
-        if self.activation == "silu":
-            y = jax.nn.silu(y)
-        y = y.astype(cd)
+        bias = None if self.bias is None else self.bias[...]
+        y = recomputed(lambda ext, w, b: self._taps(ext, w, b, T).astype(cd))(
+            ext, self.weight[...], bias)
         if cache is None:
             return y
         return y, ext[:, ext.shape[1] - (W - 1):].astype(cache.dtype)
+
+    def _taps(self, ext: jax.Array, weight: jax.Array, bias: jax.Array | None, T: int):
+        """The W taps, bias and activation over `ext [B, W-1+T, C]` -> float32 `[B, T, C]`."""
+        w = weight.astype(jnp.float32)
+        y = sum(ext[:, i:i + T].astype(jnp.float32) * w[i] for i in range(self.kernel_size))
+        if bias is not None:
+            y = y + bias.astype(jnp.float32)
+        if self.activation == "silu":
+            y = jax.nn.silu(y)
+        return y
