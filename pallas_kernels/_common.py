@@ -17,6 +17,26 @@ def default_interpret() -> bool:
     return jax.default_backend() != "gpu"
 
 
+def exp2(x: jax.Array, *, ftz: bool) -> jax.Array:
+    """`2 ** x` for float32 `x` inside a kernel; with `ftz`, PTX's `ex2.approx.ftz.f32`.
+
+    `jnp.exp2` lowers to libdevice's `__nv_exp2f`, which keeps subnormal results: around its one
+    MUFU.EX2 instruction the compiled code tests and rescales the argument (about 4 instructions
+    where ftz needs 1). Flushing subnormal results (< 2^-126) to zero changes nothing a decay
+    computes. Pallas' interpreter has no inline assembly: pass `ftz=False` there.
+    """
+    if not ftz:
+        return jnp.exp2(x)
+    if x.dtype != jnp.float32:
+        raise TypeError(f"exp2(ftz=True) takes float32, got {x.dtype}")
+    from jax.experimental.pallas import triton as pltriton
+
+    [y] = pltriton.elementwise_inline_asm(
+        "ex2.approx.ftz.f32 $0, $1;", args=[x], constraints="=f,f", pack=1,
+        result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, x.dtype)])
+    return y
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 

@@ -51,6 +51,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from pallas_kernels._common import exp2
 from pallas_kernels.selective_scan.fwd import (
     F32,
     LOG2E,
@@ -63,7 +64,7 @@ from pallas_kernels.selective_scan.fwd import (
 )
 
 
-def _dstate_kernel(*refs, T, chunk, unroll, flags: Flags, prefetch):
+def _dstate_kernel(*refs, T, chunk, unroll, flags: Flags, prefetch, ftz):
     """Pass 1: the reverse carry out of chunk c + 1 from a zero carry, and its sum of dt."""
     refs = list(refs)
     delta_ref, At_ref, C_ref = refs[:3]
@@ -102,7 +103,7 @@ def _dstate_kernel(*refs, T, chunk, unroll, flags: Flags, prefetch):
             if masked:
                 valid = t0 + k < T
                 dt, g = jnp.where(valid, dt, 0.0), jnp.where(valid, g, 0.0)
-            dh = jnp.exp2(A2 * dt[None, :]) * (dh + row[1].astype(F32)[:, None] * g[None, :])
+            dh = exp2(A2 * dt[None, :], ftz=ftz) * (dh + row[1].astype(F32)[:, None] * g[None, :])
             s = s + dt
         return (dh, s, nxt) if prefetch else (dh, s)
 
@@ -114,7 +115,7 @@ def _dstate_kernel(*refs, T, chunk, unroll, flags: Flags, prefetch):
     dtsum_ref[...] = carry[1]
 
 
-def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags):
+def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, ftz):
     refs = list(refs)
     u_ref, delta_ref, At_ref, B_ref, C_ref = refs[:5]
     rest = refs[5:]
@@ -162,7 +163,7 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags):
         return u_ref[r, :].astype(F32), dl, dt, B_ref[r, :].astype(F32)
 
     def advance(h, u, dt, B_t):
-        return jnp.exp2(A2 * dt[None, :]) * h + B_t[:, None] * (dt * u)[None, :]
+        return exp2(A2 * dt[None, :], ftz=ftz) * h + B_t[:, None] * (dt * u)[None, :]
 
     def saved_state(k):
         return tile_in(lambda n: hs_ref[k, n, :])
@@ -195,7 +196,7 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags):
             dD = dD + g * u
         b = B_t[:, None] * (dt * u)[None, :]
         dB = jnp.sum(dh * (dt * u)[None, :], axis=1)
-        a = jnp.exp2(A2 * dt[None, :])  # recomputed: cheaper than keeping sub decays live
+        a = exp2(A2 * dt[None, :], ftz=ftz)  # recomputed: cheaper than keeping sub decays live
         q = dh * (h - b)  # a_t h_{t-1} = h_t - dt_t u_t B_t (mamba_ssm's identity)
         dA = dA + q * dt[None, :]
         ddt = u * s_B + jnp.sum(q * A2, axis=0) * (1.0 / LOG2E)
@@ -237,7 +238,7 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags):
         # The carry entering this chunk from the chunks after it (pass 1 holds chunk k at k - 1).
         def walk(i, dh):
             k = n_total - 2 - i
-            decay = jnp.exp2(A2 * dtsum_ref[k][None, :])
+            decay = exp2(A2 * dtsum_ref[k][None, :], ftz=ftz)
             return decay * dh + tile_in(lambda n: dloc_ref[k, n, :])
 
         dh = lax.fori_loop(0, n_total - 1 - c, walk, dh)
@@ -322,7 +323,7 @@ def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flag
         out_shape = [sds((Bt, nc - 1, Np, Dp), F32), sds((Bt, nc - 1, Dp), F32)]
         extra_args = pl.pallas_call(
             functools.partial(_dstate_kernel, T=T, chunk=chunk, unroll=bs.unroll, flags=flags,
-                              prefetch=bs.prefetch),
+                              prefetch=bs.prefetch, ftz=not interpret),
             grid=(Bt, Dp // bd1, nc - 1),
             in_specs=specs,
             out_specs=[pl.BlockSpec((None, None, Np, bd1), lambda b, j, c: (b, c, 0, j)),
@@ -370,7 +371,7 @@ def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flag
 
     kernel = functools.partial(
         _bwd_kernel, T=T, checkpoint=bs.checkpoint, chunk=chunk, sub=sub, n_total=nc,
-        flags=flags,
+        flags=flags, ftz=not interpret,
     )
     res = pl.pallas_call(
         kernel,

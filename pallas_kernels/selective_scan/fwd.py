@@ -45,7 +45,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-import pallas_kernels._common  # noqa: F401  (filters the Triton deprecation warning)
+from pallas_kernels._common import exp2
 
 LOG2E = 1.4426950408889634
 F32 = jnp.float32
@@ -90,7 +90,7 @@ def chunk_steps(base, T: int, chunk: int, n_total: int, step: int):
     return (jnp.minimum(chunk, T - base) + (step - 1)) // step
 
 
-def _state_kernel(*refs, chunk, unroll, flags: Flags, prefetch):
+def _state_kernel(*refs, chunk, unroll, flags: Flags, prefetch, ftz):
     """Pass 1: end state of chunk c from a zero state, and the chunk's sum of dt."""
     refs = list(refs)
     u_ref, delta_ref, At_ref, B_ref = refs[:4]
@@ -115,7 +115,7 @@ def _state_kernel(*refs, chunk, unroll, flags: Flags, prefetch):
             rows = load_block(base + i * unroll)
         for u, dl, B_t in rows:
             _, dt = discretize(dl, bias, flags)
-            h = jnp.exp2(A2 * dt[None, :]) * h + B_t.astype(F32)[:, None] * (
+            h = exp2(A2 * dt[None, :], ftz=ftz) * h + B_t.astype(F32)[:, None] * (
                 dt * u.astype(F32))[None, :]
             s = s + dt
         return (h, s, nxt) if prefetch else (h, s)
@@ -128,7 +128,8 @@ def _state_kernel(*refs, chunk, unroll, flags: Flags, prefetch):
     dtsum_ref[...] = carry[1]
 
 
-def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save, prefetch):
+def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save, prefetch,
+                ftz):
     """Pass 2: the state entering chunk c from the chunks before it, then the chunk's outputs."""
     refs = list(refs)
     u_ref, delta_ref, At_ref, B_ref, C_ref = refs[:5]
@@ -150,7 +151,7 @@ def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save
     h = h0_ref[...].astype(F32) if flags.has_h0 else jnp.zeros(A2.shape, F32)
     if n_total > 1:
         h = lax.fori_loop(
-            0, c, lambda k, h: jnp.exp2(A2 * dtsum_ref[k][None, :]) * h + hloc_ref[k], h)
+            0, c, lambda k, h: exp2(A2 * dtsum_ref[k][None, :], ftz=ftz) * h + hloc_ref[k], h)
 
     masked = T % unroll != 0  # only the last iteration of the last chunk runs past T
 
@@ -167,7 +168,7 @@ def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save
         _, dt = discretize(raw[1], bias, flags)
         if masked:
             dt = jnp.where(t < T, dt, 0.0)
-        h = jnp.exp2(A2 * dt[None, :]) * h + raw[2].astype(F32)[:, None] * (dt * u)[None, :]
+        h = exp2(A2 * dt[None, :], ftz=ftz) * h + raw[2].astype(F32)[:, None] * (dt * u)[None, :]
         y = jnp.sum(h * raw[3].astype(F32)[:, None], axis=0)
         if flags.has_D:
             y = y + Dv * u
@@ -256,7 +257,7 @@ def forward(u, delta, At, B, C, D, z, bias, h0, *, flags: Flags, block_sizes, sa
         out_shape = [sds((Bt, nc - 1, Np, Dp), F32), sds((Bt, nc - 1, Dp), F32)]
         extra_args = pl.pallas_call(
             functools.partial(_state_kernel, chunk=chunk, unroll=unroll, flags=flags,
-                              prefetch=bs.prefetch),
+                              prefetch=bs.prefetch, ftz=not interpret),
             grid=(Bt, Dp // bd, nc - 1),
             in_specs=specs,
             out_specs=[pl.BlockSpec((None, None, Np, bd), lambda b, j, c: (b, c, 0, j)),
@@ -289,7 +290,7 @@ def forward(u, delta, At, B, C, D, z, bias, h0, *, flags: Flags, block_sizes, sa
 
     kernel = functools.partial(
         _out_kernel, T=T, chunk=chunk, unroll=unroll, checkpoint=bs.checkpoint, n_total=nc,
-        flags=flags, save=save, prefetch=bs.prefetch,
+        flags=flags, save=save, prefetch=bs.prefetch, ftz=not interpret,
     )
     outs = pl.pallas_call(
         kernel,
