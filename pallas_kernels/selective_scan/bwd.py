@@ -25,18 +25,21 @@ Time is cut into chunks of `chunk_bwd` steps, one program each, as in the forwar
   (round one's compiled backward has 68 barriers in its loops; this one has 2 per step, for
   the dB/dC row stores; checked on the SASS compiled offline for sm_90).
 
-Cost at the Mamba-370M layer (B=4, T=4096, D=2048, N=16, bf16; defaults: chunk_bwd 512,
+Cost at the Mamba-370M layer (B=4, T=4096, D=2048, N=16, bf16; defaults: chunk_bwd 256,
 checkpoint 8, sub 4, 1 warp):
 - Exps: pass 1 one per (t, d, n); pass 2 the recomputation (1.5: half the sub-chunks advance
   from the checkpoint first) and a_t again in the reverse step (1): ~3.5 x 537M = 1.9G at
   16/clk/SM -> ~0.5 ms, plus per-channel softplus / sigmoids.
 - Instructions: ~55 per (t, d, n) in pass 2 (the dB/dC shuffles are a third of them), ~8 in
-  pass 1 -> ~1.1 ms issue-bound on 132 SMs. Programs: 4 * 64 * 8 = 2048 one-warp programs.
+  pass 1 -> ~1.1 ms issue-bound on 132 SMs. Programs: 4 * 64 * 16 = 4096 one-warp programs.
 - Bytes: u, delta, z, dout, B, C read and du, ddelta, dz written (bf16) = 470 MB; pass 1 reads
   delta, z, dout again (200 MB); checkpoints every 8 steps (268 MB, written by the forward);
   dB/dC partials `[B, D/32, T, N]` float32 written and summed by XLA = 2 x 2 x 67 MB.
   Total ~1.2 GB -> ~0.4 ms at 3 TB/s.
-- Expected ~1-1.5 ms (round one: 3.8 ms; mamba_ssm's backward: 2.44 ms).
+- Expected ~1-1.5 ms (round one: 3.8 ms; mamba_ssm's backward: 2.44 ms). Measured (Nsight
+  Compute, H100, 2026-11-25, chunk_bwd 256): pass 1 0.32 ms, pass 2 2.12 ms at 66 instructions
+  per (t, d, n), 2 warps per scheduler, half the issue slots idle; fwd+bwd 3.51 ms with the
+  ftz exp2 (benchmarks/RESULTS.md, round 3).
 - dA, dD, d delta_bias are per-program partials summed by XLA (deterministic, no atomics).
   Grid programs run concurrently; nothing depends on their order.
 """
