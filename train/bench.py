@@ -3,7 +3,7 @@
     PYTHONPATH=. python3 -m train.bench          # gla_340m, mamba_370m, transformer_340m
     PYTHONPATH=. python3 -m train.bench --presets gla_340m --steps 300
     PYTHONPATH=. python3 -m train.bench --presets tiny_gla --batch_size 2 --seq_len 128 \
-        --steps 20                               # CPU smoke
+        --steps 20 --warmup 5                    # CPU smoke
 
 Each preset runs in its own process (so its peak memory is its own):
 `python -m train --preset P --data random --batch_size 8 --seq_len 2048 --steps N --no-checkpoint
@@ -34,6 +34,22 @@ def _is_oom(text: str) -> bool:
     return any(s in low for s in ("resource_exhausted", "out of memory", "oom when"))
 
 
+def gpu_memory_in_use() -> str | None:
+    """nvidia-smi's used / total GPU memory and the processes holding it (None without it).
+
+    Printed before each run: an out-of-memory error for a plan that fit before shows whether
+    another process held the memory."""
+    queries = (["--query-gpu=memory.used,memory.total"],
+               ["--query-compute-apps=pid,process_name,used_memory"])
+    try:
+        used, apps = (subprocess.run(["nvidia-smi", *q, "--format=csv,noheader"], text=True,
+                                     capture_output=True, timeout=20).stdout.strip()
+                      for q in queries)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return f"{used or '?'} used; processes: {apps.replace(chr(10), '; ') or 'none'}"
+
+
 def run_preset(preset: str, args, remat: bool, timeout: float, out: Path | None) -> dict:
     run_dir = Path("runs") / f"bench-{preset}"
     cmd = [sys.executable, "-m", "train", "--preset", preset, "--data", "random",
@@ -43,6 +59,9 @@ def run_preset(preset: str, args, remat: bool, timeout: float, out: Path | None)
            "--log_every", str(max(1, args.steps // 6)), "--run_dir", str(run_dir),
            "--overwrite", "--no-plot"] + (["--remat"] if remat else []) + args.extra
     print("$ " + " ".join(cmd), flush=True)
+    memory = gpu_memory_in_use()
+    if memory is not None:
+        print(f"GPU memory before the run: {memory}", flush=True)
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
@@ -58,7 +77,7 @@ def run_preset(preset: str, args, remat: bool, timeout: float, out: Path | None)
     if out is not None:
         (out / f"train_{preset}{'_remat' if remat else ''}.log").write_text(text)
     row = {"preset": preset, "remat": remat or "--remat" in args.extra, "rc": rc, "wall_s": wall,
-           "oom": _is_oom(text)}
+           "oom": _is_oom(text), "gpu_memory_before": memory}
     summary_path = run_dir / "summary.json"
     if rc == 0 and summary_path.exists():
         row.update(json.loads(summary_path.read_text()))
@@ -105,6 +124,9 @@ def main(argv=None) -> int:
     p.add_argument("--budget_s", type=float, default=560.0)
     p.add_argument("extra", nargs="*", help="more `python -m train` options (after --)")
     args = p.parse_args(argv)
+    if not 0 <= args.warmup < args.steps:
+        p.error(f"--warmup must be in [0, --steps) so that some steps are timed, got "
+                f"--warmup {args.warmup}, --steps {args.steps}")
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

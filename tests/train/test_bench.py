@@ -1,0 +1,33 @@
+"""`python -m train.bench`: one tiny preset end to end (a `python -m train` subprocess) and its table."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from train import bench
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_runs_a_preset_and_reports_its_throughput(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the run folder goes under runs/ of the working directory
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    rc = bench.main(["--presets", "tiny_gla", "--batch_size", "2", "--seq_len", "64",
+                     "--steps", "8", "--warmup", "3", "--budget_s", "300",
+                     "--", "--num_devices", "1"])
+    assert rc == 0
+    [row] = json.loads((tmp_path / "out" / "train_bench.json").read_text())
+    assert row["preset"] == "tiny_gla" and row["rc"] == 0 and not row["oom"]
+    assert row["tokens_per_s"] > 0 and row["step_ms"] > 0
+    assert "gpu_memory_before" in row  # None where nvidia-smi is missing
+    table = (tmp_path / "out" / "train_bench.md").read_text()
+    assert "| tiny_gla | False |" in table and f"{row['tokens_per_s']:,.0f}" in table
+
+
+def test_bench_refuses_a_warmup_that_leaves_no_timed_step(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--presets", "tiny_gla", "--steps", "20", "--warmup", "20"])
+    assert "--warmup must be in [0, --steps)" in capsys.readouterr().err
