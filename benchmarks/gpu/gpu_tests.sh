@@ -28,8 +28,9 @@ tail -1 "$log"
 failed=$(grep -o '^FAILED [^ ]*' "$log" | cut -d' ' -f2 | sort -u)
 if [ -n "$failed" ]; then
   echo "again, one at a time:"
-  timeout 240 env -u XLA_PYTHON_CLIENT_ALLOCATOR python3 -m pytest -v --tb=short -p no:cacheprovider -m gpu \
-    $failed > "$OUT/gpu_tests_again.log" 2>&1
+  timeout 240 env -u XLA_PYTHON_CLIENT_ALLOCATOR \
+    python3 -m pytest -v --tb=short -p no:cacheprovider -m gpu $failed \
+    > "$OUT/gpu_tests_again.log" 2>&1
   grep " PASSED\| FAILED" "$OUT/gpu_tests_again.log"; tail -1 "$OUT/gpu_tests_again.log"
   grep -h "^E " "$OUT/gpu_tests_again.log" | head -20
 fi

@@ -1,4 +1,4 @@
-"""`python -m train.bench`: one tiny preset end to end (a `python -m train` subprocess) and its table."""
+"""`python -m train.bench`: a tiny preset end to end (`python -m train` in a subprocess)."""
 
 import json
 import os
