@@ -24,7 +24,6 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
-
 from jax._src.pallas.triton import pallas_call_registration as registration
 
 from pallas_kernels._common import lower_for_cuda, padded_dim

@@ -47,7 +47,6 @@ from pallas_kernels.gla.common import (
     causal_mask,
     choose,
     chunk_gates,
-    chunks_per_program as per_program,
     fold_tiles,
     for_each_chunk,
     itemsize,
@@ -58,6 +57,9 @@ from pallas_kernels.gla.common import (
     split_bh,
     suffix_sums,
     use_matmul_path,
+)
+from pallas_kernels.gla.common import (
+    chunks_per_program as per_program,
 )
 from pallas_kernels.gla.config import BlockSizes
 

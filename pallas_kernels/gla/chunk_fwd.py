@@ -52,7 +52,6 @@ from pallas_kernels.gla.common import (
     causal_mask,
     choose,
     chunk_gates,
-    chunks_per_program as per_program,
     fold_tiles,
     for_each_chunk,
     itemsize,
@@ -62,6 +61,9 @@ from pallas_kernels.gla.common import (
     row_ids,
     split_bh,
     use_matmul_path,
+)
+from pallas_kernels.gla.common import (
+    chunks_per_program as per_program,
 )
 from pallas_kernels.gla.config import BlockSizes
 
