@@ -60,16 +60,18 @@ class ShortConvolution(nnx.Module):
             past = cache.astype(cd)
         ext = jnp.concatenate([past, x], axis=1)  # [B, W-1+T, C]
         bias = None if self.bias is None else self.bias[...]
-        y = recomputed(lambda ext, w, b: self._taps(ext, w, b, T).astype(cd))(
+        y = recomputed(lambda ext, w, b: self._taps(ext, w, b).astype(cd))(
             ext, self.weight[...], bias)
         if cache is None:
             return y
         return y, ext[:, ext.shape[1] - (W - 1):].astype(cache.dtype)
 
-    def _taps(self, ext: jax.Array, weight: jax.Array, bias: jax.Array | None, T: int):
+    def _taps(self, ext: jax.Array, weight: jax.Array, bias: jax.Array | None):
         """The W taps, bias and activation over `ext [B, W-1+T, C]` -> float32 `[B, T, C]`."""
+        W = self.kernel_size
+        T = ext.shape[1] - (W - 1)
         w = weight.astype(jnp.float32)
-        y = sum(ext[:, i:i + T].astype(jnp.float32) * w[i] for i in range(self.kernel_size))
+        y = sum(ext[:, i:i + T].astype(jnp.float32) * w[i] for i in range(W))
         if bias is not None:
             y = y + bias.astype(jnp.float32)
         if self.activation == "silu":
