@@ -616,10 +616,51 @@ def _block_output_projection(kind: str, config: LMConfig, tokens: int) -> Flops:
     return linear(tokens, width, D) + Flops(other=tokens * D)
 
 
+def recomputed_chains(kind: str, config: LMConfig, tokens: int) -> Flops:
+    """What the backward of one block of `kind` recomputes of the elementwise chains it wraps in
+    `jaxla.layers._common.recomputed` (instead of saving their float32 intermediates): the
+    RMSNorms, the SwiGLU activation, the short convolutions (taps, bias, silu), GLA's norm and
+    output gate, Lightning's qkv silu and its norm and output gate. Each chain ends in a product
+    whose result the backward does not need (only its factors), so XLA drops that last op: one
+    FLOP per output element less than the chain's forward."""
+    D, H = config.hidden_size, config.num_heads
+
+    def chain(forward: Flops, outputs: int) -> Flops:
+        return forward - Flops(other=outputs)
+
+    out = chain(rmsnorm(tokens, D), tokens * D)
+    if config.mlp:
+        F_ = config.mlp_size
+        out += chain(rmsnorm(tokens, D), tokens * D)
+        out += chain(elementwise(tokens * F_, "silu") + elementwise(tokens * F_), tokens * F_)
+    if kind == "gla":
+        Kd, Vd = config.key_dim, config.value_dim
+        if config.use_short_conv:
+            width = 2 * Kd + Vd
+            out += chain(_conv(tokens, width, config.conv_size, bias=False, act=True),
+                         tokens * width)
+        norm_gate = rmsnorm(tokens * H, Vd // H)
+        if config.use_output_gate:
+            norm_gate += elementwise(tokens * Vd, "silu") + elementwise(tokens * Vd)
+        out += chain(norm_gate, tokens * Vd)
+    elif kind == "lightning":
+        width = H * config.attn_head_dim
+        out += chain(elementwise(3 * tokens * width, "silu"), 3 * tokens * width)
+        out += chain(rmsnorm(tokens, width) + elementwise(tokens * width, "sigmoid")
+                     + elementwise(tokens * width), tokens * width)
+    elif kind == "mamba":
+        E = config.d_inner
+        out += chain(_conv(tokens, E, config.d_conv, bias=True, act=True), tokens * E)
+    return out
+
+
 def recomputation(config: LMConfig, batch: int, seq_len: int, *,
                   conventions: Conventions | None = None) -> Flops:
     """What the backward pass of a training step recomputes (hardware FLOPs beyond model FLOPs).
 
+    * The elementwise chains under `recomputed` (`recomputed_chains`, and the final norm): once
+      more, with or without `config.remat` (inside a rematerialised block their backward still
+      recomputes them after the block's forward has run again).
     * `config.remat`: every block's forward once more, but for its output projection and
       residual add (`_block_output_projection`: jax drops what the backward does not need).
     * scan="associative" (jaxla's XLA selective scan): each chunk's body is `jax.checkpoint`ed,
@@ -627,7 +668,10 @@ def recomputation(config: LMConfig, batch: int, seq_len: int, *,
     """
     cv = conventions or Conventions()
     tokens = batch * seq_len
-    out = ZERO
+    D = config.hidden_size
+    out = rmsnorm(tokens, D) - Flops(other=tokens * D)  # the final norm, less its last product
+    for kind, n in Counter(config.mixers).items():
+        out += recomputed_chains(kind, config, tokens) * n
     if config.remat:
         for kind, n in Counter(config.mixers).items():
             block = (mixer_layer(kind, config, batch, seq_len, conventions=cv)

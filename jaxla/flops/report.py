@@ -300,10 +300,10 @@ def model_cases() -> list[Case]:
             stages = ("lowered",)
         f = F.training_step(cfg, B, T, conventions=F.XLA_PATH, recompute=True)
         model_only = F.training_step(cfg, B, T, conventions=F.XLA_PATH)
-        extra = ""
+        again = "the `recomputed` elementwise chains"
         if has_mamba:
-            extra = (f"; the scan's checkpointed chunks recomputed "
-                     f"(+{f.total / model_only.total - 1:.1%} over model FLOPs)")
+            again += " and the scan's checkpointed chunks"
+        extra = f"; {again} recomputed (+{f.total / model_only.total - 1:.1%} over model FLOPs)"
         out.append(Case(f"{name} loss + grads", f"B{B} T{T}", f, fn, args,
                         "the elementwise backward is ~2x forward only as a convention" + extra,
                         stages=stages))
