@@ -86,7 +86,7 @@ def timed(name, fn, *args, reference=None):
     err = None
     if reference is not None:
         leaves = jax.tree.leaves(out)
-        err = max(rel_error(a, b) for a, b in zip(leaves, jax.tree.leaves(reference)))
+        err = max(rel_error(a, b) for a, b in zip(leaves, jax.tree.leaves(reference), strict=True))
     log(f"  {name}: {ms:.3f} ms" + (f", rel err {err:.1e}" if err is not None else "")
         + f" ({time.perf_counter() - start:.1f}s incl. compile)")
     return ms, err, None, out

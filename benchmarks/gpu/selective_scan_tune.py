@@ -79,7 +79,7 @@ def run_variant(name, bs, args, ref):
     fwd, fwd_bwd = jax.jit(_kernel_fn(bs)), jax.jit(_grad(_kernel_fn(bs)))
     got = [fwd(*args)] + list(fwd_bwd(*args))  # compiles both
     compile_s = time.perf_counter() - start
-    error = max(rel_error(a, b) for a, b in zip(got, ref))
+    error = max(rel_error(a, b) for a, b in zip(got, ref, strict=True))
     fwd_ms = time_jax(fwd, *args)
     total_ms = time_jax(fwd_bwd, *args)
     peak = jax_peak_bytes(_grad(_kernel_fn(bs)), *args)

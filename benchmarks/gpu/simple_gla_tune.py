@@ -122,7 +122,7 @@ def main(argv=None):
             grads = fwd_bwd(q, k, v, g, do)
             row["compile_s"] = time.perf_counter() - start
             row["err_fwd"] = rel_error(o, o_ref)
-            row["err_bwd"] = max(rel_error(a, b) for a, b in zip(grads, grads_ref))
+            row["err_bwd"] = max(rel_error(a, b) for a, b in zip(grads, grads_ref, strict=True))
             row["fwd_ms"] = time_jax(fwd, q, k, v, g)
             row["fwd_pipe"] = pipelined(fwd, q, k, v, g)
             row["fwd_bwd_ms"] = time_jax(fwd_bwd, q, k, v, g, do)

@@ -59,11 +59,11 @@ def _plot(rows, op, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(MODES), figsize=(6 * len(MODES), 4.5))
-    for ax, mode in zip(axes, MODES):
+    for ax, mode in zip(axes, MODES, strict=True):
         sub = [r for r in rows if r["mode"] == mode and r.get("ms") is not None]
         for impl in dict.fromkeys(r["impl"] for r in sub):
             pts = sorted((r["T"], r["ms"]) for r in sub if r["impl"] == impl)
-            ax.plot(*zip(*pts), marker="o", label=impl)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=impl)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length T")

@@ -97,7 +97,7 @@ def _jax_row(name, fn, args, do, mode, reference, gla=True):
         row["floor_ms"] = _floor(args[0].shape[1], mode)
     if reference is not None and gla:
         outs = (out,) if mode == "fwd" else out
-        row["error"] = max(rel_error(a, b) for a, b in zip(outs, reference))
+        row["error"] = max(rel_error(a, b) for a, b in zip(outs, reference, strict=True))
     return report_row("gla", args[0].shape[1], row, started), out
 
 
@@ -138,7 +138,7 @@ def _fla_rows(args, do, modes, reference):
                 ref = reference[mode]
                 if ref is not None:
                     mine = [jnp.asarray(x.detach().float().cpu().numpy()) for x in out]
-                    row["error"] = max(rel_error(a, b) for a, b in zip(mine, ref))
+                    row["error"] = max(rel_error(a, b) for a, b in zip(mine, ref, strict=True))
             rows.append(report_row("gla", T, row, started))
         except Exception as e:  # noqa: BLE001
             rows.append({"impl": "fla chunk_gla", "mode": mode, "ms": None, "error": _message(e)})

@@ -152,7 +152,7 @@ def rows(T: int, modes):
                 pallas["xla_associative_scan_anchor_ms"] = XLA_REF_ANCHOR_MS[T][fwd_bwd]
             if "xla" in results and "pallas" in results:
                 got, want = jax.tree.leaves(results["pallas"]), jax.tree.leaves(results["xla"])
-                pallas["error"] = max(rel_error(a, b) for a, b in zip(got, want))
+                pallas["error"] = max(rel_error(a, b) for a, b in zip(got, want, strict=True))
         results.clear()
     for r in out:
         if r["impl"] == "pallas" and r.get("ms"):

@@ -136,7 +136,7 @@ def jax_row(name, fn, args, do, mode, reference, with_floor=True):
         row["floor_ms"] = floor(args[0].shape[1], mode)
     outs = (out,) if mode == "fwd" else tuple(out)
     if reference is not None:
-        row["error"] = max(rel_error(a, b) for a, b in zip(outs, reference))
+        row["error"] = max(rel_error(a, b) for a, b in zip(outs, reference, strict=True))
     return report_row("simple_gla", args[0].shape[1], row, started), outs
 
 
@@ -186,7 +186,8 @@ def fla_rows(name, args, do, modes, reference):
                    "floor_ms": floor(args[0].shape[1], mode)}
             if reference.get(mode) is not None:
                 mine = [np.asarray(t.detach().float().cpu().numpy()) for t in out]
-                row["error"] = max(rel_error(a, b) for a, b in zip(mine, reference[mode]))
+                pairs = zip(mine, reference[mode], strict=True)
+                row["error"] = max(rel_error(a, b) for a, b in pairs)
             rows.append(report_row("simple_gla", args[0].shape[1], row, started))
         except Exception as e:  # noqa: BLE001
             rows.append({"impl": name, "mode": mode, "ms": None, "error": message(e)})

@@ -245,7 +245,7 @@ def _eqn_program(eqn, compile: bool) -> Program:
         args = [None] * len(eqn.invars)
         for i, val in literals.items():
             args[i] = val
-        for i, x in zip(var_positions, xs):
+        for i, x in zip(var_positions, xs, strict=True):
             args[i] = x
         return eqn.primitive.bind(*args, **eqn.params)
 

@@ -168,7 +168,7 @@ class CausalLM(nnx.Module):
         repetition's body (and its kernels) once instead of once per layer."""
 
         def body(x, states):
-            for (graphdef, _), state in zip(groups, states):
+            for (graphdef, _), state in zip(groups, states, strict=True):
                 x = nnx.merge(graphdef, state)(x)
             return x, None
 

@@ -24,17 +24,19 @@ def batch_sharded_call(kernel: Callable, args: Sequence, batched: Sequence[bool]
     """
     mesh = jax.sharding.get_abstract_mesh()
     axes = () if mesh.empty else tuple(
-        name for name, kind in zip(mesh.axis_names, mesh.axis_types) if kind != AxisType.Manual)
+        name for name, kind in zip(mesh.axis_names, mesh.axis_types, strict=True)
+        if kind != AxisType.Manual)
     n_shards = math.prod(mesh.shape[name] for name in axes)
-    batch = next(a.shape[0] for a, b in zip(args, batched) if b and a is not None)
+    batch = next(a.shape[0] for a, b in zip(args, batched, strict=True) if b and a is not None)
     if n_shards <= 1 or batch % n_shards:
         return kernel(*args)
-    args = [jnp.asarray(a) if b and a is not None else a for a, b in zip(args, batched)]
+    args = [jnp.asarray(a) if b and a is not None else a
+            for a, b in zip(args, batched, strict=True)]
     traced = [i for i, a in enumerate(args) if isinstance(a, jax.Array)]
 
     def per_device(*values):
         full = list(args)
-        for i, value in zip(traced, values):
+        for i, value in zip(traced, values, strict=True):
             full[i] = value
         return kernel(*full)
 

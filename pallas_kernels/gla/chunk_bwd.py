@@ -216,7 +216,8 @@ def chunk_grads(q, k, v, g, do, hs, dhs, *, scale: float, chunk: int, block_k: i
         kgrad_spec = pl.BlockSpec((None, None, P * chunk, None, K), partial_map)
         kgrad_shapes = [(NV, B, Tp, H, K)] * 3
         kgrad_dtypes = [F32, F32, F32]
-    out_shape = [jax.ShapeDtypeStruct(s, d) for s, d in zip(kgrad_shapes, kgrad_dtypes)]
+    out_shape = [jax.ShapeDtypeStruct(s, d)
+                 for s, d in zip(kgrad_shapes, kgrad_dtypes, strict=True)]
     out_shape.insert(2, jax.ShapeDtypeStruct((B, Tp, H, V), v.dtype))
 
     # Per head: A 2TCK, dA 2TCV, dv 2TCV + 2TKV, dq 2TCK + 2TKV, dk 2TCK + 2TKV (algorithmic;

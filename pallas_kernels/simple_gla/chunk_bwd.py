@@ -226,7 +226,7 @@ def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, *refs, roles, tiles, cfg):
         run(roles[0], pid)
         return
     start = 0
-    for role, n in zip(roles, tiles):
+    for role, n in zip(roles, tiles, strict=True):
         pl.when((pid >= start) & (pid < start + n))(functools.partial(run, role, pid - start))
         start += n
 
@@ -266,7 +266,7 @@ def _bwd_call(roles, q, k, v, do, gate, h0, dht, states, *, scale, seq_len, gate
         args.append(states)
 
     out_shape, out_specs = [], []
-    for role, n in zip(roles, tiles):
+    for role, n in zip(roles, tiles, strict=True):
         width = Vp if role == "dv" else Kp
         out_shape.append(jax.ShapeDtypeStruct((B, Tp, H, width), q.dtype))
         out_specs.append(seq_spec(width))
@@ -282,7 +282,7 @@ def _bwd_call(roles, q, k, v, do, gate, h0, dht, states, *, scale, seq_len, gate
             out_specs.append(states_spec)
 
     flops = 0
-    for role, n in zip(roles, tiles):
+    for role, n in zip(roles, tiles, strict=True):
         width = {"dq": bs.block_k_dq, "dk": bs.block_k_dk, "dv": bs.block_v_dv}[role]
         full = Kp if role == "dv" else Vp  # the head dim each sweep contracts whole
         other = Vp if role != "dv" else Kp
@@ -297,7 +297,7 @@ def _bwd_call(roles, q, k, v, do, gate, h0, dht, states, *, scale, seq_len, gate
     flops *= B * H * N
     nbytes = itemsize(q) * B * Tp * H * (2 * Kp + 2 * Vp) * (1 + len(roles))
     if gate_grad:  # the float32 states (written by dq, read by dk) and the per-tile gate terms
-        for role, n in zip(roles, tiles):
+        for role, n in zip(roles, tiles, strict=True):
             if role in ("dq", "dk"):
                 nbytes += 4 * B * H * (N * Kp * Vp + 2 * n * Tp)
     kernel = functools.partial(_bwd_kernel, roles=roles, tiles=tiles, cfg=cfg)

@@ -1,5 +1,7 @@
 """The formulas on their own (pure Python): identities, brute-force counts, parameter counts."""
 
+import itertools
+
 import jax.numpy as jnp
 import pytest
 
@@ -159,7 +161,7 @@ def test_generation_sums_match_closed_forms():
 
 def _differences(values, order):
     for _ in range(order):
-        values = [b - a for a, b in zip(values, values[1:])]
+        values = [b - a for a, b in itertools.pairwise(values)]
     return values
 
 

@@ -12,7 +12,7 @@ from jaxla.flops import report
 def test_every_case_is_well_formed():
     for title, cases_fn in report.GROUPS:
         for case in cases_fn():
-            assert case.formula.total > 0, case.name
+            assert case.formula.total > 0, (title, case.name)
             assert case.why and "\n" not in case.why, case.name
             assert len(case.args) > 0, case.name
 

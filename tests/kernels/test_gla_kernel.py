@@ -83,7 +83,7 @@ def _run_and_compare(rng, shape, *, kind, interpret, gate="medium", dtype=jnp.fl
     assert h.dtype == jnp.float32 and h.shape == h_ref.shape
     assert_close(o, o_ref, dtype=dtype, name="o")
     assert_close(h, h_ref, dtype=dtype, name="final_state")
-    for name, a, b in zip(GRAD_NAMES, grads, grads_ref):
+    for name, a, b in zip(GRAD_NAMES, grads, grads_ref, strict=True):
         assert a.dtype == (jnp.float32 if name in ("dg", "dh0") else dtype), (name, a.dtype)
         assert_close(a, b, dtype=dtype, name=name)
     return o, h, grads
@@ -216,7 +216,7 @@ def test_splitting_a_sequence_carries_state(rng, interpret):
     (o2, h2), grads2 = outputs_and_grads(two_passes, (q, k, v, g, h0), np.random.default_rng(seed))
     assert_close(o2, o, name="o")
     assert_close(h2, h, name="final_state")
-    for name, a, b in zip(GRAD_NAMES, grads2, grads):
+    for name, a, b in zip(GRAD_NAMES, grads2, grads, strict=True):
         assert_close(a, b, name=name)
 
 
@@ -251,7 +251,7 @@ def test_traced_scale(rng, interpret):
     (o_s, h_s), grads_s = outputs_and_grads(static, (q, k, v, g, h0), np.random.default_rng(seed))
     assert_close(o, o_s, name="o")
     assert_close(h, h_s, name="final_state")
-    for name, a, b in zip(GRAD_NAMES, grads, grads_s):
+    for name, a, b in zip(GRAD_NAMES, grads, grads_s, strict=True):
         assert_close(a, b, name=name)
 
 
@@ -351,10 +351,10 @@ def test_matches_fla_chunk_gla(rng):
             _spec(True, None, jnp.dtype(jnp.bfloat16)), up, np.random.default_rng(seed))
     names = ("o", "final_state", *GRAD_NAMES)
     ours, spec = [o, h, *grads], [o_ref, h_ref, *grads_ref]
-    for name, a, f, s in zip(names, ours, fla, spec):
+    for name, a, f, s in zip(names, ours, fla, spec, strict=True):
         print(f"{name}: jaxla vs spec {rel_error(a, s):.2e}, FLA vs spec {rel_error(f, s):.2e}, "
               f"jaxla vs FLA {rel_error(a, f):.2e}")
-    for name, a, f in zip(names, ours, fla):
+    for name, a, f in zip(names, ours, fla, strict=True):
         assert_close(a, f, dtype=jnp.bfloat16, name=name)
 
 

@@ -48,7 +48,8 @@ CASES = [
 
 def _case_id(c):
     T, D, N, G, *opts, blocks = c
-    flags = "".join(f"-{n}{int(o)}" for n, o in zip(("D", "z", "bias", "sp", "h0"), opts))
+    flags = "".join(f"-{n}{int(o)}"
+                    for n, o in zip(("D", "z", "bias", "sp", "h0"), opts, strict=True))
     return f"T{T}-D{D}-N{N}-G{G}{flags}-{blocks}"
 
 
@@ -77,7 +78,7 @@ def _present(args, opts):
     u, delta, A, Bm, Cm, Dv, z, bias, h0 = args
     names = list(NAMES[:5])
     values = [u, delta, A, Bm, Cm]
-    for name, x, on in zip(NAMES[5:], (Dv, z, bias, h0), opts[:3] + opts[4:]):
+    for name, x, on in zip(NAMES[5:], (Dv, z, bias, h0), opts[:3] + opts[4:], strict=True):
         if on:
             names.append(name)
             values.append(x)
@@ -116,7 +117,7 @@ def check_args(rng, args, opts, *, interpret, block_sizes=None):
     bound_dtype = None if dtype == jnp.float32 else dtype
     assert_close(out, out_ref, dtype=bound_dtype, name="out")
     assert_close(final, final_ref, dtype=dtype, name="final_state")
-    for name, x, g, g_ref in zip(names, present, grads, grads_ref):
+    for name, x, g, g_ref in zip(names, present, grads, grads_ref, strict=True):
         assert g.dtype == x.dtype and g.shape == x.shape, (name, g.dtype, g.shape)
         assert_close(g, g_ref, dtype=dtype, name="d" + name)
 

@@ -44,7 +44,7 @@ def _packed(q, k, v, g, g_gamma, h0):
 def _bind(fn, names):
     """`fn(q, k, v, g=, g_gamma=, h0=)` as a function of the packed arguments."""
     def call(*args):
-        kw = dict(zip(names, args))
+        kw = dict(zip(names, args, strict=True))
         return fn(kw["q"], kw["k"], kw["v"], g=kw.get("g"), g_gamma=kw.get("g_gamma"),
                   h0=kw.get("h0"))
 
@@ -76,7 +76,7 @@ def _check(kernel_fn, spec_fn, args, names, dtype, rng):
         o_ref, ht_ref, grads_ref = jax.tree.map(np.asarray, (o_ref, ht_ref, grads_ref))
     assert_close(o, o_ref, dtype=dtype, name="o")
     assert_close(ht, ht_ref, dtype=dtype, name="final_state")
-    for name, a, b in zip(names, grads, grads_ref):
+    for name, a, b in zip(names, grads, grads_ref, strict=True):
         assert a.shape == b.shape, (name, a.shape, b.shape)
         assert_close(a, b, dtype=dtype, name="d" + name)
 
@@ -156,7 +156,8 @@ def _vjp_jit(fn, names):
 
     def run(args, cotangents):
         outputs, vjp = jax.vjp(call, *args)
-        return outputs, vjp(tuple(c.astype(o.dtype) for c, o in zip(cotangents, outputs)))
+        pairs = zip(cotangents, outputs, strict=True)
+        return outputs, vjp(tuple(c.astype(o.dtype) for c, o in pairs))
 
     return jax.jit(run)
 
@@ -179,7 +180,7 @@ def test_gate_gradients_over_draws(rng, on, case):
                 *(tuple(jnp.asarray(x, jnp.float64) for x in xs) for xs in (args, cotangents))))
         assert_close(o, o_ref, dtype=dtype, name=f"o (draw {d})")
         assert_close(ht, ht_ref, dtype=dtype, name=f"final_state (draw {d})")
-        for name, a, b in zip(names, grads, grads_ref):
+        for name, a, b in zip(names, grads, grads_ref, strict=True):
             assert_close(a, b, dtype=dtype, name=f"d{name} (draw {d})")
             if name in ("g", "g_gamma"):
                 assert_close(a, b, dtype=dtype, name=f"d{name} (draw {d}, gate-gradient bound)",
@@ -462,13 +463,15 @@ def test_matches_fla(rng, which):
 
     labels = ["o", "final_state"] + ["d" + n for n in names]
     report = []
-    for label, a, b, s in zip(labels, ours_all, theirs_all, spec_all):
+    compared = len(theirs_all)  # 2 (the outputs) when FLA refused its backward
+    for label, a, b, s in zip(labels[:compared], ours_all[:compared], theirs_all,
+                              spec_all[:compared], strict=True):
         report.append(f"{label}: ours-vs-spec {rel_error(a, s):.2e}, fla-vs-spec "
                       f"{rel_error(b, s):.2e}, ours-vs-fla {rel_error(a, b):.2e}")
     print("\n".join(report))
-    for label, a, b in zip(labels, ours_all, theirs_all):
+    for label, a, b in zip(labels[:compared], ours_all[:compared], theirs_all, strict=True):
         assert_close(np.asarray(a, np.float32), b, dtype=BF16, name=f"{label} vs FLA ({which})")
-    for label, a, s in zip(labels[2:], ours_all[2:], spec_all[2:]):
+    for label, a, s in zip(labels[2:], ours_all[2:], spec_all[2:], strict=True):
         assert_close(np.asarray(a, np.float32), s, dtype=BF16, name=f"{label} vs spec ({which})")
     if fla_backward_refused is not None:
         pytest.skip(f"forward agrees with FLA; FLA refused its backward: {fla_backward_refused}")

@@ -99,10 +99,12 @@ def test_remat_gives_the_same_loss_and_gradients(rng):
     ids = tokens(rng, 2, 12)
     seed = int(rng.integers(1 << 30))
     loss, grads = _loss_and_grads(CausalLM(config, rngs=nnx.Rngs(seed)), ids)
-    loss_r, grads_r = _loss_and_grads(CausalLM(config.replace(remat=True), rngs=nnx.Rngs(seed)), ids)
+    remat_model = CausalLM(config.replace(remat=True), rngs=nnx.Rngs(seed))
+    loss_r, grads_r = _loss_and_grads(remat_model, ids)
     assert_close(loss_r, loss, name="loss")
-    for path, g, g_r in zip(jax.tree.leaves_with_path(grads), jax.tree.leaves(grads), jax.tree.leaves(grads_r)):
-        assert_close(g_r, g, name=jax.tree_util.keystr(path[0]))
+    for (path, g), g_r in zip(jax.tree.leaves_with_path(grads), jax.tree.leaves(grads_r),
+                              strict=True):
+        assert_close(g_r, g, name=jax.tree_util.keystr(path))
 
 
 def test_implementation_reaches_every_mixer(rng):
@@ -178,5 +180,5 @@ def test_scanned_layers_equal_unrolled_layers(pattern, remat, rng):
     assert_close(logits_scan, logits_loop, dtype=jnp.float32, name="logits")
     assert len(grads_scan) == len(grads_loop) == len(jax.tree.leaves(nnx.state(
         CausalLM(config, rngs=nnx.Rngs(3)), nnx.Param)))
-    for i, (a, b) in enumerate(zip(grads_scan, grads_loop)):
+    for i, (a, b) in enumerate(zip(grads_scan, grads_loop, strict=True)):
         assert_close(a, b, dtype=jnp.float32, name=f"grad {i}")

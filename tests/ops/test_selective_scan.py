@@ -30,7 +30,7 @@ def _run(impl, args, opts, rng):
     names = ["u", "delta", "A", "B", "C"] + [n for n, x in optional.items() if x is not None]
 
     def fn(u, delta, A, Bm, Cm, *rest):
-        kw = dict(zip(names[5:], rest))
+        kw = dict(zip(names[5:], rest, strict=True))
         return ops.selective_scan(
             u, delta, A, Bm, Cm, kw.get("D"), kw.get("z"), delta_bias=kw.get("delta_bias"),
             delta_softplus=softplus, initial_state=kw.get("h0"), output_final_state=True,
@@ -51,7 +51,7 @@ def test_chunked_matches_spec_float64(x64, rng, case):
     assert o.dtype == jnp.float64
     assert_close(o, o_ref, name="out")
     assert_close(h, h_ref, name="final_state")
-    for name, a, b in zip(names, grads, g_ref):
+    for name, a, b in zip(names, grads, g_ref, strict=True):
         assert_close(a, b, name="d" + name)
 
 

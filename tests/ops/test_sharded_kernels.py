@@ -51,7 +51,8 @@ def test_kernel_under_a_mesh_runs_per_batch_shard_and_matches(op, rng):
 
     def loss(*args):
         out = fn(*args)
-        return sum(jnp.vdot(o, c) for o, c in zip(jax.tree.leaves(out), jax.tree.leaves(cotangents)))
+        pairs = zip(jax.tree.leaves(out), jax.tree.leaves(cotangents), strict=True)
+        return sum(jnp.vdot(o, c) for o, c in pairs)
 
     step = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))))
     want_loss, want_grads = step(*args)
@@ -66,5 +67,5 @@ def test_kernel_under_a_mesh_runs_per_batch_shard_and_matches(op, rng):
         got_loss, got_grads = step(*placed)
     assert "shard_map" in jaxpr
     assert_close(got_loss, want_loss, name=f"{op} loss")
-    for i, (g, w) in enumerate(zip(got_grads, want_grads)):
+    for i, (g, w) in enumerate(zip(got_grads, want_grads, strict=True)):
         assert_close(g, w, name=f"{op} grad {i}")

@@ -34,7 +34,7 @@ def _run(impl, q, k, v, g, g_gamma, h0, rng, chunk_size=64):
     names = [n for n, x in (("g", g), ("g_gamma", g_gamma), ("h0", h0)) if x is not None]
 
     def fn(q, k, v, *rest):
-        kw = dict(zip(names, rest))
+        kw = dict(zip(names, rest, strict=True))
         return ops.simple_gla(
             q, k, v, kw.get("g"), g_gamma=kw.get("g_gamma"), initial_state=kw.get("h0"),
             output_final_state=True, chunk_size=chunk_size, implementation=impl,
@@ -54,7 +54,7 @@ def test_chunked_matches_spec_float64(x64, rng, shape, gate, kind, with_h0):
     _, ((o, h), grads) = _run("xla", *args, np.random.default_rng(seed))
     assert_close(o, o_ref, name="o")
     assert_close(h, h_ref, name="final_state")
-    for name, a, b in zip(["dq", "dk", "dv"] + ["d" + n for n in names], grads, g_ref):
+    for name, a, b in zip(["dq", "dk", "dv"] + ["d" + n for n in names], grads, g_ref, strict=True):
         assert_close(a, b, name=name)
 
 
@@ -66,7 +66,7 @@ def test_chunk_sizes(x64, rng, chunk_size):
     _, ((o, h), grads) = _run("xla", *args, np.random.default_rng(seed), chunk_size)
     assert_close(o, o_ref, name="o")
     assert_close(h, h_ref, name="final_state")
-    for a, b in zip(grads, g_ref):
+    for a, b in zip(grads, g_ref, strict=True):
         assert_close(a, b, name="grad")
 
 
