@@ -116,10 +116,15 @@ def linear(tokens: int, d_in: int, d_out: int, *, bias: bool = False) -> Flops:
     return matmul(tokens, d_in, d_out) + Flops(other=tokens * d_out if bias else 0)
 
 
+def swiglu_activation(tokens: int, d_ff: int) -> Flops:
+    """`silu(gate) * up` per unit of the SwiGLU MLP."""
+    return elementwise(tokens * d_ff, "silu") + elementwise(tokens * d_ff)
+
+
 def swiglu_mlp(tokens: int, d_model: int, d_ff: int) -> Flops:
     """SwiGLU MLP `down(silu(gate(x)) * up(x))`: `6 tokens D F` + silu and product per unit."""
     dense = linear(tokens, d_model, d_ff) * 2 + linear(tokens, d_ff, d_model)
-    return dense + elementwise(tokens * d_ff, "silu") + elementwise(tokens * d_ff)
+    return dense + swiglu_activation(tokens, d_ff)
 
 
 def mlp(tokens: int, d_model: int, d_ff: int, *, activation: str = "gelu_tanh",
@@ -420,10 +425,19 @@ def gla_layer(config: LMConfig, batch: int, seq_len: int, *, algorithm: GlaAlgor
         out += gla_recurrent(batch, seq_len, H, Kd // H, Vd // H)
     else:
         out += gla_chunked(batch, seq_len, H, Kd // H, Vd // H, algorithm=algorithm)
-    out += rmsnorm(t * H, Vd // H)
+    out += _gla_norm_gate(config, t)
     if config.use_output_gate:
-        out += linear(t, D, Vd) + elementwise(t * Vd, "silu") + elementwise(t * Vd)
+        out += linear(t, D, Vd)
     return out + linear(t, Vd, D)
+
+
+def _gla_norm_gate(config: LMConfig, tokens: int) -> Flops:
+    """GLA's per-head RMSNorm of the core's output, times swish(gate) when it has the gate."""
+    H, Vd = config.num_heads, config.value_dim
+    out = rmsnorm(tokens * H, Vd // H)
+    if config.use_output_gate:
+        out += elementwise(tokens * Vd, "silu") + elementwise(tokens * Vd)
+    return out
 
 
 def lightning_layer(config: LMConfig, batch: int, seq_len: int, *, decode: bool = False) -> Flops:
@@ -439,9 +453,14 @@ def lightning_layer(config: LMConfig, batch: int, seq_len: int, *, decode: bool 
         out += simple_gla_recurrent(batch, seq_len, H, dh, dh, scale=scale)
     else:
         out += simple_gla_chunked(batch, seq_len, H, dh, dh, scale=scale)
-    out += rmsnorm(t, H * dh)
-    out += linear(t, D, H * dh) + elementwise(t * H * dh, "sigmoid") + elementwise(t * H * dh)
+    out += _lightning_norm_gate(t, H * dh) + linear(t, D, H * dh)
     return out + linear(t, H * dh, D)
+
+
+def _lightning_norm_gate(tokens: int, width: int) -> Flops:
+    """Lightning's RMSNorm over `H d_h` times the sigmoid output gate."""
+    n = tokens * width
+    return rmsnorm(tokens, width) + elementwise(n, "sigmoid") + elementwise(n)
 
 
 def mamba_layer(config: LMConfig, batch: int, seq_len: int, *,
@@ -616,41 +635,38 @@ def _block_output_projection(kind: str, config: LMConfig, tokens: int) -> Flops:
     return linear(tokens, width, D) + Flops(other=tokens * D)
 
 
+def _recomputed(forward: Flops, outputs: int) -> Flops:
+    """What the backward recomputes of a `recomputed` chain: its forward but for the product
+    that makes its `outputs` elements (the backward needs only that product's factors, so XLA
+    drops it)."""
+    return forward - Flops(other=outputs)
+
+
 def recomputed_chains(kind: str, config: LMConfig, tokens: int) -> Flops:
     """What the backward of one block of `kind` recomputes of the elementwise chains it wraps in
     `jaxla.layers._common.recomputed` (instead of saving their float32 intermediates): the
     RMSNorms, the SwiGLU activation, the short convolutions (taps, bias, silu), GLA's norm and
-    output gate, Lightning's qkv silu and its norm and output gate. Each chain ends in a product
-    whose result the backward does not need (only its factors), so XLA drops that last op: one
-    FLOP per output element less than the chain's forward."""
+    output gate, Lightning's qkv silu and its norm and output gate (see `_recomputed`)."""
     D, H = config.hidden_size, config.num_heads
-
-    def chain(forward: Flops, outputs: int) -> Flops:
-        return forward - Flops(other=outputs)
-
-    out = chain(rmsnorm(tokens, D), tokens * D)
+    out = _recomputed(rmsnorm(tokens, D), tokens * D)
     if config.mlp:
         F_ = config.mlp_size
-        out += chain(rmsnorm(tokens, D), tokens * D)
-        out += chain(elementwise(tokens * F_, "silu") + elementwise(tokens * F_), tokens * F_)
+        out += _recomputed(rmsnorm(tokens, D), tokens * D)
+        out += _recomputed(swiglu_activation(tokens, F_), tokens * F_)
     if kind == "gla":
         Kd, Vd = config.key_dim, config.value_dim
         if config.use_short_conv:
             width = 2 * Kd + Vd
-            out += chain(_conv(tokens, width, config.conv_size, bias=False, act=True),
-                         tokens * width)
-        norm_gate = rmsnorm(tokens * H, Vd // H)
-        if config.use_output_gate:
-            norm_gate += elementwise(tokens * Vd, "silu") + elementwise(tokens * Vd)
-        out += chain(norm_gate, tokens * Vd)
+            out += _recomputed(_conv(tokens, width, config.conv_size, bias=False, act=True),
+                               tokens * width)
+        out += _recomputed(_gla_norm_gate(config, tokens), tokens * Vd)
     elif kind == "lightning":
         width = H * config.attn_head_dim
-        out += chain(elementwise(3 * tokens * width, "silu"), 3 * tokens * width)
-        out += chain(rmsnorm(tokens, width) + elementwise(tokens * width, "sigmoid")
-                     + elementwise(tokens * width), tokens * width)
+        out += _recomputed(elementwise(3 * tokens * width, "silu"), 3 * tokens * width)
+        out += _recomputed(_lightning_norm_gate(tokens, width), tokens * width)
     elif kind == "mamba":
         E = config.d_inner
-        out += chain(_conv(tokens, E, config.d_conv, bias=True, act=True), tokens * E)
+        out += _recomputed(_conv(tokens, E, config.d_conv, bias=True, act=True), tokens * E)
     return out
 
 
@@ -669,7 +685,7 @@ def recomputation(config: LMConfig, batch: int, seq_len: int, *,
     cv = conventions or Conventions()
     tokens = batch * seq_len
     D = config.hidden_size
-    out = rmsnorm(tokens, D) - Flops(other=tokens * D)  # the final norm, less its last product
+    out = _recomputed(rmsnorm(tokens, D), tokens * D)  # the final norm
     for kind, n in Counter(config.mixers).items():
         out += recomputed_chains(kind, config, tokens) * n
     if config.remat:
