@@ -18,8 +18,10 @@ Time is cut into chunks of `chunk_bwd` steps, one program each, as in the forwar
   reverse steps run. The recurrence is never inverted (a_t = exp(dt A) underflows).
 - Tiles `[N, block_d_bwd]` with one channel per thread (`block_d_bwd = 32 * num_warps_bwd`):
   the sums over N (y, dh.B, sum_n A q) are in-thread and per-channel work runs once. The sums
-  over channels (dB_t, dC_t: 2N values per step) are warp shuffles (5 levels); one warp per
-  program keeps them free of shared memory. 2-D tiles are read and written as N rows: a 2-D
+  over channels (dB_t, dC_t: 2N values per step) are warp shuffles; one warp per program keeps
+  them free of shared memory. With 32 channels and Np <= 16 they are one transposed butterfly
+  (`_channel_sums`: 2 Np - 1 shuffles for all 2 Np sums, where `jnp.sum` per value takes 5
+  each) whose result is one row of 32 lanes, stored as it lies. 2-D tiles are read and written as N rows: a 2-D
   load or store in the loop makes Triton pick its vectorised layout (4 channels x 4 lanes on
   N) for the loop, which costs a shared-memory round trip and a barrier per row per step
   (round one's compiled backward has 68 barriers in its loops; this one has 2 per step, for
@@ -30,8 +32,9 @@ checkpoint 8, sub 4, 1 warp):
 - Exps: pass 1 one per (t, d, n); pass 2 the recomputation (1.5: half the sub-chunks advance
   from the checkpoint first) and a_t again in the reverse step (1): ~3.5 x 537M = 1.9G at
   16/clk/SM -> ~0.5 ms, plus per-channel softplus / sigmoids.
-- Instructions: ~55 per (t, d, n) in pass 2 (the dB/dC shuffles are a third of them), ~8 in
-  pass 1 -> ~1.1 ms issue-bound on 132 SMs. Programs: 4 * 64 * 16 = 4096 one-warp programs.
+- Instructions: ~55 per (t, d, n) in pass 2 with a 5-level shuffle sum per dB/dC value (a
+  third of them; the butterfly removes most of that), ~8 in pass 1 -> ~1.1 ms issue-bound on
+  132 SMs. `a * b + c` is one `fma.rn.f32` (Triton does not contract it). Programs: 4 * 64 * 16 = 4096 one-warp programs.
 - Bytes: u, delta, z, dout, B, C read and du, ddelta, dz written (bf16) = 470 MB; pass 1 reads
   delta, z, dout again (200 MB); checkpoints every 8 steps (268 MB, written by the forward);
   dB/dC partials `[B, D/32, T, N]` float32 written and summed by XLA = 2 x 2 x 67 MB.
@@ -54,7 +57,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels._common import exp2
+from pallas_kernels._common import exp2, fma, lane_xor, sum_products
 from pallas_kernels.selective_scan.fwd import (
     F32,
     LOG2E,
@@ -65,6 +68,47 @@ from pallas_kernels.selective_scan.fwd import (
     n_chunks,
     sigmoid,
 )
+
+
+def butterfly_sums(Np: int, block_d: int, num_warps: int) -> bool:
+    """Whether the backward sums dB, dC over channels with `_channel_sums` (else `jnp.sum`)."""
+    return block_d == 32 and num_warps == 1 and Np <= 16
+
+
+def _channel_sums(dh, dtu, h, g, *, asm):
+    """Sums over the 32 channels (lanes) of dB = dh dtu and dC = h g (`[Np, 32]` tiles of
+    `[Np, 32] x [32]` products, Np <= 16) -> `[32]`.
+
+    A transposed butterfly: at each shuffle level a lane keeps one half of its values and hands
+    its partner the other, so the 2 Np sums take 2 Np - 1 shuffles and adds (Np = 16: 31 of each
+    and 62 selects) where a sum per value takes 5 levels each (160 shuffles and adds). Lane l ends
+    with row `l % Np` of dB (l < 16) or dC (l >= 16), each sum held by 16 / Np lanes; the result
+    is a row of one value per lane, stored without a layout conversion.
+    """
+    Np, L = dh.shape
+
+    def upper_lanes(shape, offset):
+        return (lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1) & offset) != 0
+
+    def exchange(lo, hi, offset):
+        upper = upper_lanes(lo.shape, offset)
+        send = jnp.where(upper, lo, hi)
+        return jnp.where(upper, hi, lo) + lane_xor(send, offset, asm=asm)
+
+    # The first level picks factors before multiplying (per-lane selects of dtu, g are cheap).
+    upper, upper_row = upper_lanes(dh.shape, L // 2), upper_lanes((L,), L // 2)
+    send = jnp.where(upper, dh, h) * jnp.where(upper_row, dtu, g)[None, :]
+    x = fma(jnp.where(upper, h, dh), jnp.where(upper_row, g, dtu)[None, :],
+            lane_xor(send, L // 2, asm=asm), asm=asm)
+    offset = L // 4
+    while offset >= Np:  # more lanes than values: plain butterfly levels
+        x = x + lane_xor(x, offset, asm=asm)
+        offset //= 2
+    while offset >= 1:  # halve the values held per lane
+        lo, hi = jnp.split(x, 2, axis=0)
+        x = exchange(lo, hi, offset)
+        offset //= 2
+    return x.reshape(L)
 
 
 def _dstate_kernel(*refs, T, chunk, unroll, flags: Flags, prefetch, ftz):
@@ -106,7 +150,8 @@ def _dstate_kernel(*refs, T, chunk, unroll, flags: Flags, prefetch, ftz):
             if masked:
                 valid = t0 + k < T
                 dt, g = jnp.where(valid, dt, 0.0), jnp.where(valid, g, 0.0)
-            dh = exp2(A2 * dt[None, :], ftz=ftz) * (dh + row[1].astype(F32)[:, None] * g[None, :])
+            dh = exp2(A2 * dt[None, :], ftz=ftz) * fma(row[1].astype(F32)[:, None], g[None, :], dh,
+                                                       asm=ftz)
             s = s + dt
         return (dh, s, nxt) if prefetch else (dh, s)
 
@@ -118,7 +163,7 @@ def _dstate_kernel(*refs, T, chunk, unroll, flags: Flags, prefetch, ftz):
     dtsum_ref[...] = carry[1]
 
 
-def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, ftz):
+def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, butterfly, ftz):
     refs = list(refs)
     u_ref, delta_ref, At_ref, B_ref, C_ref = refs[:5]
     rest = refs[5:]
@@ -130,7 +175,11 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, ftz):
         dloc_ref, dtsum_ref = rest.pop(0), rest.pop(0)
     du_ref, ddelta_ref = rest.pop(0), rest.pop(0)
     dz_ref = rest.pop(0) if flags.has_z else None
-    dB_ref, dC_ref, dA_ref = rest.pop(0), rest.pop(0), rest.pop(0)
+    if butterfly:
+        dBC_ref = rest.pop(0)
+    else:
+        dB_ref, dC_ref = rest.pop(0), rest.pop(0)
+    dA_ref = rest.pop(0)
     dD_ref = rest.pop(0) if flags.has_D else None
     dbias_ref = rest.pop(0) if flags.has_bias else None
     dh0_ref = rest.pop(0) if flags.has_h0 else None
@@ -166,12 +215,13 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, ftz):
         return u_ref[r, :].astype(F32), dl, dt, B_ref[r, :].astype(F32)
 
     def advance(h, u, dt, B_t):
-        return exp2(A2 * dt[None, :], ftz=ftz) * h + B_t[:, None] * (dt * u)[None, :]
+        return fma(exp2(A2 * dt[None, :], ftz=ftz), h, B_t[:, None] * (dt * u)[None, :], asm=ftz)
 
     def saved_state(k):
         return tile_in(lambda n: hs_ref[k, n, :])
 
-    def step_back(carry, t, u, dl, dt, h):
+    def step_back(carry, t, u, dl, dt, h, h_prev):
+        """Step t backwards from the state after it (h) and, when still in registers, before it."""
         dh, dA, dD, dbias = carry
         r = row_index(t)
         B_t = B_ref[r, :].astype(F32)  # reloaded (L1): keeping sub rows of N live spills
@@ -190,19 +240,21 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, ftz):
             g = do
         if masked:
             g = jnp.where(valid, g, 0.0)
-        dh = dh + C_t[:, None] * g[None, :]
-        dC = jnp.sum(h * g[None, :], axis=1)  # sums over the block's channels
+        dh = fma(C_t[:, None], g[None, :], dh, asm=ftz)
         s_B = jnp.sum(dh * B_t[:, None], axis=0)
         du = dt * s_B
         if flags.has_D:
             du = du + Dv * g
             dD = dD + g * u
-        b = B_t[:, None] * (dt * u)[None, :]
-        dB = jnp.sum(dh * (dt * u)[None, :], axis=1)
+        dtu = dt * u
         a = exp2(A2 * dt[None, :], ftz=ftz)  # recomputed: cheaper than keeping sub decays live
-        q = dh * (h - b)  # a_t h_{t-1} = h_t - dt_t u_t B_t (mamba_ssm's identity)
-        dA = dA + q * dt[None, :]
-        ddt = u * s_B + jnp.sum(q * A2, axis=0) * (1.0 / LOG2E)
+        a_dh = a * dh  # the carry into step t - 1
+        if h_prev is None:  # a_t h_{t-1} = h_t - dt_t u_t B_t (mamba_ssm's identity)
+            q = dh * (h - B_t[:, None] * dtu[None, :])
+        else:
+            q = a_dh * h_prev
+        dA = fma(q, dt[None, :], dA, asm=ftz)
+        ddt = u * s_B + sum_products(q, A2, asm=ftz) * (1.0 / LOG2E)
         if flags.softplus:
             ddt = ddt * sigmoid(dl)
         if masked:
@@ -215,14 +267,17 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, ftz):
                 dz_ref[t, :] = dz.astype(dz_ref.dtype)
             du_ref[t, :] = du.astype(du_ref.dtype)
             ddelta_ref[t, :] = ddt.astype(ddelta_ref.dtype)
-            dB_ref[t, :] = dB
-            dC_ref[t, :] = dC
+            if butterfly:
+                dBC_ref[t, :] = _channel_sums(dh, dtu, h, g, asm=ftz)
+            else:
+                dB_ref[t, :] = jnp.sum(dh * dtu[None, :], axis=1)
+                dC_ref[t, :] = jnp.sum(h * g[None, :], axis=1)
 
         if masked:
             pl.when(valid)(store)
         else:
             store()
-        return a * dh, dA, dD, dbias
+        return a_dh, dA, dD, dbias
 
     def sub_chunk(carry, h, t0, n):
         """Recompute the n states of steps t0.. from h (registers), then walk them backwards."""
@@ -233,7 +288,8 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, ftz):
             rows.append((u, dl, dt))
             states.append(h)
         for k in reversed(range(n)):
-            carry = step_back(carry, t0 + k, *rows[k], states[k])
+            # the state before step t0 (the sub-chunk's start) is not kept: 16 more registers
+            carry = step_back(carry, t0 + k, *rows[k], states[k], states[k - 1] if k else None)
         return carry
 
     dh = tile_in(lambda n: dlast_ref[n, :])
@@ -242,7 +298,7 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, ftz):
         def walk(i, dh):
             k = n_total - 2 - i
             decay = exp2(A2 * dtsum_ref[k][None, :], ftz=ftz)
-            return decay * dh + tile_in(lambda n: dloc_ref[k, n, :])
+            return fma(decay, dh, tile_in(lambda n: dloc_ref[k, n, :]), asm=ftz)
 
         dh = lax.fori_loop(0, n_total - 1 - c, walk, dh)
     carry = (
@@ -345,7 +401,7 @@ def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flag
     bc = pl.BlockSpec((None, T, None, Np), lambda b, j, c: (b, 0, lax.div(j, per_group), 0))
     chan = pl.BlockSpec((bd,), lambda b, j, c: (j,))
     state = pl.BlockSpec((None, Np, bd), lambda b, j, c: (b, 0, j))
-    part_seq = pl.BlockSpec((None, None, T, Np), lambda b, j, c: (b, j, 0, 0))
+    part_seq = lambda width: pl.BlockSpec((None, None, T, width), lambda b, j, c: (b, j, 0, 0))  # noqa: E731
     part_chan = pl.BlockSpec((None, None, bd), lambda b, j, c: (b, c, j))
 
     args = [u, delta, At, B, C]
@@ -362,7 +418,11 @@ def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flag
     outs = [(sds(u.shape, u.dtype), seq), (sds(delta.shape, delta.dtype), seq)]
     if flags.has_z:
         outs.append((sds(z.shape, z.dtype), seq))
-    outs += [(sds((Bt, n_blocks, T, Np), F32), part_seq)] * 2
+    butterfly = butterfly_sums(Np, bd, bs.num_warps_bwd)
+    if butterfly:
+        outs.append((sds((Bt, n_blocks, T, 32), F32), part_seq(32)))
+    else:
+        outs += [(sds((Bt, n_blocks, T, Np), F32), part_seq(Np))] * 2
     outs.append((sds((Bt, nc, Np, Dp), F32),
                  pl.BlockSpec((None, None, Np, bd), lambda b, j, c: (b, c, 0, j))))
     if flags.has_D:
@@ -374,7 +434,7 @@ def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flag
 
     kernel = functools.partial(
         _bwd_kernel, T=T, checkpoint=bs.checkpoint, chunk=chunk, sub=sub, n_total=nc,
-        flags=flags, ftz=not interpret,
+        flags=flags, butterfly=butterfly, ftz=not interpret,
     )
     res = pl.pallas_call(
         kernel,
@@ -392,7 +452,12 @@ def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flag
     res = list(res)
     du, ddelta = res.pop(0), res.pop(0)
     dz = res.pop(0) if flags.has_z else None
-    dB_part, dC_part, dA_part = res.pop(0), res.pop(0), res.pop(0)
+    if butterfly:  # [.., T, 32]: lanes (B or C, copy, n) -> dB, dC (first copy)
+        part = res.pop(0).reshape(Bt, n_blocks, T, 2, 16 // Np, Np)
+        dB_part, dC_part = part[..., 0, 0, :], part[..., 1, 0, :]
+    else:
+        dB_part, dC_part = res.pop(0), res.pop(0)
+    dA_part = res.pop(0)
     dD = res.pop(0).sum((0, 1)) if flags.has_D else None
     dbias = res.pop(0).sum((0, 1)) if flags.has_bias else None
     dh0 = res.pop(0) if flags.has_h0 else None

@@ -35,6 +35,9 @@ class BlockSizes:
       num_warps, num_stages: Triton launch parameters.
       checkpoint: the forward saves the state every `checkpoint` steps for the backward
         (multiple of `unroll` and of `sub`).
+      block_d_carry: channels per program of the walk that carries the state across chunks
+        (`fwd._carry_kernel`; used up to `block_d`): its NC - 1 steps are serial, so it wants
+        many small programs, not the passes' few wide ones.
 
     Backward (`*_bwd`): one program per (batch, channel block, `chunk_bwd` steps); the state is
     held as N rows of `block_d_bwd` channels. At `block_d_bwd = 32 * num_warps_bwd` each thread
@@ -57,6 +60,7 @@ class BlockSizes:
     num_warps: int = 2
     num_stages: int = 1
     checkpoint: int = 8
+    block_d_carry: int = 32
     block_d_bwd: int = 32
     chunk_bwd: int = 256
     sub: int = 4
@@ -64,7 +68,7 @@ class BlockSizes:
     num_stages_bwd: int = 1
 
     def __post_init__(self):
-        for name in ("block_d", "unroll", "block_d_bwd", "sub"):
+        for name in ("block_d", "unroll", "block_d_carry", "block_d_bwd", "sub"):
             value = getattr(self, name)
             if not _is_pow2(value):
                 raise ValueError(f"{name} must be a power of two, got {name}={value!r}")
@@ -108,5 +112,6 @@ class BlockSizes:
         """Clamp the channel blocks to the channels of one group (rounded up to a power of two)."""
         limit = next_pow2(channels_per_group)
         return dataclasses.replace(
-            self, block_d=min(self.block_d, limit), block_d_bwd=min(self.block_d_bwd, limit)
+            self, block_d=min(self.block_d, limit), block_d_carry=min(self.block_d_carry, limit),
+            block_d_bwd=min(self.block_d_bwd, limit),
         )

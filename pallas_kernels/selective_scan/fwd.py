@@ -9,11 +9,13 @@ Why this shape (H100, Mamba-370M layer B=4, T=4096, D=2048, N=16, bf16 activatio
 - Time parallelism (Mamba-2's state passing): time is cut into chunks of `chunk` steps.
   Pass 1 (`_state_kernel`, grid (B, D/block_d, NC-1)) scans each chunk but the last from a zero
   state and writes only its end state `h_loc [B, NC-1, N, D]` and its sum of dt `[B, NC-1, D]`
-  (the chunk's decay is exp(A sum dt): one exp per (d, n), not per step). Pass 2
-  (`_out_kernel`, grid (B, D/block_d, NC)) first walks the chunks before its own,
-  `h = exp(A S_k) h + h_loc[k]` (c steps of one tile, ~NC/2 tiles per program, from L2), then
-  reruns its chunk from that state and writes y, the checkpoints and (last chunk) the final
-  state. Twice the exps of one pass, NC times the programs.
+  (the chunk's decay is exp(A sum dt): one exp per (d, n), not per step). The carry
+  (`_carry_kernel`, grid (B, D/block_d_carry)) walks the chunks in order, `h_in[k+1] =
+  exp(A S_k) h_in[k] + h_loc[k]`, and writes the state entering every chunk `[B, NC, N, D]`.
+  Pass 2 (`_out_kernel`, grid (B, D/block_d, NC)) reruns its chunk from that state and writes
+  y, the checkpoints and (last chunk) the final state. Twice the exps of one pass, NC times the
+  programs. (Until 2026-12 pass 2 walked the chunks before its own itself: ~NC/2 tile steps
+  per program, repeated by every program.)
 - The state tile is `[N, block_d]` (channels along the fast axis). With `block_d = 4 * 32 *
   num_warps` Triton's layout gives each thread 4 channels x all N: per-channel work runs once,
   the readout over N is in-thread, the rows of u/delta/z/y (4 channels per thread) and the
@@ -31,7 +33,8 @@ Why this shape (H100, Mamba-370M layer B=4, T=4096, D=2048, N=16, bf16 activatio
   with checkpoints), at ~2x the instructions counted above (libdevice's exp2f wrapped each
   MUFU.EX2 in subnormal handling: now `exp2(ftz=True)`; `a * h + b` is FMUL + FADD, not
   contracted) and ~2 warps per scheduler (registers), half the cycles with none eligible.
-  With ftz the forward takes 1.02 ms (benchmarks/RESULTS.md, round 3).
+  With ftz the forward takes 1.02 ms (benchmarks/RESULTS.md, round 3). The multiply-adds are
+  now `fma.rn.f32` (`_common.fma`, inline PTX).
 
 Layout: u, delta, z, y `[B, T, D]`; B, C `[B, T, G, N]` (the program's channel block lies in one
 group); `At` is A transposed, `[N, D]`; D, delta_bias `[D]`; states `[B, N, D]` (transposed).
@@ -50,7 +53,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels._common import exp2
+from pallas_kernels._common import exp2, fma
 
 LOG2E = 1.4426950408889634
 F32 = jnp.float32
@@ -120,8 +123,8 @@ def _state_kernel(*refs, chunk, unroll, flags: Flags, prefetch, ftz):
             rows = load_block(base + i * unroll)
         for u, dl, B_t in rows:
             _, dt = discretize(dl, bias, flags)
-            h = exp2(A2 * dt[None, :], ftz=ftz) * h + B_t.astype(F32)[:, None] * (
-                dt * u.astype(F32))[None, :]
+            h = fma(exp2(A2 * dt[None, :], ftz=ftz), h,
+                    B_t.astype(F32)[:, None] * (dt * u.astype(F32))[None, :], asm=ftz)
             s = s + dt
         return (h, s, nxt) if prefetch else (h, s)
 
@@ -133,6 +136,36 @@ def _state_kernel(*refs, chunk, unroll, flags: Flags, prefetch, ftz):
     dtsum_ref[...] = carry[1]
 
 
+def _carry_kernel(*refs, n_total, unroll, has_h0, ftz):
+    """The state entering every chunk: `h_in[0] = h0`, `h_in[k+1] = exp(A S_k) h_in[k] + h_loc[k]`.
+
+    One program per (batch, channel block) walks the NC chunks in order; the loads of `h_loc[k]`
+    and `S_k` do not depend on the carry, so the `unroll` of them in one iteration are in flight
+    together and the walk is a chain of `n_total` fused multiply-adds per state element.
+    """
+    At_ref, *rest = refs
+    h0_ref = rest.pop(0) if has_h0 else None
+    hloc_ref, dtsum_ref, hin_ref = rest
+    A2 = At_ref[...].astype(F32) * LOG2E
+    h = h0_ref[...].astype(F32) if has_h0 else jnp.zeros(A2.shape, F32)
+    hin_ref[0] = h
+
+    def step(k, h):
+        h = fma(exp2(A2 * dtsum_ref[k][None, :], ftz=ftz), h, hloc_ref[k], asm=ftz)
+        hin_ref[k + 1] = h
+        return h
+
+    def body(i, h):
+        for k in range(unroll):
+            h = step(i * unroll + k, h)
+        return h
+
+    n_walk = n_total - 1
+    h = lax.fori_loop(0, n_walk // unroll, body, h)
+    for k in range(n_walk - n_walk % unroll, n_walk):
+        h = step(k, h)
+
+
 def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save, prefetch,
                 ftz):
     """Pass 2: the state entering chunk c from the chunks before it, then the chunk's outputs."""
@@ -142,9 +175,8 @@ def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save
     D_ref = rest.pop(0) if flags.has_D else None
     z_ref = rest.pop(0) if flags.has_z else None
     bias_ref = rest.pop(0) if flags.has_bias else None
-    h0_ref = rest.pop(0) if flags.has_h0 else None
-    if n_total > 1:
-        hloc_ref, dtsum_ref = rest.pop(0), rest.pop(0)
+    h0_ref = rest.pop(0) if flags.has_h0 and n_total == 1 else None
+    hin_ref = rest.pop(0) if n_total > 1 else None
     out_ref, last_ref = rest.pop(0), rest.pop(0)
     states_ref = rest.pop(0) if save else None
 
@@ -153,10 +185,12 @@ def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save
     A2 = At_ref[...].astype(F32) * LOG2E
     Dv = D_ref[...].astype(F32) if flags.has_D else None
     bias = bias_ref[...].astype(F32) if flags.has_bias else None
-    h = h0_ref[...].astype(F32) if flags.has_h0 else jnp.zeros(A2.shape, F32)
     if n_total > 1:
-        h = lax.fori_loop(
-            0, c, lambda k, h: exp2(A2 * dtsum_ref[k][None, :], ftz=ftz) * h + hloc_ref[k], h)
+        h = hin_ref[...]  # the state entering chunk c (`_carry_kernel`)
+    elif flags.has_h0:
+        h = h0_ref[...].astype(F32)
+    else:
+        h = jnp.zeros(A2.shape, F32)
 
     masked = T % unroll != 0  # only the last iteration of the last chunk runs past T
 
@@ -173,7 +207,8 @@ def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save
         _, dt = discretize(raw[1], bias, flags)
         if masked:
             dt = jnp.where(t < T, dt, 0.0)
-        h = exp2(A2 * dt[None, :], ftz=ftz) * h + raw[2].astype(F32)[:, None] * (dt * u)[None, :]
+        h = fma(exp2(A2 * dt[None, :], ftz=ftz), h, raw[2].astype(F32)[:, None] * (dt * u)[None, :],
+                asm=ftz)
         y = jnp.sum(h * raw[3].astype(F32)[:, None], axis=0)
         if flags.has_D:
             y = y + Dv * u
@@ -255,12 +290,12 @@ def forward(u, delta, At, B, C, D, z, bias, h0, *, flags: Flags, block_sizes, sa
     state = pl.BlockSpec((None, Np, bd), lambda b, j, c: (b, 0, j))
     sds = jax.ShapeDtypeStruct
 
-    extra_args, extra_specs = [], []
+    hin = None
     if nc > 1:  # pass 1: the end states of chunks 0 .. nc-2
         args = [u, delta, At, B] + ([bias] if flags.has_bias else [])
         specs = [seq, seq, tile, bc] + ([chan] if flags.has_bias else [])
         out_shape = [sds((Bt, nc - 1, Np, Dp), F32), sds((Bt, nc - 1, Dp), F32)]
-        extra_args = pl.pallas_call(
+        hloc, dtsum = pl.pallas_call(
             functools.partial(_state_kernel, chunk=chunk, unroll=unroll, flags=flags,
                               prefetch=bs.prefetch, ftz=not interpret),
             grid=(Bt, Dp // bd, nc - 1),
@@ -273,18 +308,39 @@ def forward(u, delta, At, B, C, D, z, bias, h0, *, flags: Flags, block_sizes, sa
             interpret=interpret,
             name="selective_scan_fwd_states",
         )(*args)
-        extra_specs = [pl.BlockSpec((None, nc - 1, Np, bd), lambda b, j, c: (b, 0, 0, j)),
-                       pl.BlockSpec((None, nc - 1, bd), lambda b, j, c: (b, 0, j))]
+        # the state entering each chunk, from h0 and the chunks' end states
+        bdc = min(bs.block_d_carry, bd)
+        args = [At] + ([h0] if flags.has_h0 else []) + [hloc, dtsum]
+        carry_state = pl.BlockSpec((None, Np, bdc), lambda b, j: (b, 0, j))
+        specs = ([pl.BlockSpec((Np, bdc), lambda b, j: (0, j))]
+                 + ([carry_state] if flags.has_h0 else [])
+                 + [pl.BlockSpec((None, nc - 1, Np, bdc), lambda b, j: (b, 0, 0, j)),
+                    pl.BlockSpec((None, nc - 1, bdc), lambda b, j: (b, 0, j))])
+        out_shape = sds((Bt, nc, Np, Dp), F32)
+        hin = pl.pallas_call(
+            functools.partial(_carry_kernel, n_total=nc, unroll=8, has_h0=flags.has_h0,
+                              ftz=not interpret),
+            grid=(Bt, Dp // bdc),
+            in_specs=specs,
+            out_specs=pl.BlockSpec((None, nc, Np, bdc), lambda b, j: (b, 0, 0, j)),
+            out_shape=out_shape,
+            compiler_params=pltriton.CompilerParams(num_warps=max(1, bdc // 128),
+                                                    num_stages=1),
+            cost_estimate=_cost(args, [out_shape], 2 * Bt * nc * Np * Dp, Bt * nc * Np * Dp),
+            interpret=interpret,
+            name="selective_scan_fwd_carry",
+        )(*args)
 
     args = [u, delta, At, B, C]
     specs = [seq, seq, tile, bc, bc]
     for present, x, spec in ((flags.has_D, D, chan), (flags.has_z, z, seq),
-                             (flags.has_bias, bias, chan), (flags.has_h0, h0, state)):
+                             (flags.has_bias, bias, chan),
+                             (flags.has_h0 and nc == 1, h0, state),
+                             (nc > 1, hin, pl.BlockSpec((None, None, Np, bd),
+                                                        lambda b, j, c: (b, c, 0, j)))):
         if present:
             args.append(x)
             specs.append(spec)
-    args += list(extra_args)
-    specs += extra_specs
 
     out_shape = [sds(u.shape, u.dtype), sds((Bt, Np, Dp), F32)]
     out_specs = [seq, state]

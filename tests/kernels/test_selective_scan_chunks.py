@@ -31,8 +31,8 @@ CASES = [
     ("short-fwd-long-bwd", 40, 16, 4, None, (False, True, False, True, False),
      BlockSizes(block_d=16, chunk=64, unroll=2, checkpoint=8, chunk_bwd=16, block_d_bwd=16,
                 sub=2)),
-    ("many-chunks", 130, 32, 16, 4, ALL,
-     BlockSizes(block_d=8, chunk=8, unroll=2, checkpoint=8, chunk_bwd=8, block_d_bwd=8, sub=8,
+    ("many-chunks", 130, 64, 16, 2, ALL,  # one warp of 32 channels: lane-shuffle dB/dC sums
+     BlockSizes(block_d=8, chunk=8, unroll=2, checkpoint=8, chunk_bwd=8, block_d_bwd=32, sub=8,
                 prefetch=False)),
 ]
 

@@ -14,6 +14,7 @@ from jaxla import ops
 from jaxla.testing import assert_close, outputs_and_grads, random_like
 from pallas_kernels._common import lower_for_cuda
 from pallas_kernels.selective_scan import MAX_N, BlockSizes, selective_scan
+from pallas_kernels.selective_scan.bwd import butterfly_sums
 from tests.inputs import selective_scan_inputs
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")
@@ -32,13 +33,14 @@ FLAT = BlockSizes(block_d=16, unroll=2, chunk=24, checkpoint=8, block_d_bwd=16, 
 BLOCKS = {"default": None, "small": SMALL, "flat": FLAT, "wide": BlockSizes.get_default(64)}
 
 # (T, D, N, groups, use_D, use_z, use_bias, softplus, with_h0, blocks): each option on and off,
-# T in {1, 63, 65, 300}, N in {4, 12, 16, 64}, D not a multiple of the channel block (24, 40 with
-# groups of 10), B/C variable [B, T, N] (groups None) and grouped [B, T, G, N].
+# T in {1, 63, 65, 300}, N in {4, 12, 16, 64}, D not a multiple of the channel block (24, 40, 48;
+# 40 with groups of 10), B/C variable [B, T, N] (groups None) and grouped [B, T, G, N]. The
+# default tiles sum dB/dC with lane shuffles (`_channel_sums`) at D = 24, 40, 48 (N = 16, 4).
 CASES = [
-    (1, 16, 4, None, True, True, True, True, True, "default"),
+    (1, 40, 4, None, True, True, True, True, True, "default"),
     (63, 24, 16, None, False, False, False, False, False, "default"),
     (65, 32, 4, 2, True, False, True, True, False, "small"),
-    (300, 16, 16, None, True, True, False, True, True, "default"),
+    (300, 48, 16, None, True, True, False, True, True, "default"),
     (300, 8, 64, 1, False, True, True, False, True, "wide"),
     (65, 40, 12, 4, True, True, True, True, True, "small"),
     (63, 16, 16, None, True, True, True, True, True, "flat"),
@@ -255,7 +257,8 @@ def test_kernels_lower_for_cuda(case):
 
     # The chunk-state passes run only when there is more than one time chunk.
     blocks = bs or BlockSizes.get_default(N)
-    fwd_names = ["selective_scan_fwd"] + ["selective_scan_fwd_states"] * (T > blocks.chunk)
+    fwd_names = ["selective_scan_fwd"] + ["selective_scan_fwd_states",
+                                          "selective_scan_fwd_carry"] * (T > blocks.chunk)
     bwd_names = ["selective_scan_bwd"] + ["selective_scan_bwd_states"] * (T > blocks.chunk_bwd)
     text = lower_for_cuda(fwd, *args)
     assert text.count("__gpu$xla.gpu.triton") == len(fwd_names)
@@ -266,3 +269,10 @@ def test_kernels_lower_for_cuda(case):
     # Every decay is PTX's one-instruction exp2 (libdevice's exp2f adds subnormal handling).
     assert "__nv_exp2f" not in text
     assert text.count("ex2.approx.ftz.f32") >= len(fwd_names) + len(bwd_names)
+    # Multiply-adds are single-rounding fmas (Triton leaves a * b + c as two instructions).
+    assert text.count("fma.rn.f32") >= len(fwd_names) + len(bwd_names)
+    # The backward's channel sums are lane shuffles where one warp holds 32 channels.
+    Np = 1 << (N - 1).bit_length()
+    block_d_bwd = blocks.for_channels(D // (groups or 1)).block_d_bwd
+    butterfly = butterfly_sums(Np, block_d_bwd, blocks.num_warps_bwd)
+    assert ("shfl.sync.bfly.b32" in text) == butterfly
