@@ -11,7 +11,12 @@ one's schedule: no time parallelism) with the new tiles; round one's own best (b
 2026-11-24) is printed as a reference line. Stops starting new variants after `--budget`
 seconds (compiles dominate). Writes `selective_scan_tune.json` under $OUT when set.
 
-Options: --T 4096 --budget 240 --only name1 name2 ...
+`--forward-only` times instead the forward as training runs it (with the saved states) for the
+`FWD_VARIANTS` (forward fields only, so each compiles in seconds), checks its output against the
+xla path, then runs the full fwd+bwd of the default and of the default with the fastest
+forward's fields (when that forward is over 2% faster), side by side.
+
+Options: --T 4096 --budget 240 --only name1 name2 ... --forward-only
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ from benchmarks.kernels.selective_scan import MAMBA_SSM_MS, inputs
 from benchmarks.timing import jax_peak_bytes, time_jax
 from jaxla import ops
 from jaxla.testing import rel_error
+from pallas_kernels._common import default_interpret
 from pallas_kernels.selective_scan import BlockSizes, selective_scan
+from pallas_kernels.selective_scan.api import _forward, _Static
+from pallas_kernels.selective_scan.fwd import Flags
 
 B = BlockSizes.get_default  # N = 16 defaults + overrides
 # Most informative first: the budget may cut the tail.
@@ -53,6 +61,26 @@ VARIANTS = {
     "bw2": B(num_warps_bwd=2, block_d_bwd=64),
     "fstages2": B(num_stages=2, num_stages_bwd=2),
 }
+# Forward-only variants (`--forward-only`): the backward's fields stay at their defaults.
+FWD_VARIANTS = {
+    "default": B(),
+    "carry256": B(block_d_carry=256),  # the carry walk on the passes' wide tiles
+    "carry128": B(block_d_carry=128),
+    "fc32": B(chunk=32),
+    "fc128": B(chunk=128),
+    "fc256": B(chunk=256),
+    "fw1": B(num_warps=1, block_d=128),
+    "fw4": B(num_warps=4, block_d=512),
+    "u2": B(unroll=2),
+    "u8": B(unroll=8),
+    "u4-pf": B(prefetch=True),
+    "fstages2": B(num_stages=2),
+    # one pass over all T, no chunk states: one channel x N per thread, many small programs
+    "oc-bd32-pf": B(chunk=1 << 20, num_warps=1, block_d=32, prefetch=True),
+    "oc-bd64-pf": B(chunk=1 << 20, num_warps=2, block_d=64, prefetch=True),
+}
+FWD_FIELDS = ("block_d", "chunk", "unroll", "prefetch", "num_warps", "num_stages",
+              "block_d_carry")
 # Round one's best, measured on the same H100 model (notes/scan_tune_run1.txt), not rerun.
 ROUND_ONE = ("round1 bd16-w2 (2026-11-24, not rerun)", 1.139, 4.952)
 
@@ -89,13 +117,54 @@ def run_variant(name, bs, args, ref):
             "block_sizes": dataclasses.asdict(bs)}
 
 
+def _fwd_save_fn(bs):
+    """The forward as the custom VJP runs it for training: output and saved states."""
+    static = _Static(Flags(has_D=True, has_z=True, has_bias=True, has_h0=False, softplus=True),
+                     bs, default_interpret())
+
+    def fn(u, delta, A, Bm, Cm, D, z, bias):
+        out, _, states = _forward(static, u, delta, A, Bm[:, :, None], Cm[:, :, None], D, z,
+                                  bias, None, save=True)
+        return out, states
+    return fn
+
+
+def forward_only(names, args, ref_out, budget):
+    rows, start = [], time.perf_counter()
+    for name in names:
+        if time.perf_counter() - start > budget:
+            print(f"{name}: skipped (budget)", flush=True)
+            continue
+        try:
+            t0 = time.perf_counter()
+            fn = jax.jit(_fwd_save_fn(FWD_VARIANTS[name]))
+            out, _ = jax.block_until_ready(fn(*args))
+            compile_s = time.perf_counter() - t0
+            row = {"name": name, "fwd_save_ms": time_jax(fn, *args),
+                   "error": rel_error(out, ref_out), "compile_s": compile_s}
+            row["ok"] = row["error"] < 2e-2
+            print(f"{name}: fwd (saving states) {row['fwd_save_ms']:.3f} ms, error "
+                  f"{row['error']:.2e}, compile {compile_s:.0f}s", flush=True)
+        except Exception as e:  # noqa: BLE001 - a variant that fails to compile or run
+            traceback.print_exc()
+            row = {"name": name, "failed": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+            print(f"{name}: FAILED {row['failed']}", flush=True)
+        rows.append(row)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--T", type=int, default=4096)
     parser.add_argument("--budget", type=float, default=240.0, help="seconds for all variants")
-    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="variants to run")
+    parser.add_argument("--only", nargs="+", help="variants to run")
+    parser.add_argument("--forward-only", action="store_true")
     args_ns = parser.parse_args(argv)
+    table = FWD_VARIANTS if args_ns.forward_only else VARIANTS
+    unknown = sorted(set(args_ns.only or ()) - set(table))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {sorted(table)}")
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, T={args_ns.T}", flush=True)
 
     args = inputs(args_ns.T)
@@ -105,6 +174,30 @@ def main(argv=None):
               time_jax(jax.jit(_grad(_xla_fn)), *args, iters=10))
     print(f"xla path: fwd {xla_ms[0]:.3f} ms, fwd+bwd {xla_ms[1]:.3f} ms "
           f"({time.perf_counter() - t0:.0f}s)", flush=True)
+
+    if args_ns.forward_only:
+        fwd_rows = forward_only(args_ns.only or list(FWD_VARIANTS), args, ref[0], args_ns.budget)
+        ok = sorted((r for r in fwd_rows if r.get("ok")), key=lambda r: r["fwd_save_ms"])
+        default = next((r for r in ok if r["name"] == "default"), None)
+        to_run = {"default": VARIANTS["default"]}
+        if ok and default and ok[0]["fwd_save_ms"] < 0.98 * default["fwd_save_ms"]:
+            best = FWD_VARIANTS[ok[0]["name"]]
+            to_run["default+" + ok[0]["name"]] = dataclasses.replace(
+                VARIANTS["default"], **{f: getattr(best, f) for f in FWD_FIELDS})
+        full = [run_variant(name, bs, args, ref) for name, bs in to_run.items()]
+        lines = [f"forward (saving states), B=4 T={args_ns.T} D=2048 N=16 bf16 on "
+                 f"{jax.devices()[0].device_kind}"]
+        lines += [f"  {r['name']:<14}{r['fwd_save_ms']:8.3f} ms  error {r['error']:.1e}"
+                  for r in ok]
+        lines += [f"  {r['name']:<14}FAILED {r['failed']}" for r in fwd_rows if "failed" in r]
+        lines += [f"full: {r['name']}: fwd {r['fwd_ms']:.3f} ms, fwd+bwd {r['fwd_bwd_ms']:.3f} ms, "
+                  f"error {r['error']:.2e}" for r in full]
+        print("\n".join(lines))
+        out = os.environ.get("OUT")
+        if out:
+            Path(out, "selective_scan_fwd_tune.json").write_text(json.dumps(
+                {"T": args_ns.T, "forward": fwd_rows, "full": full}, indent=1))
+        return
 
     results, skipped = [], []
     start = time.perf_counter()

@@ -1,0 +1,97 @@
+"""Time jaxla's selective-scan kernels over T, with the xla path beside them, in one process.
+
+  python3 -m benchmarks.gpu.scan_compare --label NAME [--T 4096 1024 ...] [--xla-T 4096]
+      [--save-npz FILE]
+
+Shapes and inputs are those of `benchmarks.kernels.selective_scan` (a Mamba-370M layer: B=4,
+D=2048, N=16, bf16, z / D / delta_bias / softplus). For each T, in the order given: the Pallas
+kernels' fwd and fwd+bwd (all eight gradients of `sum(out)`), then, where T is in `--xla-T`, the
+xla path and the largest relative error between the two over the output and the gradients.
+`--save-npz` writes the Pallas output and gradients for the first T (float32) for
+`benchmarks.gpu.mamba_ssm_ref bench --check`. Run it with another `pallas_kernels` first on
+PYTHONPATH (and another --label) to time two versions of the kernels in one device call. One JSON
+line per measurement; `$OUT/scan_<label>.json` at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from benchmarks.kernels.selective_scan import IMPLS, _fwd_bwd, floor, inputs
+from benchmarks.timing import jax_peak_bytes, time_jax
+from jaxla.testing import rel_error
+
+GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias")
+
+
+def measure(impl: str, T: int, args, iters: int):
+    row = {"impl": impl, "T": T}
+    results = {}
+    for mode in ("fwd", "fwd+bwd"):
+        fn = IMPLS[impl] if mode == "fwd" else _fwd_bwd(IMPLS[impl])
+        start = time.perf_counter()
+        jitted = jax.jit(fn)
+        results[mode] = jax.block_until_ready(jitted(*args))
+        compile_s = time.perf_counter() - start
+        row[mode] = {"ms": time_jax(jitted, *args, warmup=2, iters=iters),
+                     "compile_s": round(compile_s, 1), "floor_ms": floor(T, mode)}
+        peak = jax_peak_bytes(fn, *args)
+        row[mode]["peak_gib"] = None if peak is None else peak / 2**30
+        print(json.dumps({"event": "timed", "impl": impl, "T": T, "mode": mode, **row[mode]}),
+              flush=True)
+    return row, results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--T", type=int, nargs="+", default=[4096, 1024, 2048, 8192])
+    parser.add_argument("--xla-T", type=int, nargs="*", default=[4096])
+    parser.add_argument("--save-npz", type=Path)
+    args_ns = parser.parse_args(argv)
+    print(f"[{args_ns.label}] jax {jax.__version__} on {jax.devices()[0].device_kind}",
+          flush=True)
+
+    rows = []
+    for i, T in enumerate(args_ns.T):
+        args = inputs(T)
+        row, got = measure("pallas", T, args, iters=30)
+        if i == 0 and args_ns.save_npz is not None:
+            # the gradients of sum(out): a cotangent of ones
+            arrays = {"out": got["fwd"], **dict(zip(GRAD_NAMES, got["fwd+bwd"], strict=True))}
+            np.savez(args_ns.save_npz, **{k: np.asarray(v, np.float32)
+                                          for k, v in arrays.items()})
+        if T in args_ns.xla_T:
+            xla_row, want = measure("xla", T, args, iters=10)
+            pairs = zip([got["fwd"], *got["fwd+bwd"]], [want["fwd"], *want["fwd+bwd"]],
+                        strict=True)
+            errors = [rel_error(a, b) for a, b in pairs]
+            row["error_vs_xla"] = dict(zip(("out",) + GRAD_NAMES, errors, strict=True))
+            row["xla"] = {m: xla_row[m] for m in ("fwd", "fwd+bwd")}
+            print(json.dumps({"event": "error_vs_xla", "T": T, **row["error_vs_xla"]}),
+                  flush=True)
+        rows.append(row)
+    out_dir = os.environ.get("OUT")
+    if out_dir:
+        Path(out_dir, f"scan_{args_ns.label}.json").write_text(json.dumps(rows, indent=1))
+    print(f"[{args_ns.label}] {'T':>6}{'fwd ms':>9}{'f+b ms':>9}{'xla fwd':>9}{'xla f+b':>9}"
+          f"{'max err':>9}")
+    for r in rows:
+        xla = r.get("xla")
+        xf, xb = (f"{xla['fwd']['ms']:9.3f}", f"{xla['fwd+bwd']['ms']:9.3f}") if xla else ("-",
+                                                                                          "-")
+        err = f"{max(r['error_vs_xla'].values()):9.2e}" if "error_vs_xla" in r else "-"
+        print(f"[{args_ns.label}] {r['T']:>6}{r['fwd']['ms']:9.3f}{r['fwd+bwd']['ms']:9.3f}"
+              f"{xf:>9}{xb:>9}{err:>9}")
+
+
+if __name__ == "__main__":
+    main()
