@@ -32,6 +32,21 @@ def time_jax(fn, *args, warmup: int = 3, iters: int = 30) -> float:
     return 1e3 * statistics.median(times)
 
 
+def time_jax_pipelined(fn, *args, calls: int = 50) -> float:
+    """Mean milliseconds per call of `calls` back-to-back calls, synchronised once at the end.
+
+    With no host round trip between calls the GPU runs them back to back, as it does for
+    `triton.testing.do_bench` (events around each call, no host sync between them): the fair
+    number to set beside a PyTorch time. `time_jax` adds each call's dispatch and sync latency.
+    """
+    jax.block_until_ready(fn(*args))
+    start = time.perf_counter()
+    for _ in range(calls):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return 1e3 * (time.perf_counter() - start) / calls
+
+
 def jax_peak_bytes(fn, *args) -> int | None:
     """Arguments + outputs + temporaries of the compiled program (None when XLA does not say)."""
     try:

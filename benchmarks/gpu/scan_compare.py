@@ -5,7 +5,8 @@
 
 Shapes and inputs are those of `benchmarks.kernels.selective_scan` (a Mamba-370M layer: B=4,
 D=2048, N=16, bf16, z / D / delta_bias / softplus). For each T, in the order given: the Pallas
-kernels' fwd and fwd+bwd (all eight gradients of `sum(out)`), then, where T is in `--xla-T`, the
+kernels' fwd and fwd+bwd (median of synchronised calls, and `pipe`: back-to-back calls, the
+number to set beside `triton.testing.do_bench`) (all eight gradients of `sum(out)`), then, where T is in `--xla-T`, the
 xla path and the largest relative error between the two over the output and the gradients.
 `--save-npz` writes the Pallas output and gradients for the first T (float32) for
 `benchmarks.gpu.mamba_ssm_ref bench --check`. Run it with another `pallas_kernels` first on
@@ -25,7 +26,7 @@ import jax
 import numpy as np
 
 from benchmarks.kernels.selective_scan import IMPLS, _fwd_bwd, floor, inputs
-from benchmarks.timing import jax_peak_bytes, time_jax
+from benchmarks.timing import jax_peak_bytes, time_jax, time_jax_pipelined
 from jaxla.testing import rel_error
 
 GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias")
@@ -41,6 +42,7 @@ def measure(impl: str, T: int, args, iters: int):
         results[mode] = jax.block_until_ready(jitted(*args))
         compile_s = time.perf_counter() - start
         row[mode] = {"ms": time_jax(jitted, *args, warmup=2, iters=iters),
+                     "pipe_ms": time_jax_pipelined(jitted, *args, calls=max(iters, 20)),
                      "compile_s": round(compile_s, 1), "floor_ms": floor(T, mode)}
         peak = jax_peak_bytes(fn, *args)
         row[mode]["peak_gib"] = None if peak is None else peak / 2**30
@@ -82,15 +84,15 @@ def main(argv=None):
     out_dir = os.environ.get("OUT")
     if out_dir:
         Path(out_dir, f"scan_{args_ns.label}.json").write_text(json.dumps(rows, indent=1))
-    print(f"[{args_ns.label}] {'T':>6}{'fwd ms':>9}{'f+b ms':>9}{'xla fwd':>9}{'xla f+b':>9}"
-          f"{'max err':>9}")
+    print(f"[{args_ns.label}] {'T':>6}{'fwd ms':>9}{'f+b ms':>9}{'fwd pipe':>9}{'f+b pipe':>9}"
+          f"{'xla fwd':>9}{'xla f+b':>9}{'max err':>9}")
     for r in rows:
         xla = r.get("xla")
         xf, xb = (f"{xla['fwd']['ms']:9.3f}", f"{xla['fwd+bwd']['ms']:9.3f}") if xla else ("-",
                                                                                           "-")
         err = f"{max(r['error_vs_xla'].values()):9.2e}" if "error_vs_xla" in r else "-"
         print(f"[{args_ns.label}] {r['T']:>6}{r['fwd']['ms']:9.3f}{r['fwd+bwd']['ms']:9.3f}"
-              f"{xf:>9}{xb:>9}{err:>9}")
+              f"{r['fwd']['pipe_ms']:9.3f}{r['fwd+bwd']['pipe_ms']:9.3f}{xf:>9}{xb:>9}{err:>9}")
 
 
 if __name__ == "__main__":

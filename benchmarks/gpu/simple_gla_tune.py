@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.timing import time_jax
+from benchmarks.timing import time_jax, time_jax_pipelined
 from jaxla import ops
 from jaxla.testing import rel_error
 from pallas_kernels import simple_gla as kernels
@@ -83,15 +83,6 @@ def functions(block_sizes, gated):
     return jax.jit(fn), jax.jit(fwd_bwd)
 
 
-def pipelined(run, *args, calls=50):
-    jax.block_until_ready(run(*args))
-    start = time.perf_counter()
-    for _ in range(calls):
-        out = run(*args)
-    jax.block_until_ready(out)
-    return 1e3 * (time.perf_counter() - start) / calls
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,9 +115,9 @@ def main(argv=None):
             row["err_fwd"] = rel_error(o, o_ref)
             row["err_bwd"] = max(rel_error(a, b) for a, b in zip(grads, grads_ref, strict=True))
             row["fwd_ms"] = time_jax(fwd, q, k, v, g)
-            row["fwd_pipe"] = pipelined(fwd, q, k, v, g)
+            row["fwd_pipe"] = time_jax_pipelined(fwd, q, k, v, g)
             row["fwd_bwd_ms"] = time_jax(fwd_bwd, q, k, v, g, do)
-            row["fwd_bwd_pipe"] = pipelined(fwd_bwd, q, k, v, g, do)
+            row["fwd_bwd_pipe"] = time_jax_pipelined(fwd_bwd, q, k, v, g, do)
             print(f"{name:>14}: fwd {row['fwd_ms']:.3f} ms (pipe {row['fwd_pipe']:.3f}), fwd+bwd "
                   f"{row['fwd_bwd_ms']:.3f} ms (pipe {row['fwd_bwd_pipe']:.3f}), err "
                   f"{row['err_fwd']:.1e}/{row['err_bwd']:.1e}, {row['compile_s']:.0f}s", flush=True)
