@@ -12,7 +12,7 @@
 # runs the other stages.   bash benchmarks/gpu/scan_vs_mamba_ssm.sh   (on the GPU, OUT set)
 # Env: STAGES (default "new old tests mamba"), TS (jaxla's T; the first is checked against
 # mamba_ssm; default 4096 1024 2048 8192), JOBS (nvcc jobs, 8), NEW_S / OLD_S / TUNE_S / TESTS_S
-# (stage limits, s), TUNE_BUDGET (s for the forward variants), END_S (when to stop waiting for the build, s from the start).
+# (stage limits, s), TUNE_BUDGET (s for the forward variants), TUNE_ARGS, END_S (when to stop waiting for the build, s from the start).
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -34,7 +34,7 @@ old() {
 }
 tune() {
   timeout "${TUNE_S:-200}" env PYTHONPATH=. python3 -m benchmarks.gpu.selective_scan_tune \
-    --forward-only --budget "${TUNE_BUDGET:-90}" > "$OUT/scan_tune.log" 2>&1
+    --forward-only --budget "${TUNE_BUDGET:-90}" ${TUNE_ARGS:-} > "$OUT/scan_tune.log" 2>&1
   echo "rc=$?"; grep -v Warning "$OUT/scan_tune.log" | sed -n '/^forward (saving/,$p'
 }
 tests() {
