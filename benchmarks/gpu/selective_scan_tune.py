@@ -64,7 +64,7 @@ VARIANTS = {
 # Forward-only variants (`--forward-only`): the backward's fields stay at their defaults.
 FWD_VARIANTS = {  # most informative first: the budget may cut the tail
     "default": B(),
-    "carry256": B(block_d_carry=256),  # the carry walk on the passes' wide tiles
+    "carry32": B(block_d_carry=32),  # the carry walk on 8x more, narrower programs
     "fc128": B(chunk=128),
     "fc32": B(chunk=32),
     "fw1": B(num_warps=1, block_d=128),
@@ -75,7 +75,7 @@ FWD_VARIANTS = {  # most informative first: the budget may cut the tail
     "u2": B(unroll=2),
     "fc256": B(chunk=256),
     "fw4": B(num_warps=4, block_d=512),
-    "carry128": B(block_d_carry=128),
+    "carry64": B(block_d_carry=64),
     "fstages2": B(num_stages=2),
     "oc-bd64-pf": B(chunk=1 << 20, num_warps=2, block_d=64, prefetch=True),
 }

@@ -36,8 +36,8 @@ class BlockSizes:
       checkpoint: the forward saves the state every `checkpoint` steps for the backward
         (multiple of `unroll` and of `sub`).
       block_d_carry: channels per program of the walk that carries the state across chunks
-        (`fwd._carry_kernel`; used up to `block_d`): its NC - 1 steps are serial, so it wants
-        many small programs, not the passes' few wide ones.
+        (`fwd._carry_kernel`; used up to `block_d`). Its NC - 1 steps are serial, so narrower
+        blocks (more programs) may pay; the default is the measured one, the passes' 256.
 
     Backward (`*_bwd`): one program per (batch, channel block, `chunk_bwd` steps); the state is
     held as N rows of `block_d_bwd` channels. At `block_d_bwd = 32 * num_warps_bwd` each thread
@@ -60,7 +60,7 @@ class BlockSizes:
     num_warps: int = 2
     num_stages: int = 1
     checkpoint: int = 8
-    block_d_carry: int = 32
+    block_d_carry: int = 256
     block_d_bwd: int = 32
     chunk_bwd: int = 256
     sub: int = 4

@@ -4,9 +4,10 @@ Forward and backward split time into chunks (`BlockSizes.chunk`, `chunk_bwd`) an
 between them; the backward recomputes states from checkpoints (`checkpoint`, `sub`). These
 cases put the chunk boundaries where they can break: T a multiple of every chunk (no masked
 steps), one step past a chunk, T below the forward chunk but above the backward one, sub-chunks
-that start 1-3 sub-chunks after their checkpoint, many one-interval chunks. Every case runs in
-Pallas' interpreter; three have a compiled `gpu` twin (same assertions; GPU compile time is the
-budget there, the other two differ only in block arithmetic the interpreter checks).
+that start 1-3 sub-chunks after their checkpoint, many one-interval chunks (their carry walk on
+narrower channel blocks than the passes). Every case runs in Pallas' interpreter; three have a
+compiled `gpu` twin (same assertions; GPU compile time is the budget there, the other two differ
+only in block arithmetic the interpreter checks).
 """
 
 import jax.numpy as jnp
@@ -31,9 +32,10 @@ CASES = [
     ("short-fwd-long-bwd", 40, 16, 4, None, (False, True, False, True, False),
      BlockSizes(block_d=16, chunk=64, unroll=2, checkpoint=8, chunk_bwd=16, block_d_bwd=16,
                 sub=2)),
-    ("many-chunks", 130, 64, 16, 2, ALL,  # one warp of 32 channels: lane-shuffle dB/dC sums
-     BlockSizes(block_d=8, chunk=8, unroll=2, checkpoint=8, chunk_bwd=8, block_d_bwd=32, sub=8,
-                prefetch=False)),
+    # one warp of 32 channels: lane-shuffle dB/dC sums; the carry walk on half the passes' block
+    ("many-chunks", 130, 64, 16, 2, ALL,
+     BlockSizes(block_d=16, chunk=8, unroll=2, checkpoint=8, block_d_carry=8, chunk_bwd=8,
+                block_d_bwd=32, sub=8, prefetch=False)),
 ]
 
 
