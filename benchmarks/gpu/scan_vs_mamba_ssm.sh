@@ -10,9 +10,10 @@
 #          against jaxla's (needs the `new` stage's arrays for the check)
 # mamba_ssm is built from its sdist (.carry/mamba_ssm) on the CPU from the start, while the GPU
 # runs the other stages.   bash benchmarks/gpu/scan_vs_mamba_ssm.sh   (on the GPU, OUT set)
-# Env: STAGES (default "new old tests mamba"), TEST_FILES (test files or node ids), TS (jaxla's T; the first is checked against
-# mamba_ssm; default 4096 1024 2048 8192), JOBS (nvcc jobs, 8), NEW_S / OLD_S / TUNE_S / TESTS_S
-# (stage limits, s), TUNE_BUDGET (s for the forward variants), TUNE_ARGS, END_S (when to stop waiting for the build, s from the start).
+# Env: STAGES (default "new old tests mamba"); TS (jaxla's T, the first checked against mamba_ssm;
+# default 4096 1024 2048 8192); TEST_FILES (test files or node ids); JOBS (nvcc jobs, 8);
+# NEW_S, OLD_S, TUNE_S, TESTS_S (stage limits, s); TUNE_BUDGET (s for the forward variants);
+# TUNE_ARGS (more selective_scan_tune options); END_S (when to stop waiting for the build).
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -38,9 +39,9 @@ tune() {
   echo "rc=$?"; grep -v Warning "$OUT/scan_tune.log" | sed -n '/^forward (saving/,$p'
 }
 tests() {
-  FILES=${TEST_FILES:-tests/kernels/test_selective_scan_kernel.py \
-tests/kernels/test_selective_scan_chunks.py} WORKERS=${WORKERS:-6} TOTAL_S=${TESTS_S:-170} bash benchmarks/gpu/gpu_tests.sh 2>&1 \
-    | grep -v autotune
+  local files="tests/kernels/test_selective_scan_kernel.py tests/kernels/test_selective_scan_chunks.py"
+  FILES=${TEST_FILES:-$files} WORKERS=${WORKERS:-6} TOTAL_S=${TESTS_S:-170} \
+    bash benchmarks/gpu/gpu_tests.sh 2>&1 | grep -v autotune
 }
 mamba() {
   while kill -0 "$build_pid" 2>/dev/null && [ "$SECONDS" -lt "${END_S:-520}" ]; do sleep 5; done
