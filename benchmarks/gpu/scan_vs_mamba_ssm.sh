@@ -39,7 +39,8 @@ tune() {
   echo "rc=$?"; grep -v Warning "$OUT/scan_tune.log" | sed -n '/^forward (saving/,$p'
 }
 tests() {
-  local files="tests/kernels/test_selective_scan_kernel.py tests/kernels/test_selective_scan_chunks.py"
+  local files="tests/kernels/test_selective_scan_kernel.py
+               tests/kernels/test_selective_scan_chunks.py"
   FILES=${TEST_FILES:-$files} WORKERS=${WORKERS:-6} TOTAL_S=${TESTS_S:-170} \
     bash benchmarks/gpu/gpu_tests.sh 2>&1 | grep -v autotune
 }
