@@ -18,11 +18,10 @@ log="$OUT/gpu_tests.log"
 timeout "${TOTAL_S:-570}" python3 -m pytest -v --tb=short -p no:cacheprovider -m gpu \
   -n "${WORKERS:-6}" $FILES > "$log" 2>&1
 echo "pytest rc=$? ($(grep -o '[0-9]* workers' "$log" | head -1))"
-for f in $FILES; do
-  b=$(basename "$f")
-  echo "$f: passed $(grep -c " PASSED.*$b\|$b.* PASSED" "$log")," \
-       "failed $(grep -c " FAILED.*$b\|$b.* FAILED" "$log")," \
-       "skipped $(grep -c " SKIPPED.*$b\|$b.* SKIPPED" "$log")"
+for f in $FILES; do  # files or node ids (fixed strings: ids have brackets)
+  lines=$(grep -F -- "$(basename "$f")" "$log")
+  echo "$f: passed $(grep -c " PASSED" <<<"$lines"), failed $(grep -c " FAILED" <<<"$lines")," \
+       "skipped $(grep -c " SKIPPED" <<<"$lines")"
 done
 tail -1 "$log"
 failed=$(grep -o '^FAILED [^ ]*' "$log" | cut -d' ' -f2 | sort -u)
