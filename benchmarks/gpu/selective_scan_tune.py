@@ -14,9 +14,10 @@ seconds (compiles dominate). Writes `selective_scan_tune.json` under $OUT when s
 `--forward-only` times instead the forward as training runs it (with the saved states) for the
 `FWD_VARIANTS` (forward fields only, so each compiles in seconds), checks its output against the
 xla path, then runs the full fwd+bwd of the default and of the default with the fastest
-forward's fields (when that forward is over 2% faster), side by side.
+forward's fields (when that forward is over 2% faster), side by side (`--no-confirm`: not those).
+Forward rows carry `back to back` times too (`timing.time_jax_pipelined`).
 
-Options: --T 4096 --budget 240 --only name1 name2 ... --forward-only
+Options: --T 4096 --budget 240 --only name1 name2 ... --forward-only [--no-confirm]
 """
 
 from __future__ import annotations
