@@ -5,13 +5,14 @@
 
 Shapes and inputs are those of `benchmarks.kernels.selective_scan` (a Mamba-370M layer: B=4,
 D=2048, N=16, bf16, z / D / delta_bias / softplus). For each T, in the order given: the Pallas
-kernels' fwd and fwd+bwd (median of synchronised calls, and `pipe`: back-to-back calls, the
-number to set beside `triton.testing.do_bench`) (all eight gradients of `sum(out)`), then, where T is in `--xla-T`, the
-xla path and the largest relative error between the two over the output and the gradients.
-`--save-npz` writes the Pallas output and gradients for the first T (float32) for
-`benchmarks.gpu.mamba_ssm_ref bench --check`. Run it with another `pallas_kernels` first on
-PYTHONPATH (and another --label) to time two versions of the kernels in one device call. One JSON
-line per measurement; `$OUT/scan_<label>.json` at the end.
+kernels' fwd and fwd+bwd (all eight gradients of `sum(out)`), as the median of synchronised
+calls and as `pipe` (back-to-back calls: the number to set beside `triton.testing.do_bench`),
+then, where T is in `--xla-T`, the xla path and the largest relative error between the two over
+the output and the gradients. `--save-npz` writes the Pallas output and gradients for the first
+T (float32) for `benchmarks.gpu.mamba_ssm_ref bench --check`. To time another version of the
+kernels in the same device call, run it from a folder holding that `pallas_kernels` (the working
+directory comes first on sys.path) with the repository on PYTHONPATH and another --label. One
+JSON line per measurement; `$OUT/scan_<label>.json` at the end.
 """
 
 from __future__ import annotations

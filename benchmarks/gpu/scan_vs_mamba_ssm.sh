@@ -45,6 +45,7 @@ tests() {
     bash benchmarks/gpu/gpu_tests.sh 2>&1 | grep -v autotune
 }
 mamba() {
+  [ -n "${build_pid:-}" ] || { echo "no mamba_ssm sdist under $src"; return; }
   while kill -0 "$build_pid" 2>/dev/null && [ "$SECONDS" -lt "${END_S:-520}" ]; do sleep 5; done
   tail -2 "$OUT/mamba_build.log"
   if kill -0 "$build_pid" 2>/dev/null || ! grep -q "build rc=0" "$OUT/mamba_build.log"; then
