@@ -1,23 +1,25 @@
 """Time jaxla's selective-scan kernels over T, with the xla path beside them, in one process.
 
   python3 -m benchmarks.gpu.scan_compare --label NAME [--T 4096 1024 ...] [--xla-T 4096]
-      [--save-npz FILE]
+      [--blocks chunk=256 ...] [--save-npz FILE]
 
 Shapes and inputs are those of `benchmarks.kernels.selective_scan` (a Mamba-370M layer: B=4,
 D=2048, N=16, bf16, z / D / delta_bias / softplus). For each T, in the order given: the Pallas
 kernels' fwd and fwd+bwd (all eight gradients of `sum(out)`), as the median of synchronised
-calls and as `pipe` (back-to-back calls: the number to set beside `triton.testing.do_bench`),
-then, where T is in `--xla-T`, the xla path and the largest relative error between the two over
-the output and the gradients. `--save-npz` writes the Pallas output and gradients for the first
-T (float32) for `benchmarks.gpu.mamba_ssm_ref bench --check`. To time another version of the
-kernels in the same device call, run it from a folder holding that `pallas_kernels` (the working
-directory comes first on sys.path) with the repository on PYTHONPATH and another --label. One
-JSON line per measurement; `$OUT/scan_<label>.json` at the end.
+calls and as `pipe` (back-to-back calls: the number to set beside `triton.testing.do_bench`);
+`--blocks` sets BlockSizes fields over the defaults. Then, where T is in `--xla-T`, the xla path
+and the largest relative error between the two over the output and the gradients. `--save-npz`
+writes the Pallas output and gradients for the first T (float32) for `benchmarks.gpu.
+mamba_ssm_ref bench --check`. To time another version of the kernels in the same device call,
+run it from a folder holding that `pallas_kernels` (the working directory comes first on
+sys.path) with the repository on PYTHONPATH and another --label. One JSON line per
+measurement; `$OUT/scan_<label>.json` at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -26,18 +28,46 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from benchmarks.kernels.selective_scan import IMPLS, _fwd_bwd, floor, inputs
+from benchmarks.kernels.selective_scan import IMPLS, STATE, _fwd_bwd, floor, inputs
 from benchmarks.timing import jax_peak_bytes, time_jax, time_jax_pipelined
 from jaxla.testing import rel_error
+from pallas_kernels.selective_scan import BlockSizes, selective_scan
 
 GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias")
 
 
-def measure(impl: str, T: int, args, iters: int):
+def pallas_with(blocks: dict):
+    """The Pallas kernels on `BlockSizes.get_default(16, **blocks)` (the op's default if empty)."""
+    if not blocks:
+        return IMPLS["pallas"]
+    bs = BlockSizes.get_default(STATE, **blocks)
+
+    def fn(u, delta, A, B, C, D, z, delta_bias):
+        return selective_scan(u, delta, A, B, C, D, z, delta_bias=delta_bias,
+                              delta_softplus=True, block_sizes=bs)[0]
+    return fn
+
+
+def parse_blocks(items) -> dict:
+    """`["chunk=256", "prefetch=true"]` -> `{"chunk": 256, "prefetch": True}`."""
+    fields = {f.name: f.type for f in dataclasses.fields(BlockSizes)}
+    blocks = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in fields or not value:
+            raise ValueError(
+                f"--blocks takes NAME=VALUE with NAME in {sorted(fields)}, got {item!r}")
+        blocks[name] = value.lower() in ("1", "true") if fields[name] == "bool" else int(value)
+    return blocks
+
+
+def measure(impl: str, T: int, args, iters: int, op=None):
+    """Times `op` (default `IMPLS[impl]`): fwd and fwd+bwd."""
     row = {"impl": impl, "T": T}
     results = {}
+    op = op or IMPLS[impl]
     for mode in ("fwd", "fwd+bwd"):
-        fn = IMPLS[impl] if mode == "fwd" else _fwd_bwd(IMPLS[impl])
+        fn = op if mode == "fwd" else _fwd_bwd(op)
         start = time.perf_counter()
         jitted = jax.jit(fn)
         results[mode] = jax.block_until_ready(jitted(*args))
@@ -59,14 +89,18 @@ def main(argv=None):
     parser.add_argument("--T", type=int, nargs="+", default=[4096, 1024, 2048, 8192])
     parser.add_argument("--xla-T", type=int, nargs="*", default=[4096])
     parser.add_argument("--save-npz", type=Path)
+    parser.add_argument("--blocks", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="BlockSizes fields over the N=16 defaults, e.g. chunk=256")
     args_ns = parser.parse_args(argv)
+    blocks = parse_blocks(args_ns.blocks)
     print(f"[{args_ns.label}] jax {jax.__version__} on {jax.devices()[0].device_kind}",
           flush=True)
 
     rows = []
     for i, T in enumerate(args_ns.T):
         args = inputs(T)
-        row, got = measure("pallas", T, args, iters=30)
+        row, got = measure("pallas", T, args, iters=30, op=pallas_with(blocks))
+        row["blocks"] = blocks
         if i == 0 and args_ns.save_npz is not None:
             # the gradients of sum(out): a cotangent of ones
             arrays = {"out": got["fwd"], **dict(zip(GRAD_NAMES, got["fwd+bwd"], strict=True))}

@@ -3,6 +3,8 @@
 #   new    jaxla's kernels over T, the xla path at T=4096 (benchmarks.gpu.scan_compare)
 #   old    a second version of the kernels at T=4096 (.carry/old/pallas_kernels, e.g. from
 #          `git archive HEAD pallas_kernels | tar -x -C .carry/old`)
+#   blocks the kernels over T on other BlockSizes (BLOCKS: space-separated sets of comma-joined
+#          NAME=VALUE fields, e.g. "chunk=128 chunk=256,unroll=2"; no xla rows)
 #   tune   forward-only tuning, then fwd+bwd of the default and the best forward
 #          (benchmarks.gpu.selective_scan_tune --forward-only)
 #   tests  the GPU-marked selective-scan tests (benchmarks/gpu/gpu_tests.sh)
@@ -26,6 +28,15 @@ new() {
   timeout "${NEW_S:-210}" env PYTHONPATH=. python3 -m benchmarks.gpu.scan_compare --label new \
     --T $TS --save-npz /tmp/jaxla_scan.npz > "$OUT/scan_new.log" 2>&1
   echo "rc=$?"; show "$OUT/scan_new.log" 8
+}
+blocks() {
+  local b
+  for b in ${BLOCKS:-}; do
+    timeout "${NEW_S:-210}" env PYTHONPATH=. python3 -m benchmarks.gpu.scan_compare \
+      --label "$(tr '=,' '-_' <<<"$b")" --T $TS --xla-T --blocks ${b//,/ } \
+      > "$OUT/scan_$(tr '=,' '-_' <<<"$b").log" 2>&1
+    echo "$b: rc=$?"; show "$OUT/scan_$(tr '=,' '-_' <<<"$b").log" 5
+  done
 }
 old() {
   # from inside .carry/old, whose pallas_kernels then comes first on sys.path
