@@ -14,7 +14,9 @@ floor matters only for tensors whose true values are far below the terms that pr
 as a gate gradient under a decay of exp(-20) per step: there the reference's own rounding error
 (eps x the size of the cancelling terms) is larger than the value itself. A sum of n such values
 (a constant decay's gradient sums the B x T per-position gate gradients) carries n floors: the
-rounding errors of its terms are correlated, so they add up (`floor=` passes it).
+rounding errors of its terms are correlated, so they add up (`floor=` passes it). A sum of n
+independent products (a position's gate gradient sums the K x V products of its state) carries
+sqrt(n) floors: their rounding errors add in quadrature.
 NaN or Inf in either array always fails. Failure messages print the measured errors.
 """
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxla import ops
-from jaxla.testing import assert_close, outputs_and_grads, random_like, rel_error
+from jaxla.testing import FLOOR, assert_close, outputs_and_grads, random_like, rel_error
 from pallas_kernels import simple_gla as kernels
 from pallas_kernels._common import lower_for_cuda
 from pallas_kernels.simple_gla import api
@@ -76,9 +76,18 @@ def _check(kernel_fn, spec_fn, args, names, dtype, rng):
         o_ref, ht_ref, grads_ref = jax.tree.map(np.asarray, (o_ref, ht_ref, grads_ref))
     assert_close(o, o_ref, dtype=dtype, name="o")
     assert_close(ht, ht_ref, dtype=dtype, name="final_state")
+    B, T, _, K = args[0].shape
+    V = args[2].shape[-1]
+    # A position's gate gradient sums the K x V products of its state, dg_gamma the B x T K V
+    # products of all positions: sqrt(n) floors for n products (jaxla.testing). Seen: dg of one
+    # position (B = T = 1, K = V = 16) came out 0.066 (median 2.1 over 150 seeds) and float32
+    # missed it by 1.8e-6, over the single floor of 1e-6 (errors over those seeds: median 5e-7,
+    # largest 6e-6).
+    floor = FLOOR[jnp.dtype(dtype)]
+    floors = {"g": float(np.sqrt(K * V)) * floor, "g_gamma": float(np.sqrt(B * T * K * V)) * floor}
     for name, a, b in zip(names, grads, grads_ref, strict=True):
         assert a.shape == b.shape, (name, a.shape, b.shape)
-        assert_close(a, b, dtype=dtype, name="d" + name)
+        assert_close(a, b, dtype=dtype, name="d" + name, floor=floors.get(name))
 
 
 def _id(case):
