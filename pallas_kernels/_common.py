@@ -69,7 +69,7 @@ def sum_products(x: jax.Array, y: jax.Array, *, asm: bool, chains: int = 4) -> j
     out_shape = jnp.broadcast_shapes(x.shape, y.shape)[1:]
     if not asm or R == 1 or R > 16:  # splitting more rows costs Triton's compiler minutes
         return jnp.sum(x * y, axis=0)
-    if not _is_pow2(R) or y.shape[0] != R:
+    if not is_pow2(R) or y.shape[0] != R:
         raise ValueError(f"sum_products(asm=True) takes a power-of-two axis 0, got {x.shape}, "
                          f"{y.shape}")
 
@@ -97,7 +97,7 @@ def lane_xor(x: jax.Array, offset: int, *, asm: bool) -> jax.Array:
     Without `asm` (the interpreter) the same permutation is done on the array.
     """
     L = x.shape[-1]
-    if not _is_pow2(offset) or offset >= L:
+    if not is_pow2(offset) or offset >= L:
         raise ValueError(f"offset must be a power of two below {L}, got {offset=}")
     if not asm:
         y = x.reshape(x.shape[:-1] + (L // (2 * offset), 2, offset))
@@ -114,8 +114,9 @@ def lane_xor(x: jax.Array, offset: int, *, asm: bool) -> jax.Array:
     return lax.bitcast_convert_type(y, jnp.float32)
 
 
-def _is_pow2(n) -> bool:
-    return isinstance(n, int) and n >= 1 and n & (n - 1) == 0
+def is_pow2(n) -> bool:
+    """Whether `n` is an int (not a bool) that is a power of two."""
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 1 and n & (n - 1) == 0
 
 
 def next_pow2(n: int) -> int:

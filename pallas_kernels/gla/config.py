@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from pallas_kernels._common import is_pow2
+
 MAX_HEAD_DIM = 256  # K and V (after padding to a power of two) the kernels take
 MAX_CHUNK = 128
 
@@ -14,10 +16,6 @@ MAX_CHUNK = 128
 # Chunks with a larger span (log-decay below about -0.9 per step on average in some channel) take
 # the exact path: a loop over key rows with per-pair exponents, all <= 0.
 DEFAULT_SPAN_LIMIT = 60.0
-
-
-def _is_pow2(n: int) -> bool:
-    return isinstance(n, int) and n > 0 and n & (n - 1) == 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,15 +58,15 @@ class BlockSizes:
     num_stages_recurrent: int = 2
 
     def __post_init__(self):
-        if not _is_pow2(self.chunk) or not 16 <= self.chunk <= MAX_CHUNK:
+        if not is_pow2(self.chunk) or not 16 <= self.chunk <= MAX_CHUNK:
             raise ValueError(
                 f"chunk must be a power of two in [16, {MAX_CHUNK}], got {self.chunk=}")
         for name in ("block_k_state", "block_v_state", "block_k", "block_v", "block_v_recurrent"):
             value = getattr(self, name)
-            if not _is_pow2(value) or not 16 <= value <= MAX_HEAD_DIM:
+            if not is_pow2(value) or not 16 <= value <= MAX_HEAD_DIM:
                 raise ValueError(
                     f"{name} must be a power of two in [16, {MAX_HEAD_DIM}], got {value}")
-        if not _is_pow2(self.chunks_per_program_fwd) or self.chunks_per_program_fwd > 64:
+        if not is_pow2(self.chunks_per_program_fwd) or self.chunks_per_program_fwd > 64:
             raise ValueError(f"chunks_per_program_fwd must be a power of two <= 64, "
                              f"got {self.chunks_per_program_fwd}")
         # On an H100 (benchmarks/gpu/gla_tune.py, 2026-11-24) 2 chunks per gradient program gave
@@ -79,7 +77,7 @@ class BlockSizes:
                              f"gradients on the GPU), got {self.chunks_per_program_bwd}")
         for name in ("num_warps_state", "num_warps_fwd", "num_warps_bwd", "num_warps_recurrent"):
             value = getattr(self, name)
-            if not _is_pow2(value) or value > 16:
+            if not is_pow2(value) or value > 16:
                 raise ValueError(f"{name} must be a power of two <= 16, got {value}")
         for name in ("num_stages_state", "num_stages_fwd", "num_stages_bwd",
                      "num_stages_recurrent"):

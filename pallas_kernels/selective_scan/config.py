@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pallas_kernels._common import next_pow2
+from pallas_kernels._common import is_pow2, next_pow2
 
 # Largest state size the kernels take (mamba_ssm's MAX_DSTATE).
 MAX_N = 256
@@ -12,10 +12,6 @@ MAX_N = 256
 _FWD_ELEMENTS_PER_THREAD = 64
 # Default state elements per thread in a backward sub-chunk (sub x N).
 _BWD_SUB_ELEMENTS = 64
-
-
-def _is_pow2(n) -> bool:
-    return isinstance(n, int) and not isinstance(n, bool) and n >= 1 and n & (n - 1) == 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,11 +66,11 @@ class BlockSizes:
     def __post_init__(self):
         for name in ("block_d", "unroll", "block_d_carry", "block_d_bwd", "sub"):
             value = getattr(self, name)
-            if not _is_pow2(value):
+            if not is_pow2(value):
                 raise ValueError(f"{name} must be a power of two, got {name}={value!r}")
         for name in ("num_warps", "num_warps_bwd"):
             value = getattr(self, name)
-            if not _is_pow2(value) or value > 16:
+            if not is_pow2(value) or value > 16:
                 raise ValueError(f"{name} must be a power of two <= 16, got {name}={value!r}")
         for name in ("num_stages", "num_stages_bwd", "chunk", "checkpoint", "chunk_bwd"):
             value = getattr(self, name)

@@ -6,13 +6,9 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from pallas_kernels._common import padded_dim
+from pallas_kernels._common import is_pow2, padded_dim
 
 MAX_HEAD_DIM = 256
-
-
-def _is_pow2(n) -> bool:
-    return isinstance(n, int) and not isinstance(n, bool) and n > 0 and n & (n - 1) == 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,15 +41,15 @@ class BlockSizes:
     num_warps_recurrent: int = 4
 
     def __post_init__(self):
-        if not _is_pow2(self.chunk) or not 16 <= self.chunk <= 256:
+        if not is_pow2(self.chunk) or not 16 <= self.chunk <= 256:
             raise ValueError(f"chunk must be a power of two in [16, 256], got {self.chunk=}")
         for name in ("block_v", "block_k_dq", "block_k_dk", "block_v_dv", "block_v_recurrent"):
             value = getattr(self, name)
-            if not _is_pow2(value) or value < 16:
+            if not is_pow2(value) or value < 16:
                 raise ValueError(f"{name} must be a power of two >= 16, got {name}={value!r}")
         for name in ("num_warps_fwd", "num_warps_bwd", "num_warps_recurrent"):
             value = getattr(self, name)
-            if value is not None and (not _is_pow2(value) or value > 16):
+            if value is not None and (not is_pow2(value) or value > 16):
                 raise ValueError(f"{name} must be a power of two <= 16, got {name}={value!r}")
         for name in ("num_stages_fwd", "num_stages_bwd"):
             value = getattr(self, name)
