@@ -44,9 +44,9 @@ def fma(a: jax.Array, b: jax.Array, c: jax.Array, *, asm: bool) -> jax.Array:
     ~10x more unfused than fused float32 instructions in the selective-scan kernels); inline
     assembly makes it one FFMA. Pallas' interpreter has no inline assembly: pass `asm=False`.
     """
-    shape = jnp.broadcast_shapes(jnp.shape(a), jnp.shape(b), jnp.shape(c))
     if not asm:
         return a * b + c
+    shape = jnp.broadcast_shapes(jnp.shape(a), jnp.shape(b), jnp.shape(c))
     args = [jnp.broadcast_to(x, shape) for x in (a, b, c)]
     if any(x.dtype != jnp.float32 for x in args):
         raise TypeError(f"fma(asm=True) takes float32, got {[x.dtype for x in args]}")

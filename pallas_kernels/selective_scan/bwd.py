@@ -21,11 +21,11 @@ Time is cut into chunks of `chunk_bwd` steps, one program each, as in the forwar
   over channels (dB_t, dC_t: 2N values per step) are warp shuffles; one warp per program keeps
   them free of shared memory. With 32 channels and Np <= 16 they are one transposed butterfly
   (`_channel_sums`: 2 Np - 1 shuffles for all 2 Np sums, where `jnp.sum` per value takes 5
-  each) whose result is one row of 32 lanes, stored as it lies. 2-D tiles are read and written as N rows: a 2-D
-  load or store in the loop makes Triton pick its vectorised layout (4 channels x 4 lanes on
-  N) for the loop, which costs a shared-memory round trip and a barrier per row per step
-  (round one's compiled backward has 68 barriers in its loops; this one has 2 per step, for
-  the dB/dC row stores; checked on the SASS compiled offline for sm_90).
+  each) whose result is one row of 32 lanes, stored as it lies. 2-D tiles are read and written
+  as N rows: a 2-D load or store in the loop makes Triton pick its vectorised layout (4
+  channels x 4 lanes on N) for the loop, which costs a shared-memory round trip and a barrier
+  per row per step (round one's compiled backward has 68 barriers in its loops; this one has 2
+  per step, for the dB/dC row stores; checked on the SASS compiled offline for sm_90).
 
 Cost at the Mamba-370M layer (B=4, T=4096, D=2048, N=16, bf16; defaults: chunk_bwd 256,
 checkpoint 8, sub 4, 1 warp):
@@ -34,7 +34,8 @@ checkpoint 8, sub 4, 1 warp):
   16/clk/SM -> ~0.5 ms, plus per-channel softplus / sigmoids.
 - Instructions: ~55 per (t, d, n) in pass 2 with a 5-level shuffle sum per dB/dC value (a
   third of them; the butterfly removes most of that), ~8 in pass 1 -> ~1.1 ms issue-bound on
-  132 SMs. `a * b + c` is one `fma.rn.f32` (Triton does not contract it). Programs: 4 * 64 * 16 = 4096 one-warp programs.
+  132 SMs. `a * b + c` is one `fma.rn.f32` (Triton does not contract it). Programs:
+  4 * 64 * 16 = 4096 one-warp programs.
 - Bytes: u, delta, z, dout, B, C read and du, ddelta, dz written (bf16) = 470 MB; pass 1 reads
   delta, z, dout again (200 MB); checkpoints every 8 steps (268 MB, written by the forward);
   dB/dC partials `[B, D/32, T, N]` float32 written and summed by XLA = 2 x 2 x 67 MB.
@@ -402,7 +403,10 @@ def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flag
     bc = pl.BlockSpec((None, T, None, Np), lambda b, j, c: (b, 0, lax.div(j, per_group), 0))
     chan = pl.BlockSpec((bd,), lambda b, j, c: (j,))
     state = pl.BlockSpec((None, Np, bd), lambda b, j, c: (b, 0, j))
-    part_seq = lambda width: pl.BlockSpec((None, None, T, width), lambda b, j, c: (b, j, 0, 0))  # noqa: E731
+
+    def part_seq(width):  # per-program partial sums over the block's channels, [Bt, nb, T, width]
+        return pl.BlockSpec((None, None, T, width), lambda b, j, c: (b, j, 0, 0))
+
     part_chan = pl.BlockSpec((None, None, bd), lambda b, j, c: (b, c, j))
 
     args = [u, delta, At, B, C]

@@ -169,7 +169,8 @@ def _carry_kernel(*refs, n_total, unroll, has_h0, ftz):
 
 def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save, prefetch,
                 ftz):
-    """Pass 2: the state entering chunk c from the chunks before it, then the chunk's outputs."""
+    """Pass 2: chunk c's outputs (and checkpoints) from the state entering it (`_carry_kernel`,
+    or h0 / zero when there is one chunk)."""
     refs = list(refs)
     u_ref, delta_ref, At_ref, B_ref, C_ref = refs[:5]
     rest = refs[5:]
