@@ -28,24 +28,24 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from benchmarks.kernels.selective_scan import IMPLS, STATE, _fwd_bwd, floor, inputs
+from benchmarks.kernels.selective_scan import (
+    IMPLS,
+    STATE,
+    floor,
+    grads_of_sum,
+    inputs,
+    kernel_op,
+)
 from benchmarks.timing import jax_peak_bytes, time_jax, time_jax_pipelined
 from jaxla.testing import rel_error
-from pallas_kernels.selective_scan import BlockSizes, selective_scan
+from pallas_kernels.selective_scan import BlockSizes
 
 GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias")
 
 
 def pallas_with(blocks: dict):
     """The Pallas kernels on `BlockSizes.get_default(16, **blocks)` (the op's default if empty)."""
-    if not blocks:
-        return IMPLS["pallas"]
-    bs = BlockSizes.get_default(STATE, **blocks)
-
-    def fn(u, delta, A, B, C, D, z, delta_bias):
-        return selective_scan(u, delta, A, B, C, D, z, delta_bias=delta_bias,
-                              delta_softplus=True, block_sizes=bs)[0]
-    return fn
+    return kernel_op(BlockSizes.get_default(STATE, **blocks)) if blocks else IMPLS["pallas"]
 
 
 def parse_blocks(items) -> dict:
@@ -67,7 +67,7 @@ def measure(impl: str, T: int, args, iters: int, op=None):
     results = {}
     op = op or IMPLS[impl]
     for mode in ("fwd", "fwd+bwd"):
-        fn = op if mode == "fwd" else _fwd_bwd(op)
+        fn = op if mode == "fwd" else grads_of_sum(op)
         start = time.perf_counter()
         jitted = jax.jit(fn)
         results[mode] = jax.block_until_ready(jitted(*args))

@@ -32,14 +32,18 @@ import traceback
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
-from benchmarks.kernels.selective_scan import MAMBA_SSM_MS, inputs
+from benchmarks.kernels.selective_scan import (
+    IMPLS,
+    MAMBA_SSM_MS,
+    grads_of_sum,
+    inputs,
+    kernel_op,
+)
 from benchmarks.timing import jax_peak_bytes, time_jax, time_jax_pipelined
-from jaxla import ops
 from jaxla.testing import rel_error
 from pallas_kernels._common import default_interpret
-from pallas_kernels.selective_scan import BlockSizes, selective_scan
+from pallas_kernels.selective_scan import BlockSizes
 from pallas_kernels.selective_scan.api import _forward, _Static
 from pallas_kernels.selective_scan.fwd import Flags
 
@@ -86,32 +90,15 @@ FWD_FIELDS = ("block_d", "chunk", "unroll", "prefetch", "num_warps", "num_stages
 ROUND_ONE = ("round1 bd16-w2 (2026-11-24, not rerun)", 1.139, 4.952)
 
 
-def _kernel_fn(bs):
-    def fn(u, delta, A, Bm, Cm, D, z, bias):
-        out, _ = selective_scan(u, delta, A, Bm, Cm, D, z, delta_bias=bias, delta_softplus=True,
-                                block_sizes=bs)
-        return out
-    return fn
-
-
-def _xla_fn(u, delta, A, Bm, Cm, D, z, bias):
-    return ops.selective_scan(u, delta, A, Bm, Cm, D, z, delta_bias=bias, delta_softplus=True,
-                              implementation="xla")[0]
-
-
-def _grad(fn):
-    return jax.grad(lambda *a: jnp.sum(fn(*a).astype(jnp.float32)), argnums=tuple(range(8)))
-
-
 def run_variant(name, bs, args, ref):
     start = time.perf_counter()
-    fwd, fwd_bwd = jax.jit(_kernel_fn(bs)), jax.jit(_grad(_kernel_fn(bs)))
+    fwd, fwd_bwd = jax.jit(kernel_op(bs)), jax.jit(grads_of_sum(kernel_op(bs)))
     got = [fwd(*args)] + list(fwd_bwd(*args))  # compiles both
     compile_s = time.perf_counter() - start
     error = max(rel_error(a, b) for a, b in zip(got, ref, strict=True))
     fwd_ms = time_jax(fwd, *args)
     total_ms = time_jax(fwd_bwd, *args)
-    peak = jax_peak_bytes(_grad(_kernel_fn(bs)), *args)
+    peak = jax_peak_bytes(grads_of_sum(kernel_op(bs)), *args)
     return {"name": name, "fwd_ms": fwd_ms, "fwd_bwd_ms": total_ms, "bwd_ms": total_ms - fwd_ms,
             "fwd_pipe_ms": time_jax_pipelined(fwd, *args),
             "fwd_bwd_pipe_ms": time_jax_pipelined(fwd_bwd, *args),
@@ -178,11 +165,11 @@ def main(argv=None):
     args = inputs(args_ns.T)
     t0 = time.perf_counter()
     if args_ns.forward_only and not args_ns.confirm:  # the output is all that is checked
-        ref = [jax.jit(_xla_fn)(*args)]
+        ref = [jax.jit(IMPLS["xla"])(*args)]
     else:
-        ref = [jax.jit(_xla_fn)(*args)] + list(jax.jit(_grad(_xla_fn))(*args))
-        xla_ms = (time_jax(jax.jit(_xla_fn), *args, iters=10),
-                  time_jax(jax.jit(_grad(_xla_fn)), *args, iters=10))
+        xla_fwd, xla_grads = jax.jit(IMPLS["xla"]), jax.jit(grads_of_sum(IMPLS["xla"]))
+        ref = [xla_fwd(*args)] + list(xla_grads(*args))
+        xla_ms = (time_jax(xla_fwd, *args, iters=10), time_jax(xla_grads, *args, iters=10))
         print(f"xla path: fwd {xla_ms[0]:.3f} ms, fwd+bwd {xla_ms[1]:.3f} ms "
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
 

@@ -34,6 +34,7 @@ import numpy as np
 from benchmarks.timing import floor_ms, jax_peak_bytes, report_row, time_jax
 from jaxla import ops
 from jaxla.testing import rel_error
+from pallas_kernels.selective_scan import selective_scan
 
 DEFAULT_T = (1024, 2048, 4096, 8192)
 BATCH, DIM, STATE = 4, 2048, 16
@@ -84,6 +85,15 @@ def _op(implementation):
     return fn
 
 
+def kernel_op(block_sizes):
+    """The Pallas kernels on `block_sizes` (a `BlockSizes`), called directly (no op checks)."""
+    def fn(u, delta, A, B, C, D, z, delta_bias):
+        out, _ = selective_scan(u, delta, A, B, C, D, z, delta_bias=delta_bias,
+                                delta_softplus=True, block_sizes=block_sizes)
+        return out
+    return fn
+
+
 IMPLS = {
     "pallas": _op("pallas"),
     "xla": _op("xla"),
@@ -91,7 +101,8 @@ IMPLS = {
 }
 
 
-def _fwd_bwd(fn):
+def grads_of_sum(fn):
+    """The gradient of `sum(fn(...))` with respect to all eight inputs."""
     def loss(*args):
         return jnp.sum(fn(*args).astype(jnp.float32))
     return jax.grad(loss, argnums=tuple(range(8)))
@@ -121,7 +132,7 @@ def rows(T: int, modes):
     results = {}
     for mode in modes:
         for impl, fn in IMPLS.items():
-            f = fn if mode == "fwd" else _fwd_bwd(fn)
+            f = fn if mode == "fwd" else grads_of_sum(fn)
             row = {"impl": impl, "mode": mode, "floor_ms": floor(T, mode)}
             started = time.perf_counter()
             try:
