@@ -5,7 +5,8 @@
 # ends, a summary line per file last. Tests that fail in the shared run are run again one at a time
 # with the GPU to themselves (a neighbour's memory can starve a test); both outcomes are printed.
 #   bash benchmarks/gpu/gpu_tests.sh   (on the GPU, OUT set; FLA's wheel under .carry/fla)
-# Env: FILES (test files or node ids, default the four kernel files), WORKERS (default 6), TOTAL_S (570).
+# Env: FILES (test files or node ids, default the four kernel files), WORKERS (default 6),
+# TOTAL_S (570).
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"

@@ -44,14 +44,16 @@ void selective_scan_bwd_cuda(SSMParamsBwd &params, cudaStream_t stream) {
     TORCH_CHECK(false, "this build has only bf16 inputs with float32 weights");
 }
 template void selective_scan_fwd_cuda<c10::Half, float>(SSMParamsBase &, cudaStream_t);
-template void selective_scan_fwd_cuda<c10::Half, c10::complex<float>>(SSMParamsBase &, cudaStream_t);
+template void selective_scan_fwd_cuda<c10::Half, c10::complex<float>>(SSMParamsBase &,
+                                                                     cudaStream_t);
 template void selective_scan_fwd_cuda<float, float>(SSMParamsBase &, cudaStream_t);
 template void selective_scan_fwd_cuda<float, c10::complex<float>>(SSMParamsBase &, cudaStream_t);
 template void selective_scan_bwd_cuda<c10::Half, float>(SSMParamsBwd &, cudaStream_t);
 template void selective_scan_bwd_cuda<c10::Half, c10::complex<float>>(SSMParamsBwd &, cudaStream_t);
 template void selective_scan_bwd_cuda<float, float>(SSMParamsBwd &, cudaStream_t);
 template void selective_scan_bwd_cuda<float, c10::complex<float>>(SSMParamsBwd &, cudaStream_t);
-template void selective_scan_bwd_cuda<c10::BFloat16, c10::complex<float>>(SSMParamsBwd &, cudaStream_t);
+template void selective_scan_bwd_cuda<c10::BFloat16, c10::complex<float>>(SSMParamsBwd &,
+                                                                         cudaStream_t);
 """
 
 NVCC_FLAGS = [
@@ -99,7 +101,8 @@ def torch_inputs(T: int):
 
     bf, f32 = torch.bfloat16, torch.float32
     seq = lambda x: dev(x.transpose(0, 2, 1), bf)  # noqa: E731 - [B, T, D] -> [B, D, T]
-    state = lambda x: dev(x.transpose(0, 2, 1)[:, None], bf)  # noqa: E731 - [B, T, N] -> [B, 1, N, T]
+    # [B, T, N] -> [B, 1, N, T]
+    state = lambda x: dev(x.transpose(0, 2, 1)[:, None], bf)  # noqa: E731
     return (seq(u), seq(delta), dev(A, f32), state(Bm), state(Cm), dev(D, f32), seq(z),
             dev(bias, f32))
 
@@ -108,6 +111,7 @@ def bench(ext, T: int, check: Path | None):
     import torch
 
     from benchmarks.timing import time_torch
+    from jaxla.testing import rel_error
 
     u, delta, A, Bm, Cm, D, z, bias = torch_inputs(T)
     gen = torch.Generator(device="cuda").manual_seed(T)
@@ -131,13 +135,9 @@ def bench(ext, T: int, check: Path | None):
                "ddelta": ddelta.transpose(1, 2), "dz": dz.transpose(1, 2), "dA": dA,
                "dB": dB[:, 0].transpose(1, 2), "dC": dC[:, 0].transpose(1, 2), "dD": dD,
                "dbias": dbias}
-        row["rel_error_vs_jaxla"] = {}
-        for name, value in got.items():
-            a = value.float().cpu().numpy().astype(np.float64)
-            b = want[name].astype(np.float64)
-            if a.shape != b.shape:
-                raise ValueError(f"{name}: mamba_ssm {a.shape} vs jaxla {b.shape}")
-            row["rel_error_vs_jaxla"][name] = float(np.linalg.norm(a - b) / np.linalg.norm(b))
+        # rel_error raises on a shape mismatch
+        row["rel_error_vs_jaxla"] = {name: rel_error(value.float().cpu().numpy(), want[name])
+                                     for name, value in got.items()}
     return row
 
 
