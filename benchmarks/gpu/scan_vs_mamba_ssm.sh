@@ -30,12 +30,12 @@ new() {
   echo "rc=$?"; show "$OUT/scan_new.log" 8
 }
 blocks() {
-  local b
+  local b label
   for b in ${BLOCKS:-}; do
+    label=$(tr '=,' '-_' <<<"$b")  # file names under OUT: letters, digits, '.', '_', '-'
     timeout "${NEW_S:-210}" env PYTHONPATH=. python3 -m benchmarks.gpu.scan_compare \
-      --label "$(tr '=,' '-_' <<<"$b")" --T $TS --xla-T --blocks ${b//,/ } \
-      > "$OUT/scan_$(tr '=,' '-_' <<<"$b").log" 2>&1
-    echo "$b: rc=$?"; show "$OUT/scan_$(tr '=,' '-_' <<<"$b").log" 5
+      --label "$label" --T $TS --xla-T --blocks ${b//,/ } > "$OUT/scan_$label.log" 2>&1
+    echo "$b: rc=$?"; show "$OUT/scan_$label.log" 5
   done
 }
 old() {
