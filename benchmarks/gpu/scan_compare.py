@@ -7,7 +7,8 @@ Shapes and inputs are those of `benchmarks.kernels.selective_scan` (a Mamba-370M
 D=2048, N=16, bf16, z / D / delta_bias / softplus). For each T, in the order given: the Pallas
 kernels' fwd and fwd+bwd (all eight gradients of `sum(out)`), as the median of synchronised
 calls and as `pipe` (back-to-back calls: the number to set beside `triton.testing.do_bench`);
-`--blocks` sets BlockSizes fields over the defaults. Then, where T is in `--xla-T`, the xla path
+`--blocks` sets BlockSizes fields over the defaults (`--no-peak`: no peak memory;
+`--peak-only`: only the peak memory, nothing run). Then, where T is in `--xla-T`, the xla path
 and the largest relative error between the two over the output and the gradients. `--save-npz`
 writes the Pallas output and gradients for the first T (float32) for `benchmarks.gpu.
 mamba_ssm_ref bench --check`. To time another version of the kernels in the same device call,
@@ -29,6 +30,8 @@ import jax
 import numpy as np
 
 from benchmarks.kernels.selective_scan import (
+    BATCH,
+    DIM,
     IMPLS,
     STATE,
     floor,
@@ -43,9 +46,11 @@ from pallas_kernels.selective_scan import BlockSizes
 GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias")
 
 
-def pallas_with(blocks: dict):
-    """The Pallas kernels on `BlockSizes.get_default(16, **blocks)` (the op's default if empty)."""
-    return kernel_op(BlockSizes.get_default(STATE, **blocks)) if blocks else IMPLS["pallas"]
+def pallas_with(blocks: dict, T: int):
+    """The Pallas kernels on the op's default blocks for this shape with `blocks` over them."""
+    if not blocks:
+        return IMPLS["pallas"]
+    return kernel_op(BlockSizes.get_default(STATE, shape=(BATCH, T, DIM), **blocks))
 
 
 def parse_blocks(items) -> dict:
@@ -61,8 +66,9 @@ def parse_blocks(items) -> dict:
     return blocks
 
 
-def measure(impl: str, T: int, args, iters: int, op=None):
-    """Times `op` (default `IMPLS[impl]`): fwd and fwd+bwd."""
+def measure(impl: str, T: int, args, iters: int, op=None, peak: bool = True):
+    """Times `op` (default `IMPLS[impl]`): fwd and fwd+bwd (`peak`: and XLA's peak memory, which
+    compiles each program again)."""
     row = {"impl": impl, "T": T}
     results = {}
     op = op or IMPLS[impl]
@@ -75,8 +81,8 @@ def measure(impl: str, T: int, args, iters: int, op=None):
         row[mode] = {"ms": time_jax(jitted, *args, warmup=2, iters=iters),
                      "pipe_ms": time_jax_pipelined(jitted, *args, calls=max(iters, 20)),
                      "compile_s": round(compile_s, 1), "floor_ms": floor(T, mode)}
-        peak = jax_peak_bytes(fn, *args)
-        row[mode]["peak_gib"] = None if peak is None else peak / 2**30
+        peak_bytes = jax_peak_bytes(fn, *args) if peak else None
+        row[mode]["peak_gib"] = None if peak_bytes is None else peak_bytes / 2**30
         print(json.dumps({"event": "timed", "impl": impl, "T": T, "mode": mode, **row[mode]}),
               flush=True)
     return row, results
@@ -91,15 +97,31 @@ def main(argv=None):
     parser.add_argument("--save-npz", type=Path)
     parser.add_argument("--blocks", nargs="*", default=[], metavar="NAME=VALUE",
                         help="BlockSizes fields over the N=16 defaults, e.g. chunk=256")
+    peak = parser.add_mutually_exclusive_group()
+    peak.add_argument("--no-peak", action="store_true",
+                      help="skip the peak memory (saves a second compile per program)")
+    peak.add_argument("--peak-only", action="store_true",
+                      help="only the peak memory of the Pallas programs: compiles, runs nothing")
     args_ns = parser.parse_args(argv)
     blocks = parse_blocks(args_ns.blocks)
     print(f"[{args_ns.label}] jax {jax.__version__} on {jax.devices()[0].device_kind}",
           flush=True)
 
+    if args_ns.peak_only:
+        for T in args_ns.T:
+            args, op = inputs(T), pallas_with(blocks, T)
+            for mode, fn in (("fwd", op), ("fwd+bwd", grads_of_sum(op))):
+                peak_bytes = jax_peak_bytes(fn, *args)
+                gib = None if peak_bytes is None else peak_bytes / 2**30
+                print(json.dumps({"event": "peak", "T": T, "mode": mode, "peak_gib": gib}),
+                      flush=True)
+        return
+
     rows = []
     for i, T in enumerate(args_ns.T):
         args = inputs(T)
-        row, got = measure("pallas", T, args, iters=30, op=pallas_with(blocks))
+        row, got = measure("pallas", T, args, iters=30, op=pallas_with(blocks, T),
+                           peak=not args_ns.no_peak)
         row["blocks"] = blocks
         if i == 0 and args_ns.save_npz is not None:
             # the gradients of sum(out): a cotangent of ones

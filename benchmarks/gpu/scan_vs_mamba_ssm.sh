@@ -4,7 +4,8 @@
 #   old    a second version of the kernels at T=4096 (.carry/old/pallas_kernels, e.g. from
 #          `git archive HEAD pallas_kernels | tar -x -C .carry/old`)
 #   blocks the kernels over T on other BlockSizes (BLOCKS: space-separated sets of comma-joined
-#          NAME=VALUE fields, e.g. "chunk=128 chunk=256,unroll=2"; no xla rows)
+#          NAME=VALUE fields, each optionally with its own T list after '@', ':'-joined, e.g.
+#          "chunk=128 chunk=256,unroll=2@1024:4096"; no xla rows, no peak memory)
 #   tune   forward-only tuning, then fwd+bwd of the default and the best forward
 #          (benchmarks.gpu.selective_scan_tune --forward-only)
 #   tests  the GPU-marked selective-scan tests (benchmarks/gpu/gpu_tests.sh)
@@ -13,7 +14,8 @@
 # mamba_ssm is built from its sdist (.carry/mamba_ssm) on the CPU from the start, while the GPU
 # runs the other stages.   bash benchmarks/gpu/scan_vs_mamba_ssm.sh   (on the GPU, OUT set)
 # Env: STAGES (default "new old tests mamba"); TS (jaxla's T, the first checked against mamba_ssm;
-# default 4096 1024 2048 8192); TEST_FILES (test files or node ids); JOBS (nvcc jobs, 8);
+# default 4096 1024 2048 8192); XLA_TS (T of the new stage's xla rows, default 4096; "" for
+# none); TEST_FILES (test files or node ids); JOBS (nvcc jobs, 8);
 # NEW_S, OLD_S, TUNE_S, TESTS_S (stage limits, s); TUNE_BUDGET (s for the forward variants);
 # TUNE_ARGS (more selective_scan_tune options); END_S (when to stop waiting for the build).
 set -u
@@ -26,15 +28,19 @@ show() { grep -v '^{' "$1" | grep -v Warning | tail -"$2"; }
 
 new() {
   timeout "${NEW_S:-210}" env PYTHONPATH=. python3 -m benchmarks.gpu.scan_compare --label new \
-    --T $TS --save-npz /tmp/jaxla_scan.npz > "$OUT/scan_new.log" 2>&1
+    --T $TS --xla-T ${XLA_TS-4096} --save-npz /tmp/jaxla_scan.npz > "$OUT/scan_new.log" 2>&1
   echo "rc=$?"; show "$OUT/scan_new.log" 8
 }
 blocks() {
-  local b label
+  local b fields ts label
   for b in ${BLOCKS:-}; do
-    label=$(tr '=,' '-_' <<<"$b")  # file names under OUT: letters, digits, '.', '_', '-'
+    fields=${b%%@*}
+    ts=$TS
+    [[ $b == *@* ]] && ts=${b#*@} && ts=${ts//:/ }
+    label=$(tr '=,@:' '-_._' <<<"$b")  # file names under OUT: letters, digits, '.', '_', '-'
     timeout "${NEW_S:-210}" env PYTHONPATH=. python3 -m benchmarks.gpu.scan_compare \
-      --label "$label" --T $TS --xla-T --blocks ${b//,/ } > "$OUT/scan_$label.log" 2>&1
+      --label "$label" --T $ts --xla-T --no-peak --blocks ${fields//,/ } \
+      > "$OUT/scan_$label.log" 2>&1
     echo "$b: rc=$?"; show "$OUT/scan_$label.log" 5
   done
 }

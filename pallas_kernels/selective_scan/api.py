@@ -81,7 +81,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, delta_bias=None,
       u, delta: `[Bt, T, D]` float32/bfloat16/float16; z: optional `[Bt, T, D]`.
       A: `[D, N]`; B, C: `[Bt, T, N]` or `[Bt, T, G, N]` (G dividing D, may differ for B and C).
       D, delta_bias: optional `[D]`; initial_state: optional float32 `[Bt, D, N]`.
-      block_sizes: tiling (default `BlockSizes.get_default(N)`).
+      block_sizes: tiling (default `BlockSizes.get_default(N, shape=u.shape)`).
 
     Returns:
       `(out [Bt, T, D] in u.dtype, final_state [Bt, D, N] float32)`, both differentiable.
@@ -98,7 +98,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, delta_bias=None,
     if interpret is None:
         interpret = default_interpret()
     if block_sizes is None:
-        block_sizes = BlockSizes.get_default(N)
+        block_sizes = BlockSizes.get_default(N, shape=u.shape)
 
     B4 = B[:, :, None] if B.ndim == 3 else B
     C4 = C[:, :, None] if C.ndim == 3 else C

@@ -12,6 +12,15 @@ MAX_N = 256
 _FWD_ELEMENTS_PER_THREAD = 64
 # Default state elements per thread in a backward sub-chunk (sub x N).
 _BWD_SUB_ELEMENTS = 64
+# Chunks for `get_default(shape=...)`, longest first, and the programs a default chunk must
+# leave (measured on an H200 at B=4, D=2048, N=16, T=1024..8192, 2026-12-03; RESULTS.md).
+# Forward: about one wave of pass-2 programs (132 SMs x 4 resident programs of 2 warps at 255
+# registers); at every T the chunk leaving 512 programs beat the longer and shorter ones.
+# Backward (one-warp programs): at 1024 and 2048 programs chunk_bwd 128 beat 256.
+_FWD_CHUNKS = (512, 256, 128, 64)
+_FWD_MIN_PROGRAMS = 512
+_BWD_CHUNKS = (256, 128)
+_BWD_MIN_PROGRAMS = 4096
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,9 +55,9 @@ class BlockSizes:
         it: a sub-chunk keeps `sub` states of N per thread.
     """
 
-    # chunk 64 / chunk_bwd 256: the fastest of the variants measured on an H100 at B=4, T=4096,
-    # D=2048, N=16 (benchmarks/gpu/selective_scan_tune.py, 2026-11-24): fwd+bwd 3.93 ms against
-    # 4.28 ms for 128 / 512 (more programs in flight).
+    # chunk_bwd 256: the fastest of the variants measured on an H100 at B=4, T=4096, D=2048,
+    # N=16 (benchmarks/gpu/selective_scan_tune.py, 2026-11-24). `get_default(shape=...)` picks
+    # the forward chunk from the problem's size (benchmarks/RESULTS.md, 2026-12-03).
     block_d: int = 256
     chunk: int = 64
     unroll: int = 4
@@ -91,8 +100,16 @@ class BlockSizes:
             )
 
     @classmethod
-    def get_default(cls, N: int = 16, **overrides) -> BlockSizes:
-        """Defaults for state size `N`: the channel blocks shrink as N grows."""
+    def get_default(cls, N: int = 16, *, shape: tuple[int, int, int] | None = None,
+                    **overrides) -> BlockSizes:
+        """Defaults for state size `N`: the channel blocks shrink as N grows.
+
+        shape: `(batch, T, channels)` of the input; when given, `chunk` and `chunk_bwd` (unless
+          overridden) are the longest of `_FWD_CHUNKS` / `_BWD_CHUNKS` that still leave
+          `_FWD_MIN_PROGRAMS` / `_BWD_MIN_PROGRAMS` programs (else the shortest): longer chunks
+          carry fewer states between chunks, but each program's steps are a serial chain, and
+          too few programs leave SMs idle.
+        """
         if not 1 <= N <= MAX_N:
             raise ValueError(f"state size N must be in [1, {MAX_N}], got {N=}")
         n = next_pow2(N)
@@ -102,6 +119,23 @@ class BlockSizes:
         unroll = overrides.get("unroll", cls.__dataclass_fields__["unroll"].default)
         sizes = dict(block_d=per_thread * 32 * warps, sub=sub, checkpoint=max(2 * sub, unroll))
         sizes.update(overrides)
+        if shape is not None:
+            batch, T, channels = shape
+
+            def field(name):
+                return sizes.get(name, cls.__dataclass_fields__[name].default)
+
+            def longest(name, chunks, block_d, multiple_of, min_programs):
+                chunks = [c for c in chunks if c % multiple_of == 0]
+                if name in overrides or not chunks:  # none fits: the field's default says why
+                    return
+                blocks = batch * -(-channels // block_d)
+                sizes[name] = next(
+                    (c for c in chunks if blocks * -(-T // c) >= min_programs), chunks[-1])
+
+            longest("chunk", _FWD_CHUNKS, field("block_d"), field("unroll"), _FWD_MIN_PROGRAMS)
+            longest("chunk_bwd", _BWD_CHUNKS, field("block_d_bwd"), field("checkpoint"),
+                    _BWD_MIN_PROGRAMS)
         return cls(**sizes)
 
     def for_channels(self, channels_per_group: int) -> BlockSizes:

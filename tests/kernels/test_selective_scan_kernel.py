@@ -210,6 +210,25 @@ def test_block_sizes_validation():
     assert wide.block_d * 64 <= 64 * 32 * wide.num_warps and wide.sub * 64 <= 64
 
 
+@pytest.mark.parametrize("shape, chunk, chunk_bwd", [
+    ((4, 1024, 2048), 64, 128),  # 32 forward blocks x 16 chunks = 512 programs
+    ((4, 2048, 2048), 128, 128),  # 256 backward blocks x 16 = 4096
+    ((4, 4096, 2048), 256, 256),
+    ((4, 8192, 2048), 512, 256),
+    ((4, 32768, 2048), 512, 256),  # no chunk past the longest
+    ((1, 300, 48), 64, 128),  # too few programs at any chunk: the shortest
+])
+def test_default_chunks_follow_the_shape(shape, chunk, chunk_bwd):
+    """The longest chunks that leave a wave of programs (config._FWD/_BWD_MIN_PROGRAMS)."""
+    bs = BlockSizes.get_default(16, shape=shape)
+    assert (bs.chunk, bs.chunk_bwd) == (chunk, chunk_bwd)
+    assert BlockSizes.get_default(16, shape=shape, chunk=32).chunk == 32  # overrides win
+    assert BlockSizes.get_default(16, shape=shape, chunk_bwd=64).chunk_bwd == 64
+    # only chunks the other fields allow: chunk_bwd a multiple of checkpoint
+    assert BlockSizes.get_default(16, shape=shape, checkpoint=256).chunk_bwd == 256
+    assert BlockSizes.get_default(16) == BlockSizes.get_default(16, chunk=64, chunk_bwd=256)
+
+
 def test_unsupported_inputs_raise(rng):
     u, delta, A, Bm, Cm, *_ = selective_scan_inputs(rng, 1, 4, 8, 4)
     big = jnp.ones((8, MAX_N + 1), jnp.float32)
