@@ -34,8 +34,11 @@ from pathlib import Path
 import jax
 
 from benchmarks.kernels.selective_scan import (
+    BATCH,
+    DIM,
     IMPLS,
     MAMBA_SSM_MS,
+    STATE,
     grads_of_sum,
     inputs,
     kernel_op,
@@ -47,43 +50,50 @@ from pallas_kernels.selective_scan import BlockSizes
 from pallas_kernels.selective_scan.api import _forward, _Static
 from pallas_kernels.selective_scan.fwd import Flags
 
-B = BlockSizes.get_default  # N = 16 defaults + overrides
+# Variants are BlockSizes fields over the op's defaults at the tuned shape (`block_sizes`).
 # Most informative first: the budget may cut the tail.
 VARIANTS = {
-    # forward: block_d 256, 2 warps, chunk 128, unroll 4; backward: block_d 32, 1 warp,
-    # chunk 512, sub 8, checkpoint 8 (flat: no sub-chunk buffer)
-    "default": B(),
-    "one-chunk": B(chunk=1 << 20, chunk_bwd=1 << 20),  # no time parallelism
-    "s4-c4": B(sub=4, checkpoint=4),  # fewer live states, twice the checkpoints
-    "s4-c16": B(sub=4, checkpoint=16),  # sub-chunk buffer, a quarter of the checkpoints
-    "s2-c8": B(sub=2, checkpoint=8),
-    "fc64-cb256": B(chunk=64, chunk_bwd=256),  # more programs
-    "fc256-cb1024": B(chunk=256, chunk_bwd=1024),  # fewer programs, less chunk walking
-    "fw1": B(num_warps=1, block_d=128),
-    "fw4": B(num_warps=4, block_d=512),
-    "u2-pf": B(unroll=2, prefetch=True),
-    "u8": B(unroll=8),
-    "bw2": B(num_warps_bwd=2, block_d_bwd=64),
-    "fstages2": B(num_stages=2, num_stages_bwd=2),
+    "default": {},
+    "one-chunk": dict(chunk=1 << 20, chunk_bwd=1 << 20),  # no time parallelism
+    "s4-c4": dict(sub=4, checkpoint=4),  # fewer live states, twice the checkpoints
+    "s4-c16": dict(sub=4, checkpoint=16),  # sub-chunk buffer, a quarter of the checkpoints
+    "s2-c8": dict(sub=2, checkpoint=8),
+    "fc64-cb256": dict(chunk=64, chunk_bwd=256),  # the defaults without a shape
+    "cb128": dict(chunk_bwd=128),  # more backward programs
+    "fc256-cb1024": dict(chunk=256, chunk_bwd=1024),  # fewer programs, less chunk walking
+    "fw1": dict(num_warps=1, block_d=128),
+    "fw4": dict(num_warps=4, block_d=512),
+    "u2-pf": dict(unroll=2, prefetch=True),
+    "u8": dict(unroll=8),
+    "bw2": dict(num_warps_bwd=2, block_d_bwd=64),
+    "fstages2": dict(num_stages=2, num_stages_bwd=2),
 }
 # Forward-only variants (`--forward-only`): the backward's fields stay at their defaults.
 FWD_VARIANTS = {  # most informative first: the budget may cut the tail
-    "default": B(),
-    "carry32": B(block_d_carry=32),  # the carry walk on 8x more, narrower programs
-    "fc128": B(chunk=128),
-    "fc32": B(chunk=32),
-    "fw1": B(num_warps=1, block_d=128),
-    "u8": B(unroll=8),
-    "u4-pf": B(prefetch=True),
+    "default": {},
+    "carry32": dict(block_d_carry=32),  # the carry walk on 8x more, narrower programs
+    "fc64": dict(chunk=64),
+    "fc128": dict(chunk=128),
+    "fc512": dict(chunk=512),
+    "fc32": dict(chunk=32),
+    "fw1": dict(num_warps=1, block_d=128),
+    "u8": dict(unroll=8),
+    "u4-pf": dict(prefetch=True),
     # one pass over all T, no chunk states: one channel x N per thread, many small programs
-    "oc-bd32-pf": B(chunk=1 << 20, num_warps=1, block_d=32, prefetch=True),
-    "u2": B(unroll=2),
-    "fc256": B(chunk=256),
-    "fw4": B(num_warps=4, block_d=512),
-    "carry64": B(block_d_carry=64),
-    "fstages2": B(num_stages=2),
-    "oc-bd64-pf": B(chunk=1 << 20, num_warps=2, block_d=64, prefetch=True),
+    "oc-bd32-pf": dict(chunk=1 << 20, num_warps=1, block_d=32, prefetch=True),
+    "u2": dict(unroll=2),
+    "fw4": dict(num_warps=4, block_d=512),
+    "carry64": dict(block_d_carry=64),
+    "fstages2": dict(num_stages=2),
+    "oc-bd64-pf": dict(chunk=1 << 20, num_warps=2, block_d=64, prefetch=True),
 }
+
+
+def block_sizes(fields: dict, T: int) -> BlockSizes:
+    """`fields` over the op's defaults for the benchmark layer at this T."""
+    return BlockSizes.get_default(STATE, shape=(BATCH, T, DIM), **fields)
+
+
 FWD_FIELDS = ("block_d", "chunk", "unroll", "prefetch", "num_warps", "num_stages",
               "block_d_carry")
 # Round one's best, measured on the same H100 model (notes/scan_tune_run1.txt), not rerun.
@@ -119,7 +129,7 @@ def _fwd_save_fn(bs):
     return fn
 
 
-def forward_only(names, args, ref_out, budget):
+def forward_only(names, T, args, ref_out, budget):
     rows, start = [], time.perf_counter()
     for name in names:
         if time.perf_counter() - start > budget:
@@ -127,7 +137,7 @@ def forward_only(names, args, ref_out, budget):
             continue
         try:
             t0 = time.perf_counter()
-            fn = jax.jit(_fwd_save_fn(FWD_VARIANTS[name]))
+            fn = jax.jit(_fwd_save_fn(block_sizes(FWD_VARIANTS[name], T)))
             out, _ = jax.block_until_ready(fn(*args))
             compile_s = time.perf_counter() - t0
             row = {"name": name, "fwd_save_ms": time_jax(fn, *args),
@@ -174,15 +184,17 @@ def main(argv=None):
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
 
     if args_ns.forward_only:
-        fwd_rows = forward_only(args_ns.only or list(FWD_VARIANTS), args, ref[0], args_ns.budget)
+        fwd_rows = forward_only(args_ns.only or list(FWD_VARIANTS), args_ns.T, args, ref[0],
+                                args_ns.budget)
         key = "fwd_save_pipe_ms"
         ok = sorted((r for r in fwd_rows if r.get("ok")), key=lambda r: r[key])
         default = next((r for r in ok if r["name"] == "default"), None)
-        to_run = {"default": VARIANTS["default"]} if args_ns.confirm else {}
+        default_bs = block_sizes(VARIANTS["default"], args_ns.T)
+        to_run = {"default": default_bs} if args_ns.confirm else {}
         if args_ns.confirm and ok and default and ok[0][key] < 0.98 * default[key]:
-            best = FWD_VARIANTS[ok[0]["name"]]
+            best = block_sizes(FWD_VARIANTS[ok[0]["name"]], args_ns.T)
             to_run["default+" + ok[0]["name"]] = dataclasses.replace(
-                VARIANTS["default"], **{f: getattr(best, f) for f in FWD_FIELDS})
+                default_bs, **{f: getattr(best, f) for f in FWD_FIELDS})
         full = [run_variant(name, bs, args, ref) for name, bs in to_run.items()]
         lines = [f"forward (saving states), B=4 T={args_ns.T} D=2048 N=16 bf16 on "
                  f"{jax.devices()[0].device_kind}"]
@@ -206,11 +218,11 @@ def main(argv=None):
             skipped.append(name)
             continue
         try:
-            r = run_variant(name, VARIANTS[name], args, ref)
+            r = run_variant(name, block_sizes(VARIANTS[name], args_ns.T), args, ref)
         except Exception as e:  # noqa: BLE001 - a variant that fails to compile or run
             traceback.print_exc()
             r = {"name": name, "failed": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
-                 "block_sizes": dataclasses.asdict(VARIANTS[name])}
+                 "fields": VARIANTS[name]}
         results.append(r)
         if "failed" in r:
             print(f"{name}: FAILED {r['failed']}", flush=True)

@@ -44,7 +44,9 @@ checkpoint 8, sub 4, 1 warp):
   Compute, H100, 2026-11-25, chunk_bwd 256): pass 1 0.32 ms, pass 2 2.12 ms at 66 instructions
   per (t, d, n), 2 warps per scheduler, half the issue slots idle; fwd+bwd 3.51 ms with the
   ftz exp2 (benchmarks/RESULTS.md, round 3). With the fmas and the butterfly sums (H200,
-  2026-12-03): fwd+bwd 3.53 -> 3.09 ms, the backward ~1.9 ms against mamba_ssm's ~2.35.
+  2026-12-03): fwd+bwd 3.53 -> 3.09 ms (synchronised calls); back to back, as `do_bench` runs
+  mamba_ssm: fwd+bwd 2.56 ms against 2.94, the backward ~1.84 ms against mamba_ssm's ~2.34.
+  chunk_bwd comes from the shape: the one that leaves ~4096 programs (`BlockSizes.get_default`).
 - dA, dD, d delta_bias are per-program partials summed by XLA (deterministic, no atomics).
   Grid programs run concurrently; nothing depends on their order.
 """

@@ -16,10 +16,12 @@ _BWD_SUB_ELEMENTS = 64
 # leave (measured on an H200 at B=4, D=2048, N=16, T=1024..8192, 2026-12-03; RESULTS.md).
 # Forward: about one wave of pass-2 programs (132 SMs x 4 resident programs of 2 warps at 255
 # registers); at every T the chunk leaving 512 programs beat the longer and shorter ones.
-# Backward (one-warp programs): at 1024 and 2048 programs chunk_bwd 128 beat 256.
+# Backward (one-warp programs, ~8 resident per SM): the chunk leaving 4096 programs beat the
+# longer ones at T=1024 (64 over 128 over 256) and 2048 (128 over 256); at 4096 (256) 128 was
+# no faster.
 _FWD_CHUNKS = (512, 256, 128, 64)
 _FWD_MIN_PROGRAMS = 512
-_BWD_CHUNKS = (256, 128)
+_BWD_CHUNKS = (256, 128, 64)
 _BWD_MIN_PROGRAMS = 4096
 
 
@@ -55,9 +57,9 @@ class BlockSizes:
         it: a sub-chunk keeps `sub` states of N per thread.
     """
 
-    # chunk_bwd 256: the fastest of the variants measured on an H100 at B=4, T=4096, D=2048,
-    # N=16 (benchmarks/gpu/selective_scan_tune.py, 2026-11-24). `get_default(shape=...)` picks
-    # the forward chunk from the problem's size (benchmarks/RESULTS.md, 2026-12-03).
+    # Without a shape: chunk 64 / chunk_bwd 256, the fastest of the variants measured on an H100
+    # at B=4, T=4096, D=2048, N=16 (benchmarks/gpu/selective_scan_tune.py, 2026-11-24). The op
+    # calls `get_default(N, shape=u.shape)`, which picks both chunks from the problem's size.
     block_d: int = 256
     chunk: int = 64
     unroll: int = 4

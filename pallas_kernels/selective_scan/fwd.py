@@ -27,15 +27,17 @@ Why this shape (H100, Mamba-370M layer B=4, T=4096, D=2048, N=16, bf16 activatio
   reads u, delta (134 MB), pass 2 reads u, delta, z and writes y (268 MB) -> 0.13 ms; with
   `save` (training) the checkpoints every 8 steps add 268 MB (0.09 ms). 255 registers, no
   spills at unroll 4 without prefetch (ptxas offline): 4 programs of 2 warps per SM, each with
-  64 independent state elements per thread. Programs: B*D/block_d*NC = 4*8*32 = 1024 (chunk
-  128). Expected ~0.4-0.5 ms (mamba_ssm: 0.61 ms).
+  64 independent state elements per thread. Programs: B*D/block_d*NC = 4*8*16 = 512 (chunk
+  256, the default at this shape). Expected ~0.4-0.5 ms (mamba_ssm: 0.61 ms).
 - Measured (Nsight Compute, H100, 2026-11-25, chunk 64): pass 1 0.39 ms, pass 2 0.68 ms (0.73
   with checkpoints), at ~2x the instructions counted above (libdevice's exp2f wrapped each
   MUFU.EX2 in subnormal handling: now `exp2(ftz=True)`; `a * h + b` is FMUL + FADD, not
   contracted) and ~2 warps per scheduler (registers), half the cycles with none eligible.
   With ftz the forward takes 1.02 ms (benchmarks/RESULTS.md, round 3). The multiply-adds are
-  now `fma.rn.f32` (`_common.fma`, inline PTX). H200, 2026-12-03: 1.16 ms (mamba_ssm 0.60 ms,
-  same run); with the carry kernel, chunk 128 or 256 beats 64 by 0.08-0.15 ms (RESULTS.md).
+  now `fma.rn.f32` (`_common.fma`, inline PTX). H200, 2026-12-03, calls back to back as
+  `do_bench` runs mamba_ssm: 0.72 ms (mamba_ssm 0.60 ms, same run). The chunk comes from the
+  shape (`BlockSizes.get_default`): at every T the one that leaves ~512 pass-2 programs (one
+  wave) won; longer chunks leave SMs idle, shorter ones carry more states (RESULTS.md).
 
 Layout: u, delta, z, y `[B, T, D]`; B, C `[B, T, G, N]` (the program's channel block lies in one
 group); `At` is A transposed, `[N, D]`; D, delta_bias `[D]`; states `[B, N, D]` (transposed).

@@ -211,12 +211,12 @@ def test_block_sizes_validation():
 
 
 @pytest.mark.parametrize("shape, chunk, chunk_bwd", [
-    ((4, 1024, 2048), 64, 128),  # 32 forward blocks x 16 chunks = 512 programs
+    ((4, 1024, 2048), 64, 64),  # 32 forward blocks x 16 chunks = 512 programs
     ((4, 2048, 2048), 128, 128),  # 256 backward blocks x 16 = 4096
     ((4, 4096, 2048), 256, 256),
     ((4, 8192, 2048), 512, 256),
     ((4, 32768, 2048), 512, 256),  # no chunk past the longest
-    ((1, 300, 48), 64, 128),  # too few programs at any chunk: the shortest
+    ((1, 300, 48), 64, 64),  # too few programs at any chunk: the shortest
 ])
 def test_default_chunks_follow_the_shape(shape, chunk, chunk_bwd):
     """The longest chunks that leave a wave of programs (config._FWD/_BWD_MIN_PROGRAMS)."""
