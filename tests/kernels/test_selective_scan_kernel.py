@@ -275,7 +275,7 @@ def test_kernels_lower_for_cuda(case):
         return vjp(outs)
 
     # The chunk-state passes run only when there is more than one time chunk.
-    blocks = bs or BlockSizes.get_default(N)
+    blocks = bs or BlockSizes.get_default(N, shape=(batch, T, D))  # what the op picks
     fwd_names = ["selective_scan_fwd"] + ["selective_scan_fwd_states",
                                           "selective_scan_fwd_carry"] * (T > blocks.chunk)
     bwd_names = ["selective_scan_bwd"] + ["selective_scan_bwd_states"] * (T > blocks.chunk_bwd)
