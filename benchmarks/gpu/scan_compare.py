@@ -30,10 +30,8 @@ import jax
 import numpy as np
 
 from benchmarks.kernels.selective_scan import (
-    BATCH,
-    DIM,
     IMPLS,
-    STATE,
+    block_sizes,
     floor,
     grads_of_sum,
     inputs,
@@ -50,7 +48,7 @@ def pallas_with(blocks: dict, T: int):
     """The Pallas kernels on the op's default blocks for this shape with `blocks` over them."""
     if not blocks:
         return IMPLS["pallas"]
-    return kernel_op(BlockSizes.get_default(STATE, shape=(BATCH, T, DIM), **blocks))
+    return kernel_op(block_sizes(T, blocks))
 
 
 def parse_blocks(items) -> dict:

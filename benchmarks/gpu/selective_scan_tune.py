@@ -34,11 +34,9 @@ from pathlib import Path
 import jax
 
 from benchmarks.kernels.selective_scan import (
-    BATCH,
-    DIM,
     IMPLS,
     MAMBA_SSM_MS,
-    STATE,
+    block_sizes,
     grads_of_sum,
     inputs,
     kernel_op,
@@ -46,11 +44,10 @@ from benchmarks.kernels.selective_scan import (
 from benchmarks.timing import jax_peak_bytes, time_jax, time_jax_pipelined
 from jaxla.testing import rel_error
 from pallas_kernels._common import default_interpret
-from pallas_kernels.selective_scan import BlockSizes
 from pallas_kernels.selective_scan.api import _forward, _Static
 from pallas_kernels.selective_scan.fwd import Flags
 
-# Variants are BlockSizes fields over the op's defaults at the tuned shape (`block_sizes`).
+# Variants are BlockSizes fields over the op's defaults at the tuned T (`block_sizes`).
 # Most informative first: the budget may cut the tail.
 VARIANTS = {
     "default": {},
@@ -87,11 +84,6 @@ FWD_VARIANTS = {  # most informative first: the budget may cut the tail
     "fstages2": dict(num_stages=2),
     "oc-bd64-pf": dict(chunk=1 << 20, num_warps=2, block_d=64, prefetch=True),
 }
-
-
-def block_sizes(fields: dict, T: int) -> BlockSizes:
-    """`fields` over the op's defaults for the benchmark layer at this T."""
-    return BlockSizes.get_default(STATE, shape=(BATCH, T, DIM), **fields)
 
 
 FWD_FIELDS = ("block_d", "chunk", "unroll", "prefetch", "num_warps", "num_stages",
@@ -137,7 +129,7 @@ def forward_only(names, T, args, ref_out, budget):
             continue
         try:
             t0 = time.perf_counter()
-            fn = jax.jit(_fwd_save_fn(block_sizes(FWD_VARIANTS[name], T)))
+            fn = jax.jit(_fwd_save_fn(block_sizes(T, FWD_VARIANTS[name])))
             out, _ = jax.block_until_ready(fn(*args))
             compile_s = time.perf_counter() - t0
             row = {"name": name, "fwd_save_ms": time_jax(fn, *args),
@@ -189,10 +181,10 @@ def main(argv=None):
         key = "fwd_save_pipe_ms"
         ok = sorted((r for r in fwd_rows if r.get("ok")), key=lambda r: r[key])
         default = next((r for r in ok if r["name"] == "default"), None)
-        default_bs = block_sizes(VARIANTS["default"], args_ns.T)
+        default_bs = block_sizes(args_ns.T, VARIANTS["default"])
         to_run = {"default": default_bs} if args_ns.confirm else {}
         if args_ns.confirm and ok and default and ok[0][key] < 0.98 * default[key]:
-            best = block_sizes(FWD_VARIANTS[ok[0]["name"]], args_ns.T)
+            best = block_sizes(args_ns.T, FWD_VARIANTS[ok[0]["name"]])
             to_run["default+" + ok[0]["name"]] = dataclasses.replace(
                 default_bs, **{f: getattr(best, f) for f in FWD_FIELDS})
         full = [run_variant(name, bs, args, ref) for name, bs in to_run.items()]
@@ -218,7 +210,7 @@ def main(argv=None):
             skipped.append(name)
             continue
         try:
-            r = run_variant(name, block_sizes(VARIANTS[name], args_ns.T), args, ref)
+            r = run_variant(name, block_sizes(args_ns.T, VARIANTS[name]), args, ref)
         except Exception as e:  # noqa: BLE001 - a variant that fails to compile or run
             traceback.print_exc()
             r = {"name": name, "failed": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",

@@ -34,7 +34,7 @@ import numpy as np
 from benchmarks.timing import floor_ms, jax_peak_bytes, report_row, time_jax
 from jaxla import ops
 from jaxla.testing import rel_error
-from pallas_kernels.selective_scan import selective_scan
+from pallas_kernels.selective_scan import BlockSizes, selective_scan
 
 DEFAULT_T = (1024, 2048, 4096, 8192)
 BATCH, DIM, STATE = 4, 2048, 16
@@ -83,6 +83,11 @@ def _op(implementation):
                                     delta_softplus=True, implementation=implementation)
         return out
     return fn
+
+
+def block_sizes(T: int, fields: dict) -> BlockSizes:
+    """The op's default blocks for this layer at T (`get_default(shape=...)`), `fields` over them."""
+    return BlockSizes.get_default(STATE, shape=(BATCH, T, DIM), **fields)
 
 
 def kernel_op(block_sizes):

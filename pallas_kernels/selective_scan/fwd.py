@@ -14,7 +14,7 @@ Why this shape (H100, Mamba-370M layer B=4, T=4096, D=2048, N=16, bf16 activatio
   exp(A S_k) h_in[k] + h_loc[k]`, and writes the state entering every chunk `[B, NC, N, D]`.
   Pass 2 (`_out_kernel`, grid (B, D/block_d, NC)) reruns its chunk from that state and writes
   y, the checkpoints and (last chunk) the final state. Twice the exps of one pass, NC times the
-  programs. (Until 2026-12 pass 2 walked the chunks before its own itself: ~NC/2 tile steps
+  programs. (Until 2026-12 each pass-2 program walked the chunks before its own: ~NC/2 tile steps
   per program, repeated by every program.)
 - The state tile is `[N, block_d]` (channels along the fast axis). With `block_d = 4 * 32 *
   num_warps` Triton's layout gives each thread 4 channels x all N: per-channel work runs once,

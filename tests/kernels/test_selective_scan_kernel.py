@@ -12,7 +12,7 @@ import pytest
 
 from jaxla import ops
 from jaxla.testing import assert_close, outputs_and_grads, random_like
-from pallas_kernels._common import lower_for_cuda
+from pallas_kernels._common import lower_for_cuda, next_pow2
 from pallas_kernels.selective_scan import MAX_N, BlockSizes, selective_scan
 from pallas_kernels.selective_scan.bwd import butterfly_sums
 from tests.inputs import selective_scan_inputs
@@ -291,7 +291,7 @@ def test_kernels_lower_for_cuda(case):
     # Multiply-adds are single-rounding fmas (Triton leaves a * b + c as two instructions).
     assert text.count("fma.rn.f32") >= len(fwd_names) + len(bwd_names)
     # The backward's channel sums are lane shuffles where one warp holds 32 channels.
-    Np = 1 << (N - 1).bit_length()
+    Np = next_pow2(N)
     block_d_bwd = blocks.for_channels(D // (groups or 1)).block_d_bwd
     butterfly = butterfly_sums(Np, block_d_bwd, blocks.num_warps_bwd)
     assert ("shfl.sync.bfly.b32" in text) == butterfly
