@@ -5,7 +5,8 @@ Every op returns `(output, final_state_or_None)` and takes `implementation`:
 (pallas on GPU, xla elsewhere). Layouts follow FLA: `[B, T, H, K]`, time before heads.
 """
 
-from jaxla.ops._checks import IMPLEMENTATIONS, Implementation
+from jaxla.ops import packing
+from jaxla.ops._checks import IMPLEMENTATIONS, Implementation, checking
 from jaxla.ops.gla import gla, gla_recurrent
 from jaxla.ops.lightning import (
     default_scale,
@@ -19,12 +20,14 @@ from jaxla.ops.simple_gla import simple_gla, simple_gla_recurrent
 __all__ = [
     "IMPLEMENTATIONS",
     "Implementation",
+    "checking",
     "default_scale",
     "gla",
     "gla_recurrent",
     "lightning_attention",
     "lightning_attention_recurrent",
     "lightning_decay",
+    "packing",
     "selective_scan",
     "selective_state_update",
     "simple_gla",

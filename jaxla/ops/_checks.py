@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
 from typing import Literal
 
@@ -60,11 +62,31 @@ def check_chunk_size(chunk_size) -> None:
         raise ValueError(f"chunk_size must be a power of two in [16, 256], got {chunk_size=}")
 
 
-def check_scale(scale) -> None:
+def check_same_dtype(**arrays) -> None:
+    """All named arrays share one dtype (e.g. q, k, v)."""
+    dtypes = {name: x.dtype for name, x in arrays.items()}
+    if len(set(dtypes.values())) > 1:
+        names = ", ".join(arrays)
+        got = ", ".join(f"{name}.dtype={dtype}" for name, dtype in dtypes.items())
+        raise TypeError(f"{names} must share a dtype, got {got}")
+
+
+def check_scale(scale, *, default: float):
+    """`scale` is a real number or a scalar array; returns it (or `default` when None)."""
     if scale is None:
-        return
-    if isinstance(scale, (jax.Array, np.ndarray)) and np.shape(scale) != ():
+        return default
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number, np.ndarray,
+                                                         jax.Array)):
+        raise TypeError(f"scale must be a real number or a scalar array, got "
+                        f"{type(scale).__name__} {scale!r}")
+    if np.shape(scale) != ():
         raise ValueError(f"scale must be a scalar, got scale.shape={np.shape(scale)}")
+    if not jnp.issubdtype(jnp.result_type(scale), jnp.floating) and not jnp.issubdtype(
+            jnp.result_type(scale), jnp.integer):
+        raise TypeError(f"scale must be real, got dtype {jnp.result_type(scale)}")
+    if is_concrete(scale) and not np.isfinite(float(scale)):
+        raise ValueError(f"scale must be finite, got scale={float(scale)}")
+    return scale
 
 
 def is_concrete(x) -> bool:
@@ -72,8 +94,14 @@ def is_concrete(x) -> bool:
 
 
 def check_nonpositive(name: str, x) -> None:
-    """Log-decays must be <= 0. Checked when `x` holds values (eager calls); skipped under jit."""
-    if x is None or not is_concrete(x):
+    """Log-decays must be <= 0. Checked when `x` holds values (eager calls); under jit only in
+    checked mode (`checking`)."""
+    if x is None:
+        return
+    if not is_concrete(x):
+        if _CHECKED[0]:
+            _check_traced(name, x, "holds log-decays and must be <= 0 everywhere",
+                          lambda a: not a.size or float(np.max(a)) <= 0.0)
         return
     # numpy, not jnp: inside a jit trace jnp would stage the reduction even for concrete values.
     top = float(np.max(np.asarray(x, np.float32))) if x.size else 0.0
@@ -82,6 +110,57 @@ def check_nonpositive(name: str, x) -> None:
             f"{name} holds log-decays and must be <= 0 everywhere, got max({name})={top} "
             f"({name}.shape={x.shape})"
         )
+
+
+def check_finite(**arrays) -> None:
+    """No NaN or Inf in the named float arrays. Traced arrays are checked in checked mode only;
+    concrete ones only in checked mode too (a full pass over every input on every call)."""
+    if not _CHECKED[0]:
+        return
+    for name, x in arrays.items():
+        if x is None:
+            continue
+        if is_concrete(x):
+            bad = int(np.sum(~np.isfinite(np.asarray(x, np.float32))))
+            if bad:
+                raise ValueError(f"{name} has {bad} NaN/Inf values ({name}.shape={x.shape})")
+        else:
+            _check_traced(name, x, "must be finite (no NaN/Inf)",
+                          lambda a: bool(np.all(np.isfinite(a))))
+
+
+# Checked mode: `with jaxla.ops.checking():` (or JAXLA_CHECKED=1) makes the ops check their
+# inputs' values under jit too, through a host callback per op (a sync: for debugging only).
+_CHECKED = [os.environ.get("JAXLA_CHECKED", "") not in ("", "0")]
+
+
+@contextlib.contextmanager
+def checking(enabled: bool = True):
+    """Check input values (gates <= 0, no NaN/Inf) also inside `jax.jit`, while tracing.
+
+    The flag is read when a function is traced: jit-compiled functions traced before entering
+    keep their unchecked form, and ones traced inside keep their checks. A failed check raises
+    ValueError naming the argument (wrapped in JAX's runtime error when raised under jit).
+    """
+    previous = _CHECKED[0]
+    _CHECKED[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _CHECKED[0] = previous
+
+
+def _check_traced(name: str, x, what: str, ok) -> None:
+    shape = tuple(x.shape)
+
+    def callback(value):
+        value = np.asarray(value, np.float32)
+        if not ok(value):
+            detail = (f"max({name})={float(np.max(value))}" if "<= 0" in what
+                      else f"{int(np.sum(~np.isfinite(value)))} NaN/Inf")
+            raise ValueError(f"{name} {what}, got {detail} ({name}.shape={shape})")
+
+    jax.debug.callback(callback, x)
 
 
 def check_implementation(implementation, available: Sequence[str], op: str) -> None:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from jaxla.ops import _checks as checks
+from jaxla.ops import packing as pk
+from jaxla.ops._dispatch import dispatch
 from jaxla.ops._sharding import batch_sharded_call
 from jaxla.ops.reference.gla import chunk_gla, naive_gla
 
-# Implementations that exist for each entry point.
-_CHUNK_IMPLEMENTATIONS = ("pallas", "xla", "naive")
-_RECURRENT_IMPLEMENTATIONS = ("pallas", "xla", "naive")
 
-
-def _validate(q, k, v, g, initial_state, scale):
+def _validate(q, k, v, g, initial_state, scale, segment_ids, cu_seqlens):
+    """Check every argument; returns (scale, packing)."""
     checks.check_rank("q", q, 4, "[B, T, H, K]")
     checks.check_rank("k", k, 4, "[B, T, H, K]")
     checks.check_rank("v", v, 4, "[B, T, H, V]")
@@ -24,42 +21,28 @@ def _validate(q, k, v, g, initial_state, scale):
         raise ValueError(f"g must have the shape of q [B, T, H, K], got {q.shape=}, {g.shape=}")
     if v.shape[:3] != q.shape[:3]:
         raise ValueError(f"v must match q in B, T, H: {q.shape=}, {v.shape=}")
-    if not q.dtype == k.dtype == v.dtype:
-        raise TypeError(f"q, k, v must share a dtype, got {q.dtype=}, {k.dtype=}, {v.dtype=}")
+    checks.check_same_dtype(q=q, k=k, v=v)
     B, T, H, K = q.shape
     V = v.shape[-1]
     if T < 1:
         raise ValueError(f"sequence length must be >= 1, got {q.shape=}")
-    checks.check_state("initial_state", initial_state, (B, H, K, V), "[B, H, K, V]", q.dtype)
-    checks.check_scale(scale)
+    packing = pk.resolve(segment_ids, cu_seqlens, B, T)
+    states = pk.state_batch(packing, B)
+    layout = "[N, H, K, V]" if states != B else "[B, H, K, V]"
+    checks.check_state("initial_state", initial_state, (states, H, K, V), layout, q.dtype)
+    scale = checks.check_scale(scale, default=K**-0.5)
     checks.check_nonpositive("g", g)
-    return K
+    checks.check_finite(q=q, k=k, v=v, g=g, initial_state=initial_state)
+    return scale, packing
 
 
-def _kernel_supports(q, v, implementation):
-    """Whether the Pallas kernels take these inputs (K, V <= 256; float32 or bfloat16 q, k, v).
+def _kernel_refuses(q, v):
+    def reason():
+        from pallas_kernels.gla import unsupported
 
-    With `implementation="pallas"` anything else is an error naming the argument; with
-    `implementation=None` (pallas on GPU) such inputs fall back to the chunked XLA path.
-    """
-    from pallas_kernels.gla import MAX_HEAD_DIM
+        return unsupported(head_dim_k=q.shape[-1], head_dim_v=v.shape[-1], dtype=q.dtype)
 
-    problem = None
-    if q.shape[-1] > MAX_HEAD_DIM:
-        problem = ValueError(
-            f"implementation='pallas' takes q/k head dim K <= {MAX_HEAD_DIM}, got {q.shape=}; "
-            "use implementation='xla'")
-    elif v.shape[-1] > MAX_HEAD_DIM:
-        problem = ValueError(
-            f"implementation='pallas' takes v head dim V <= {MAX_HEAD_DIM}, got {v.shape=}; "
-            "use implementation='xla'")
-    elif q.dtype not in (jnp.float32, jnp.bfloat16):
-        problem = TypeError(
-            f"implementation='pallas' takes float32 or bfloat16 q, k, v, got {q.dtype=}; "
-            "use implementation='xla'")
-    if problem is not None and implementation == "pallas":
-        raise problem
-    return problem is None
+    return reason
 
 
 def gla(
@@ -71,6 +54,8 @@ def gla(
     scale=None,
     initial_state=None,
     output_final_state: bool = False,
+    segment_ids=None,
+    cu_seqlens=None,
     chunk_size: int = 64,
     implementation: checks.Implementation | None = None,
 ):
@@ -80,37 +65,56 @@ def gla(
       q, k: `[B, T, H, K]`; v: `[B, T, H, V]`; all one float dtype.
       g: `[B, T, H, K]` log-decays (<= 0), e.g. `logsigmoid(x) / 16`; kept in float32 inside.
       scale: multiplies q; defaults to `K ** -0.5`.
-      initial_state: optional float32 `[B, H, K, V]`.
+      initial_state: optional float32 `[B, H, K, V]` (`[N, H, K, V]` with cu_seqlens).
       output_final_state: also return the float32 final state.
+      segment_ids: optional `[B, T]` integers: packed documents, the state restarts where the
+        id changes (`jaxla.ops.packing`).
+      cu_seqlens: optional `[N + 1]` document offsets with B = 1 (FLA's varlen): one initial
+        and one final state per document.
       chunk_size: power of two in [16, 256]; T need not be a multiple (padded inside).
       implementation: "pallas" (kernel; K, V <= 256, float32/bfloat16), "xla" (chunked pure JAX),
         "naive" (step scan, the spec), or None: pallas on GPU when the kernel takes the inputs,
         xla otherwise.
 
     Returns:
-      `(o [B, T, H, V] in q.dtype, final_state [B, H, K, V] float32 or None)`.
+      `(o [B, T, H, V] in q.dtype, final_state float32 or None)`: the final state is
+      `[B, H, K, V]` (each row's state after its last token), `[N, H, K, V]` with cu_seqlens.
     """
-    K = _validate(q, k, v, g, initial_state, scale)
+    scale, packing = _validate(q, k, v, g, initial_state, scale, segment_ids, cu_seqlens)
     checks.check_chunk_size(chunk_size)
-    impl = checks.resolve_implementation(implementation, _CHUNK_IMPLEMENTATIONS, "gla")
-    scale = K**-0.5 if scale is None else scale
-    if impl == "pallas" and _kernel_supports(q, v, implementation):
-        from pallas_kernels.gla import chunk_gla as chunk_gla_kernel
 
-        def kernel(q, k, v, g, initial_state):
-            return chunk_gla_kernel(
+    def pallas():
+        from pallas_kernels import gla as kernels
+
+        if packing is not None and packing.per_document_states:
+            C = min(chunk_size, kernels.MAX_CHUNK)
+            aligned = pk.align(packing.docs, packing.num_docs, C)
+            o, final = kernels.chunk_gla(
+                *(pk.to_aligned(x, aligned) for x in (q, k, v, g)), scale=scale,
+                initial_state=initial_state, output_final_state=output_final_state,
+                chunk_docs=aligned.chunk_docs, num_docs=packing.num_docs)
+            return pk.from_aligned(o, aligned), final
+
+        def kernel(q, k, v, g, initial_state, resets):
+            return kernels.chunk_gla(
                 q, k, v, g, scale=scale, initial_state=initial_state,
-                output_final_state=output_final_state, chunk_size=chunk_size,
-            )
+                output_final_state=output_final_state, chunk_size=chunk_size, resets=resets)
 
-        return batch_sharded_call(kernel, (q, k, v, g, initial_state), (True,) * 5)
-    if impl == "naive":
-        o, final = naive_gla(q, k, v, g, scale=scale, initial_state=initial_state)
-    else:
-        o, final = chunk_gla(
-            q, k, v, g, scale=scale, initial_state=initial_state, chunk_size=chunk_size
-        )
-    return o, (final if output_final_state else None)
+        resets = None if packing is None else packing.resets
+        return batch_sharded_call(kernel, (q, k, v, g, initial_state, resets), (True,) * 6)
+
+    def xla():
+        o, final = chunk_gla(q, k, v, g, scale=scale, initial_state=initial_state,
+                             chunk_size=chunk_size, packing=packing)
+        return o, (final if output_final_state else None)
+
+    def naive():
+        o, final = naive_gla(q, k, v, g, scale=scale, initial_state=initial_state,
+                             packing=packing)
+        return o, (final if output_final_state else None)
+
+    return dispatch("gla", implementation, pallas=pallas, xla=xla, naive=naive,
+                    kernel_refuses=_kernel_refuses(q, v))
 
 
 def gla_recurrent(
@@ -122,6 +126,8 @@ def gla_recurrent(
     scale=None,
     initial_state=None,
     output_final_state: bool = False,
+    segment_ids=None,
+    cu_seqlens=None,
     implementation: checks.Implementation | None = None,
 ):
     """GLA in its recurrent form, one state update per token (FLA's `fused_recurrent_gla`).
@@ -130,19 +136,26 @@ def gla_recurrent(
     and returns as `gla`. "pallas" is one fused kernel walking the tokens (K, V <= 256); "xla" and
     "naive" both run the step recurrence as a `lax.scan`.
     """
-    K = _validate(q, k, v, g, initial_state, scale)
-    impl = checks.resolve_implementation(
-        implementation, _RECURRENT_IMPLEMENTATIONS, "gla_recurrent")
-    scale = K**-0.5 if scale is None else scale
-    if impl == "pallas" and _kernel_supports(q, v, implementation):
-        from pallas_kernels.gla import fused_recurrent_gla
+    scale, packing = _validate(q, k, v, g, initial_state, scale, segment_ids, cu_seqlens)
 
-        def kernel(q, k, v, g, initial_state):
-            return fused_recurrent_gla(
+    def pallas():
+        from pallas_kernels import gla as kernels
+
+        def kernel(q, k, v, g, initial_state, resets, docs):
+            return kernels.fused_recurrent_gla(
                 q, k, v, g, scale=scale, initial_state=initial_state,
-                output_final_state=output_final_state,
-            )
+                output_final_state=output_final_state, resets=resets, docs=docs,
+                num_docs=0 if packing is None else packing.num_docs)
 
-        return batch_sharded_call(kernel, (q, k, v, g, initial_state), (True,) * 5)
-    o, final = naive_gla(q, k, v, g, scale=scale, initial_state=initial_state)
-    return o, (final if output_final_state else None)
+        resets = None if packing is None else packing.resets
+        docs = None if packing is None else packing.docs
+        return batch_sharded_call(kernel, (q, k, v, g, initial_state, resets, docs),
+                                  (True,) * 6 + (False,))
+
+    def naive():
+        o, final = naive_gla(q, k, v, g, scale=scale, initial_state=initial_state,
+                             packing=packing)
+        return o, (final if output_final_state else None)
+
+    return dispatch("gla_recurrent", implementation, pallas=pallas, xla=naive, naive=naive,
+                    kernel_refuses=_kernel_refuses(q, v))

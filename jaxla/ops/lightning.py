@@ -59,6 +59,8 @@ def lightning_attention(
     scale=None,
     initial_state=None,
     output_final_state: bool = False,
+    segment_ids=None,
+    cu_seqlens=None,
     chunk_size: int = 64,
     implementation: checks.Implementation | None = None,
 ):
@@ -69,16 +71,18 @@ def lightning_attention(
       layer_idx, num_layers: the layer's depth, which sets its decay.
       decay: "minimax" (default) or "fla" (see the module docstring).
       scale: defaults to the convention's (1.0 for "minimax", `K**-0.5` for "fla").
-      initial_state, output_final_state, chunk_size, implementation: as in `jaxla.ops.gla`.
+      initial_state, output_final_state, segment_ids, cu_seqlens, chunk_size,
+        implementation: as in `jaxla.ops.gla`.
 
     Returns:
-      `(o [B, T, H, V] in q.dtype, final_state [B, H, K, V] float32 or None)`.
+      `(o [B, T, H, V] in q.dtype, final_state float32 or None)`, the state `[B, H, K, V]`
+      (`[N, H, K, V]` with cu_seqlens).
     """
     g_gamma, scale = _decay_and_scale(q, layer_idx, num_layers, decay, scale)
     return simple_gla(
         q, k, v, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
-        output_final_state=output_final_state, chunk_size=chunk_size,
-        implementation=implementation,
+        output_final_state=output_final_state, segment_ids=segment_ids, cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size, implementation=implementation,
     )
 
 
@@ -93,13 +97,16 @@ def lightning_attention_recurrent(
     scale=None,
     initial_state=None,
     output_final_state: bool = False,
+    segment_ids=None,
+    cu_seqlens=None,
     implementation: checks.Implementation | None = None,
 ):
     """Lightning Attention in its recurrent form (decoding); arguments as `lightning_attention`."""
     g_gamma, scale = _decay_and_scale(q, layer_idx, num_layers, decay, scale)
     return simple_gla_recurrent(
         q, k, v, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
-        output_final_state=output_final_state, implementation=implementation,
+        output_final_state=output_final_state, segment_ids=segment_ids, cu_seqlens=cu_seqlens,
+        implementation=implementation,
     )
 
 

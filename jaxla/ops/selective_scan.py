@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxla.ops import _checks as checks
+from jaxla.ops import packing as pk
+from jaxla.ops._dispatch import dispatch
 from jaxla.ops._sharding import batch_sharded_call
 from jaxla.ops.reference.selective_scan import (
     chunk_selective_scan,
@@ -14,10 +16,10 @@ from jaxla.ops.reference.selective_scan import (
     naive_selective_scan,
 )
 
-_IMPLEMENTATIONS = ("pallas", "xla", "naive")
 
-
-def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state):
+def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state, segment_ids=None,
+              cu_seqlens=None):
+    """Check every argument; returns (B, C as `[B, T, G, N]`, packing)."""
     checks.check_rank("u", u, 3, "[B, T, D]")
     batch, T, Dm = u.shape
     if T < 1:
@@ -48,8 +50,13 @@ def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state):
         checks.check_shape("z", z, u.shape, "[B, T, D]")
     if delta_bias is not None:
         checks.check_shape("delta_bias", delta_bias, (Dm,), "[D]")
-    checks.check_state("initial_state", initial_state, (batch, Dm, N), "[B, D, N]", u.dtype)
-    return grouped
+    packing = pk.resolve(segment_ids, cu_seqlens, batch, T)
+    states = pk.state_batch(packing, batch)
+    layout = "[N_docs, D, N]" if states != batch else "[B, D, N]"
+    checks.check_state("initial_state", initial_state, (states, Dm, N), layout, u.dtype)
+    checks.check_finite(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                        initial_state=initial_state)
+    return grouped, packing
 
 
 def selective_scan(
@@ -65,6 +72,8 @@ def selective_scan(
     delta_softplus: bool = False,
     initial_state=None,
     output_final_state: bool = False,
+    segment_ids=None,
+    cu_seqlens=None,
     implementation: checks.Implementation | None = None,
 ):
     """Selective scan `h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t`, `y_t = C_t h_t + D u_t`.
@@ -78,63 +87,54 @@ def selective_scan(
       B, C: `[B, T, N]` (shared by all channels) or `[B, T, G, N]` (G groups dividing D).
       D: optional `[D]` skip; z: optional `[B, T, D]` gate, `out = y * silu(z)`.
       delta_bias: optional `[D]` added to delta; delta_softplus: apply softplus to the step.
-      initial_state: optional float32 `[B, D, N]`; output_final_state: also return the final one.
+      initial_state: optional float32 `[B, D, N]` (`[N_docs, D, N]` with cu_seqlens);
+        output_final_state: also return the final one.
+      segment_ids, cu_seqlens: packed documents, as in `jaxla.ops.gla`.
       implementation: "pallas" (the Pallas kernels in `pallas_kernels.selective_scan`, interpret
         mode without a GPU; float32/bfloat16/float16 inputs, N <= 256), "xla" (chunked
         associative scan), "naive" (step scan, the spec) or None: pallas on GPU (xla for inputs
         the kernel does not take), xla elsewhere.
 
     Returns:
-      `(out [B, T, D] in u.dtype, final_state [B, D, N] float32 or None)`. Unlike mamba_ssm, the
-      final state carries a gradient.
+      `(out [B, T, D] in u.dtype, final_state float32 or None)`, the state `[B, D, N]`
+      (`[N_docs, D, N]` with cu_seqlens). Unlike mamba_ssm, the final state carries a gradient.
     """
-    B4, C4 = _validate(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    impl = checks.resolve_implementation(implementation, _IMPLEMENTATIONS, "selective_scan")
-    if impl == "pallas":
-        problem = _pallas_problem(u, delta, A, B4, C4, z)
-        if problem is None:
-            return _pallas(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, initial_state,
-                           output_final_state)
-        if implementation == "pallas":
-            raise problem
-        impl = "xla"  # the GPU default falls back to the chunked path for what the kernel lacks
-    fn = naive_selective_scan if impl == "naive" else chunk_selective_scan
-    out, final = fn(
-        u, delta, A, B4, C4, D, z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-        initial_state=initial_state,
-    )
-    return out, (final if output_final_state else None)
+    (B4, C4), packing = _validate(u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                  segment_ids, cu_seqlens)
+    kw = dict(delta_bias=delta_bias, delta_softplus=delta_softplus, initial_state=initial_state,
+              packing=packing)
 
+    def pallas():
+        # Imported here: the kernels (and Pallas) load only when the pallas path is used.
+        from pallas_kernels.selective_scan import selective_scan as kernel
 
-def _pallas_problem(u, delta, A, B, C, z) -> Exception | None:
-    """Why the Pallas kernel cannot take these inputs (None when it can)."""
-    from pallas_kernels.selective_scan import MAX_N
+        def per_device(u, delta, A, B, C, D, z, delta_bias, initial_state, resets, docs):
+            out, final = kernel(u, delta, A, B, C, D, z, delta_bias=delta_bias,
+                                delta_softplus=delta_softplus, initial_state=initial_state,
+                                resets=resets, docs=docs,
+                                num_docs=0 if packing is None else packing.num_docs)
+            return out, (final if output_final_state else None)
 
-    if A.shape[1] > MAX_N:
-        return ValueError(
-            f"the pallas selective scan takes a state size N = A.shape[1] <= {MAX_N}, "
-            f"got {A.shape=}"
-        )
-    if any(x is not None and x.dtype == jnp.float64 for x in (u, delta, B, C, z)):
-        return TypeError(
-            f"the pallas selective scan computes in float32; got {u.dtype=}, {delta.dtype=}: use "
-            "implementation='naive' or 'xla' for float64"
-        )
-    return None
+        resets = None if packing is None else packing.resets
+        docs = None if packing is None else packing.docs
+        return batch_sharded_call(
+            per_device, (u, delta, A, B4, C4, D, z, delta_bias, initial_state, resets, docs),
+            (True, True, False, True, True, False, True, False, True, True, False))
 
+    def kernel_refuses():
+        from pallas_kernels.selective_scan import unsupported
 
-def _pallas(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-            output_final_state):
-    # Imported here: the kernels (and Pallas) load only when the pallas path is used.
-    from pallas_kernels.selective_scan import selective_scan as kernel
+        dtypes = [x.dtype for x in (u, delta, B4, C4, z) if x is not None]
+        widest = max(dtypes, key=lambda d: jnp.dtype(d).itemsize)
+        return unsupported(state_size=A.shape[1], dtype=widest)
 
-    def per_device(u, delta, A, B, C, D, z, delta_bias, initial_state):
-        out, final = kernel(u, delta, A, B, C, D, z, delta_bias=delta_bias,
-                            delta_softplus=delta_softplus, initial_state=initial_state)
+    def run(fn):
+        out, final = fn(u, delta, A, B4, C4, D, z, **kw)
         return out, (final if output_final_state else None)
 
-    return batch_sharded_call(per_device, (u, delta, A, B, C, D, z, delta_bias, initial_state),
-                              (True, True, False, True, True, False, True, False, True))
+    return dispatch("selective_scan", implementation, pallas=pallas,
+                    xla=lambda: run(chunk_selective_scan), naive=lambda: run(naive_selective_scan),
+                    kernel_refuses=kernel_refuses)
 
 
 def selective_state_update(
@@ -153,7 +153,7 @@ def selective_state_update(
     if state is None:
         raise ValueError("state is required: float32 [B, D, N]")
     add_time = lambda x: None if x is None else x[:, None]  # noqa: E731
-    B4, C4 = _validate(
+    (B4, C4), _ = _validate(
         add_time(u), add_time(delta), A, add_time(B), add_time(C), D, add_time(z), delta_bias, state
     )
     cd = checks.compute_dtype(u.dtype, A.dtype, state.dtype)

@@ -114,8 +114,8 @@ def _prepare(q, k, v, g, initial_state, T_multiple):
 
 
 def chunk_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state: bool = False,
-              chunk_size: int = 64, block_sizes: BlockSizes | None = None,
-              interpret: bool | None = None):
+              chunk_size: int = 64, resets=None, chunk_docs=None, num_docs: int = 0,
+              block_sizes: BlockSizes | None = None, interpret: bool | None = None):
     """Chunked GLA with Pallas kernels (FLA's `chunk_gla`).
 
     q, k, g: `[B, T, H, K]`; v: `[B, T, H, V]`; q, k, v float32 or bfloat16, g log-decays
@@ -125,6 +125,8 @@ def chunk_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state:
     defaults to True off GPU.
     Returns `(o [B, T, H, V] in q.dtype, final_state [B, H, K, V] float32 or None)`.
     """
+    if resets is not None or chunk_docs is not None:
+        raise NotImplementedError("packed documents in the GLA kernels")
     _check(q, k, v, g, initial_state)
     scale, q = _static_scale(scale, q)
     interpret = default_interpret() if interpret is None else interpret
@@ -139,12 +141,15 @@ def chunk_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state:
 
 
 def fused_recurrent_gla(q, k, v, g, *, scale=None, initial_state=None,
-                        output_final_state: bool = False, block_sizes: BlockSizes | None = None,
+                        output_final_state: bool = False, resets=None, docs=None,
+                        num_docs: int = 0, block_sizes: BlockSizes | None = None,
                         interpret: bool | None = None):
     """GLA as a token-by-token recurrence in one kernel (FLA's `fused_recurrent_gla`).
 
     Same arguments and returns as `chunk_gla`; the choice for decoding and short inputs.
     """
+    if resets is not None or docs is not None:
+        raise NotImplementedError("packed documents in the GLA kernels")
     _check(q, k, v, g, initial_state)
     scale, q = _static_scale(scale, q)
     interpret = default_interpret() if interpret is None else interpret

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+
 from pallas_kernels._common import is_pow2
 
 MAX_HEAD_DIM = 256  # K and V (after padding to a power of two) the kernels take
 MAX_CHUNK = 128
+DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+def unsupported(*, head_dim_k: int, head_dim_v: int, dtype) -> str | None:
+    """Why the GLA kernels cannot take these inputs, or None when they can."""
+    if head_dim_k > MAX_HEAD_DIM or head_dim_v > MAX_HEAD_DIM:
+        return (f"the GLA kernels take head dims K, V <= {MAX_HEAD_DIM}, got K={head_dim_k}, "
+                f"V={head_dim_v}")
+    if jnp.dtype(dtype) not in DTYPES:
+        return f"the GLA kernels take float32 or bfloat16 q, k, v, got {jnp.dtype(dtype)}"
+    return None
 
 # Largest per-channel decay span `-sum(g)` over one chunk for which the intra-chunk attention
 # is one matmul of `q * exp(G - G_last/2)` and `k * exp(G_last/2 - G)`: both factors then lie in

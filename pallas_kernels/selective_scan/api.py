@@ -70,8 +70,9 @@ def _expand_groups(x, G: int):
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, *, delta_bias=None,
-                   delta_softplus: bool = False, initial_state=None,
-                   block_sizes: BlockSizes | None = None, interpret: bool | None = None):
+                   delta_softplus: bool = False, initial_state=None, resets=None, docs=None,
+                   num_docs: int = 0, block_sizes: BlockSizes | None = None,
+                   interpret: bool | None = None):
     """Mamba's selective scan on the Pallas kernels (interpret mode without a GPU).
 
     Layout is time before channels (mamba_ssm uses `[B, D, L]`). Inputs are validated by
@@ -86,6 +87,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, delta_bias=None,
     Returns:
       `(out [Bt, T, D] in u.dtype, final_state [Bt, D, N] float32)`, both differentiable.
     """
+    if resets is not None or docs is not None:
+        raise NotImplementedError("packed documents in the selective-scan kernels")
     if u.dtype == jnp.float64:
         raise TypeError(
             f"the pallas selective scan computes in float32; got {u.dtype=} (use "

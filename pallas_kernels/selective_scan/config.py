@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+
 from pallas_kernels._common import is_pow2, next_pow2
 
 # Largest state size the kernels take (mamba_ssm's MAX_DSTATE).
 MAX_N = 256
+DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def unsupported(*, state_size: int, dtype) -> str | None:
+    """Why the selective-scan kernels cannot take these inputs, or None when they can."""
+    if state_size > MAX_N:
+        return f"the selective-scan kernels take a state size N <= {MAX_N}, got N={state_size}"
+    if jnp.dtype(dtype) not in DTYPES:
+        return (f"the selective-scan kernels compute in float32 from float32, bfloat16 or "
+                f"float16 inputs, got {jnp.dtype(dtype)}")
+    return None
 # State elements one thread of the forward kernels holds by default (4 channels x N = 16).
 _FWD_ELEMENTS_PER_THREAD = 64
 # Default state elements per thread in a backward sub-chunk (sub x N).

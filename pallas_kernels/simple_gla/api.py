@@ -202,12 +202,15 @@ def _scale_q(q, scale):
 
 def simple_gla(q, k, v, g=None, g_gamma=None, *, scale=None, initial_state=None,
                output_final_state=False, block_sizes: BlockSizes | None = None, chunk=64,
+               resets=None, chunk_docs=None, num_docs: int = 0, gate_grad: bool | None = None,
                interpret=None):
     """Chunked simple GLA on the Pallas kernels (differentiable).
 
     Returns `(o [B, T, H, V] in q.dtype, final_state [B, H, K, V] float32 or None)`.
     `block_sizes` overrides the defaults (`chunk` is used only when it is None).
     """
+    if resets is not None or chunk_docs is not None:
+        raise NotImplementedError("packed documents in the simple GLA kernels")
     q, scale = _scale_q(q, q.shape[-1] ** -0.5 if scale is None else scale)
     st = _static(q, v, g, g_gamma, scale, output_final_state, block_sizes, interpret, chunk)
     g = None if g is None else jnp.asarray(g)
@@ -216,9 +219,11 @@ def simple_gla(q, k, v, g=None, g_gamma=None, *, scale=None, initial_state=None,
 
 
 def simple_gla_recurrent(q, k, v, g=None, g_gamma=None, *, scale=None, initial_state=None,
-                         output_final_state=False, block_sizes: BlockSizes | None = None,
-                         interpret=None):
+                         output_final_state=False, resets=None, docs=None, num_docs: int = 0,
+                         block_sizes: BlockSizes | None = None, interpret=None):
     """Recurrent simple GLA on the Pallas kernel (decoding); gradients via the chunked backward."""
+    if resets is not None or docs is not None:
+        raise NotImplementedError("packed documents in the simple GLA kernels")
     q, scale = _scale_q(q, q.shape[-1] ** -0.5 if scale is None else scale)
     st = _static(q, v, g, g_gamma, scale, output_final_state, block_sizes, interpret, 64)
     g = None if g is None else jnp.asarray(g)

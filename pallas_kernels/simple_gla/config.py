@@ -9,6 +9,19 @@ import jax.numpy as jnp
 from pallas_kernels._common import is_pow2, padded_dim
 
 MAX_HEAD_DIM = 256
+MAX_CHUNK = 256
+DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
+
+
+def unsupported(*, head_dim_k: int, head_dim_v: int, dtype) -> str | None:
+    """Why the simple GLA kernels cannot take these inputs, or None when they can."""
+    if head_dim_k > MAX_HEAD_DIM or head_dim_v > MAX_HEAD_DIM:
+        return (f"the simple GLA kernels take head dims K, V <= {MAX_HEAD_DIM}, got "
+                f"K={head_dim_k}, V={head_dim_v}")
+    if jnp.dtype(dtype) not in DTYPES:
+        return (f"the simple GLA kernels take bfloat16, float16 or float32 q, k, v, got "
+                f"{jnp.dtype(dtype)}")
+    return None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -7,6 +7,10 @@ d // (D/G)); D, delta_bias `[D]`; state `[B, D, N]`. Semantics of mamba_ssm's `s
     dt = softplus(delta + delta_bias)            (bias and softplus optional)
     h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t
     y_t = C_t . h_t + D u_t;   out_t = y_t * silu(z_t)   (D and z optional)
+
+With a `Packing` (`jaxla.ops.packing`), `h_{t-1}` is replaced at a document start by zero
+(segment_ids) or by the document's initial state (cu_seqlens: states `[N, D, N_state]`, the final
+state holding each document's state after its last step).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxla.ops import packing as pk
 from jaxla.ops._checks import compute_dtype
 from jaxla.ops.reference.gla import pad_time
 
@@ -51,8 +56,31 @@ def _dtypes(u, A, initial_state):
     return compute_dtype(u.dtype, A.dtype, None if initial_state is None else initial_state.dtype)
 
 
+def _initial_states(initial_state, packing, batch, Dm, N, cd):
+    """(h0 for the rows, per-document initial states or None)."""
+    if packing is not None and packing.per_document_states:
+        shape = (packing.num_docs, Dm, N)
+        s0 = jnp.zeros(shape, cd) if initial_state is None else initial_state.astype(cd)
+        return jnp.zeros((batch, Dm, N), cd), s0
+    h0 = jnp.zeros((batch, Dm, N), cd) if initial_state is None else initial_state.astype(cd)
+    return h0, None
+
+
+def _step_flags(packing, batch, T):
+    """`[B, T]` resets (start from zero), `[B, T]` starts from a document's initial state and
+    `[B, T]` ends, the `[T]` documents (zeros without per-document states)."""
+    none = jnp.zeros((batch, T), bool)
+    if packing is None:
+        return none, none, none, jnp.zeros((T,), jnp.int32)
+    if packing.per_document_states:
+        starts, ends = pk.starts_and_ends(packing.docs)
+        return none, starts[None], ends[None], packing.docs
+    return packing.resets, none, none, jnp.zeros((T,), jnp.int32)
+
+
 def naive_selective_scan(
-    u, delta, A, B, C, D=None, z=None, *, delta_bias=None, delta_softplus=False, initial_state=None
+    u, delta, A, B, C, D=None, z=None, *, delta_bias=None, delta_softplus=False,
+    initial_state=None, packing=None,
 ):
     """The spec: a `lax.scan` over time with a `[B, D, N]` state."""
     batch, T, Dm = u.shape
@@ -60,16 +88,26 @@ def naive_selective_scan(
     cd = _dtypes(u, A, initial_state)
     dt = discretize_dt(delta, delta_bias, delta_softplus, cd)
     A = A.astype(cd)
-    h0 = jnp.zeros((batch, Dm, N), cd) if initial_state is None else initial_state.astype(cd)
-    xs = [jnp.moveaxis(x, 1, 0) for x in (u.astype(cd), dt, B.astype(cd), C.astype(cd))]
+    h0, s0 = _initial_states(initial_state, packing, batch, Dm, N, cd)
+    resets, starts, ends, docs = _step_flags(packing, batch, T)
+    xs = [jnp.moveaxis(x, 1, 0) for x in (u.astype(cd), dt, B.astype(cd), C.astype(cd),
+                                           resets, starts, ends)]
 
-    def step(h, x):
-        u_t, dt_t, B_t, C_t = x
+    def step(carry, x):
+        h, finals = carry
+        doc, u_t, dt_t, B_t, C_t, reset, start, end = x
+        h = jnp.where(reset[:, None, None], 0.0, h)
+        if s0 is not None:
+            h = jnp.where(start[:, None, None], s0[doc][None], h)
         h = jnp.exp(dt_t[..., None] * A) * h + (dt_t * u_t)[..., None] * expand_groups(B_t, Dm)
-        return h, jnp.sum(h * expand_groups(C_t, Dm), axis=-1)
+        if s0 is not None:
+            finals = finals.at[doc].set(jnp.where(end[0], h[0], finals[doc]))
+        return (h, finals), jnp.sum(h * expand_groups(C_t, Dm), axis=-1)
 
-    h, y = lax.scan(step, h0, xs)
-    return finish_output(jnp.moveaxis(y, 0, 1), u, D, z, cd, u.dtype), h
+    finals = None if s0 is None else jnp.zeros_like(s0)
+    (h, finals), y = lax.scan(step, (h0, finals), (docs, *xs))
+    final = h if s0 is None else finals
+    return finish_output(jnp.moveaxis(y, 0, 1), u, D, z, cd, u.dtype), final
 
 
 def _combine(left, right):
@@ -79,12 +117,15 @@ def _combine(left, right):
 
 
 def chunk_selective_scan(
-    u, delta, A, B, C, D=None, z=None, *, delta_bias=None, delta_softplus=False, initial_state=None
+    u, delta, A, B, C, D=None, z=None, *, delta_bias=None, delta_softplus=False,
+    initial_state=None, packing=None,
 ):
     """Chunks of SCAN_CHUNK steps, each an associative scan over `[B, c, D, N]` pairs (a, b).
 
     A `lax.scan` carries the state from chunk to chunk; its body is rematerialised in the
-    backward pass, so memory stays linear in T with a `[B, c, D, N]` working set.
+    backward pass, so memory stays linear in T with a `[B, c, D, N]` working set. A document
+    start sets its step's decay a to 0 and, with per-document states, adds the decayed initial
+    state to b.
     """
     batch, T, Dm = u.shape
     N = A.shape[-1]
@@ -94,20 +135,32 @@ def chunk_selective_scan(
     dt = pad_time(discretize_dt(delta, delta_bias, delta_softplus, cd), c)
     n = dt.shape[1] // c
     chunks = lambda x: jnp.moveaxis(x.reshape(batch, n, c, *x.shape[2:]), 1, 0)  # noqa: E731
+    resets, starts, ends, docs = _step_flags(packing, batch, T)
     xs = (chunks(pad_time(u.astype(cd), c)), chunks(dt),
-          chunks(pad_time(B.astype(cd), c)), chunks(pad_time(C.astype(cd), c)))
+          chunks(pad_time(B.astype(cd), c)), chunks(pad_time(C.astype(cd), c)),
+          chunks(pad_time(resets, c)), chunks(pad_time(starts, c)), chunks(pad_time(ends, c)),
+          jnp.moveaxis(pad_time(docs[None], c).reshape(1, n, c), 1, 0))
     A = A.astype(cd)
-    h0 = jnp.zeros((batch, Dm, N), cd) if initial_state is None else initial_state.astype(cd)
+    h0, s0 = _initial_states(initial_state, packing, batch, Dm, N, cd)
 
     @jax.checkpoint
-    def chunk(h, x):
-        u_c, dt_c, B_c, C_c = x  # [B, c, ...]
+    def chunk(carry, x):
+        h, finals = carry
+        u_c, dt_c, B_c, C_c, reset, start, end, doc = x  # [B, c, ...]
         a = jnp.exp(dt_c[..., None] * A)
         b = (dt_c * u_c)[..., None] * expand_groups(B_c, Dm)
+        if s0 is not None:
+            b = b + jnp.where(start[..., None, None], a * s0[doc[0]][None], 0.0)
+        a = jnp.where((reset | start)[..., None, None], 0.0, a)
         a_cum, b_cum = lax.associative_scan(_combine, (a, b), axis=1)
         hs = a_cum * h[:, None] + b_cum
-        return hs[:, -1], jnp.sum(hs * expand_groups(C_c, Dm), axis=-1)
+        if s0 is not None:
+            last = jnp.where(end[0], doc[0], s0.shape[0])  # out of range where no end: dropped
+            finals = finals.at[last].set(hs[0], mode="drop")
+        return (hs[:, -1], finals), jnp.sum(hs * expand_groups(C_c, Dm), axis=-1)
 
-    h, y = lax.scan(chunk, h0, xs)
+    finals = None if s0 is None else jnp.zeros_like(s0)
+    (h, finals), y = lax.scan(chunk, (h0, finals), xs)
     y = jnp.moveaxis(y, 0, 1).reshape(batch, n * c, Dm)[:, :T]
-    return finish_output(y, u, D, z, cd, u.dtype), h
+    final = h if s0 is None else finals
+    return finish_output(y, u, D, z, cd, u.dtype), final
