@@ -4,11 +4,19 @@ Both entry points take FLA's layout (q, k, g `[B, T, H, K]`, v `[B, T, H, V]`, s
 `[B, H, K, V]` float32) and return `(o, final_state)`. Inside, T is padded to a multiple of the
 chunk (gates with 0: no decay, q/k/v with 0: no contribution) and K, V to powers of two >= 16;
 gradients flow through the padding and slicing by ordinary autodiff, and through the kernels by
-the custom VJPs below (jax.grad cannot differentiate a raw `pallas_call`).
+the custom VJPs below (jax.grad cannot differentiate a raw `pallas_call`): each takes a frozen
+`_Static` of the launch's constants first, the differentiable arrays, then the packing arrays
+(integers and flags, whose cotangents are None).
+
+Packed documents: `resets [B, T]` (segment_ids) become float32 `starts`, zero-padded with T;
+per-document states come as `chunk_docs [NT]` for documents already aligned to chunks (the
+chunked form) or `docs [T]` (the recurrent form), turned into first/last flags and document
+indices; initial and final states are then `[N, H, K, V]`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import numbers
 
@@ -20,54 +28,82 @@ from pallas_kernels._common import default_interpret, pad_axis, padded_dim
 from pallas_kernels.gla.chunk_bwd import chunk_bwd
 from pallas_kernels.gla.chunk_fwd import chunk_fwd
 from pallas_kernels.gla.common import F32, is_tracer, operand_dtype
-from pallas_kernels.gla.config import MAX_HEAD_DIM, BlockSizes
+from pallas_kernels.gla.config import MAX_CHUNK, MAX_HEAD_DIM, BlockSizes
 from pallas_kernels.gla.recurrent import recurrent_bwd, recurrent_fwd
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _chunk(q, k, v, g, h0, scale, block_sizes, interpret):
-    o, ht, _ = chunk_fwd(q, k, v, g, h0, scale=scale, block_sizes=block_sizes, interpret=interpret)
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    scale: float
+    block_sizes: BlockSizes
+    interpret: bool
+    packing: str | None  # None, "segments" or "documents"
+
+
+def _packed(st: _Static, flags):
+    return None if st.packing is None else (st.packing, flags)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunk(st: _Static, q, k, v, g, h0, flags):
+    o, ht, _ = chunk_fwd(q, k, v, g, h0, scale=st.scale, block_sizes=st.block_sizes,
+                         interpret=st.interpret, packed=_packed(st, flags))
     return o, ht
 
 
-def _chunk_forward(q, k, v, g, h0, scale, block_sizes, interpret):
-    o, ht, hs = chunk_fwd(q, k, v, g, h0, scale=scale, block_sizes=block_sizes,
-                          interpret=interpret)
-    return (o, ht), (q, k, v, g, hs)
+def _chunk_forward(st: _Static, q, k, v, g, h0, flags):
+    o, ht, hs = chunk_fwd(q, k, v, g, h0, scale=st.scale, block_sizes=st.block_sizes,
+                          interpret=st.interpret, packed=_packed(st, flags))
+    return (o, ht), (q, k, v, g, hs, flags)
 
 
-def _chunk_backward(scale, block_sizes, interpret, residuals, cotangents):
-    q, k, v, g, hs = residuals
+def _chunk_backward(st: _Static, residuals, cotangents):
+    q, k, v, g, hs, flags = residuals
     do, dht = cotangents
-    return chunk_bwd(q, k, v, g, hs, do.astype(q.dtype), dht, scale=scale,
-                     block_sizes=block_sizes, interpret=interpret)
+    grads = chunk_bwd(q, k, v, g, hs, do.astype(q.dtype), dht, scale=st.scale,
+                      block_sizes=st.block_sizes, interpret=st.interpret,
+                      packed=_packed(st, flags))
+    return (*grads, None)
 
 
 _chunk.defvjp(_chunk_forward, _chunk_backward)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _recurrent(q, k, v, g, h0, scale, block_sizes, interpret):
-    return recurrent_fwd(q, k, v, g, h0, scale=scale, block_sizes=block_sizes, interpret=interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _recurrent(st: _Static, q, k, v, g, h0, flags):
+    return recurrent_fwd(q, k, v, g, h0, scale=st.scale, block_sizes=st.block_sizes,
+                         interpret=st.interpret, packed=_packed(st, flags))
 
 
-def _recurrent_forward(q, k, v, g, h0, scale, block_sizes, interpret):
-    o, ht = recurrent_fwd(q, k, v, g, h0, scale=scale, block_sizes=block_sizes,
-                          interpret=interpret)
-    return (o, ht), (q, k, v, g, h0, ht)
+def _recurrent_forward(st: _Static, q, k, v, g, h0, flags):
+    o, ht = recurrent_fwd(q, k, v, g, h0, scale=st.scale, block_sizes=st.block_sizes,
+                          interpret=st.interpret, packed=_packed(st, flags))
+    return (o, ht), (q, k, v, g, h0, ht, flags)
 
 
-def _recurrent_backward(scale, block_sizes, interpret, residuals, cotangents):
-    q, k, v, g, h0, ht = residuals
+def _recurrent_backward(st: _Static, residuals, cotangents):
+    q, k, v, g, h0, ht, flags = residuals
     do, dht = cotangents
-    return recurrent_bwd(q, k, v, g, h0, ht, do.astype(q.dtype), dht, scale=scale,
-                         block_sizes=block_sizes, interpret=interpret)
+    grads = recurrent_bwd(q, k, v, g, h0, ht, do.astype(q.dtype), dht, scale=st.scale,
+                          block_sizes=st.block_sizes, interpret=st.interpret,
+                          packed=_packed(st, flags))
+    return (*grads, None)
 
 
 _recurrent.defvjp(_recurrent_forward, _recurrent_backward)
 
 
-def _check(q, k, v, g, initial_state):
+def _edges(docs):
+    """`[n]` documents -> (first, last) float32 flags and indices clamped to >= 0 (padding: -1)."""
+    real = docs >= 0
+    before = jnp.concatenate([jnp.full((1,), -1, docs.dtype), docs[:-1]])
+    after = jnp.concatenate([docs[1:], jnp.full((1,), -1, docs.dtype)])
+    first = (real & (docs != before)).astype(F32)
+    last = (real & (docs != after)).astype(F32)
+    return first, last, jnp.maximum(docs, 0).astype(jnp.int32)
+
+
+def _check(q, k, v, g, initial_state, num_states=None):
     if q.ndim != 4 or k.shape != q.shape or g.shape != q.shape:
         raise ValueError(
             f"q, k, g must share a [B, T, H, K] shape, got {q.shape=}, {k.shape=}, {g.shape=}")
@@ -82,9 +118,11 @@ def _check(q, k, v, g, initial_state):
         raise ValueError(f"the GLA Pallas kernels take K <= {MAX_HEAD_DIM}, got K={K} ({q.shape=})")
     if V > MAX_HEAD_DIM:
         raise ValueError(f"the GLA Pallas kernels take V <= {MAX_HEAD_DIM}, got V={V} ({v.shape=})")
-    if initial_state is not None and initial_state.shape != (B, H, K, V):
+    S = B if num_states is None else num_states
+    if initial_state is not None and initial_state.shape != (S, H, K, V):
         raise ValueError(
-            f"initial_state must be [B, H, K, V] = {(B, H, K, V)}, got {initial_state.shape=}")
+            f"initial_state must be [B or N, H, K, V] = {(S, H, K, V)}, "
+            f"got {initial_state.shape=}")
 
 
 def _static_scale(scale, q):
@@ -98,7 +136,7 @@ def _static_scale(scale, q):
     return 1.0, (q.astype(F32) * scale).astype(q.dtype)
 
 
-def _prepare(q, k, v, g, initial_state, T_multiple):
+def _prepare(q, k, v, g, initial_state, T_multiple, num_states=None):
     """Pad to kernel shapes; returns padded (q, k, v, g float32, h0 float32) and (T, K, V)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -108,7 +146,8 @@ def _prepare(q, k, v, g, initial_state, T_multiple):
     def pad(x, D):
         return pad_axis(pad_axis(x, 1, Tp), 3, D)
 
-    h0 = jnp.zeros((B, H, K, V), F32) if initial_state is None else initial_state.astype(F32)
+    S = B if num_states is None else num_states
+    h0 = jnp.zeros((S, H, K, V), F32) if initial_state is None else initial_state.astype(F32)
     h0 = pad_axis(pad_axis(h0, 2, Kp), 3, Vp)
     return (pad(q, Kp), pad(k, Kp), pad(v, Vp), pad(g.astype(F32), Kp), h0), (T, K, V)
 
@@ -123,19 +162,36 @@ def chunk_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state:
     initial_state: optional `[B, H, K, V]` (float32 inside). `chunk_size` above 128 runs as 128;
     `block_sizes` overrides the defaults (its `chunk` wins over `chunk_size`); `interpret`
     defaults to True off GPU.
-    Returns `(o [B, T, H, V] in q.dtype, final_state [B, H, K, V] float32 or None)`.
+    resets: optional `[B, T]` bool, True where a document starts (segment_ids).
+    chunk_docs: optional `[NT]` int32 for documents aligned to chunks (B = 1, T = NT * chunk,
+      the chunk implied; -1 on padding chunks): initial and final states are `[num_docs, H, K,
+      V]`, one per document.
+    Returns `(o [B, T, H, V] in q.dtype, final_state float32 or None)`.
     """
-    if resets is not None or chunk_docs is not None:
-        raise NotImplementedError("packed documents in the GLA kernels")
-    _check(q, k, v, g, initial_state)
+    documents = chunk_docs is not None
+    _check(q, k, v, g, initial_state, num_docs if documents else None)
     scale, q = _static_scale(scale, q)
     interpret = default_interpret() if interpret is None else interpret
-    K, V = q.shape[-1], v.shape[-1]
+    T, K, V = q.shape[1], q.shape[-1], v.shape[-1]
     Kp, Vp = padded_dim(K), padded_dim(V)
+    if documents:
+        chunk_size = T // chunk_docs.shape[0]
+        if chunk_size * chunk_docs.shape[0] != T or chunk_size > MAX_CHUNK:
+            raise ValueError(f"aligned documents need T = NT * chunk with chunk <= {MAX_CHUNK}, "
+                             f"got T={T}, chunk_docs.shape={chunk_docs.shape}")
     bs = block_sizes or BlockSizes.get_default(Kp, Vp, chunk=chunk_size)
-    bs = bs.for_dims(Kp, Vp, q.shape[1])
-    (qp, kp, vp, gp, h0), (T, K, V) = _prepare(q, k, v, g, initial_state, bs.chunk)
-    o, ht = _chunk(qp, kp, vp, gp, h0, scale, bs, interpret)
+    if documents:
+        bs = dataclasses.replace(bs, chunk=chunk_size)
+    bs = bs.for_dims(Kp, Vp, T)
+    (qp, kp, vp, gp, h0), (T, K, V) = _prepare(q, k, v, g, initial_state, bs.chunk,
+                                               num_docs if documents else None)
+    if documents:
+        packing, flags = "documents", _edges(chunk_docs)
+    elif resets is not None:
+        packing, flags = "segments", pad_axis(resets.astype(F32), 1, qp.shape[1])
+    else:
+        packing, flags = None, None
+    o, ht = _chunk(_Static(scale, bs, interpret, packing), qp, kp, vp, gp, h0, flags)
     o = o[:, :T, :, :V]
     return o, (ht[:, :, :K, :V] if output_final_state else None)
 
@@ -147,16 +203,23 @@ def fused_recurrent_gla(q, k, v, g, *, scale=None, initial_state=None,
     """GLA as a token-by-token recurrence in one kernel (FLA's `fused_recurrent_gla`).
 
     Same arguments and returns as `chunk_gla`; the choice for decoding and short inputs.
+    Per-document states come as `docs [T]` int32 (B = 1), the document of every step.
     """
-    if resets is not None or docs is not None:
-        raise NotImplementedError("packed documents in the GLA kernels")
-    _check(q, k, v, g, initial_state)
+    documents = docs is not None
+    _check(q, k, v, g, initial_state, num_docs if documents else None)
     scale, q = _static_scale(scale, q)
     interpret = default_interpret() if interpret is None else interpret
     K, V = q.shape[-1], v.shape[-1]
     Kp, Vp = padded_dim(K), padded_dim(V)
     bs = (block_sizes or BlockSizes.get_default(Kp, Vp)).for_dims(Kp, Vp, q.shape[1])
-    (qp, kp, vp, gp, h0), (T, K, V) = _prepare(q, k, v, g, initial_state, 1)
-    o, ht = _recurrent(qp, kp, vp, gp, h0, scale, bs, interpret)
+    (qp, kp, vp, gp, h0), (T, K, V) = _prepare(q, k, v, g, initial_state, 1,
+                                               num_docs if documents else None)
+    if documents:
+        packing, flags = "documents", _edges(docs)
+    elif resets is not None:
+        packing, flags = "segments", resets.astype(F32)
+    else:
+        packing, flags = None, None
+    o, ht = _recurrent(_Static(scale, bs, interpret, packing), qp, kp, vp, gp, h0, flags)
     o = o[:, :, :, :V]
     return o, (ht[:, :, :K, :V] if output_final_state else None)

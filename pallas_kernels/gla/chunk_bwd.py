@@ -53,8 +53,10 @@ from pallas_kernels.gla.common import (
     mm,
     operand_dtype,
     pair_decay,
+    masked_sums,
     row_ids,
     split_bh,
+    starts_spec,
     suffix_sums,
     use_matmul_path,
 )
@@ -64,11 +66,15 @@ from pallas_kernels.gla.common import (
 from pallas_kernels.gla.config import BlockSizes
 
 
-def _grad_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, h_ref, dh_ref, dq_ref, dk_ref, dv_ref, dg_ref,
-                 *, chunk, block_k, scale, span_limit, dot_dtype, precision):
+def _grad_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, h_ref, dh_ref, *refs, chunk, block_k,
+                 scale, span_limit, dot_dtype, precision, segments):
     # q, k, g, dq, dk, dg: [P*C, K]; v, do, dv: [P*C, BV]; h (state entering), dh (gradient of
-    # the state leaving each chunk): [P, K, BV]. K is walked in tiles of block_k twice: first to
-    # accumulate A (a contraction over K) and dv, then for dq, dk, dg, which are per channel.
+    # the state leaving each chunk): [P, K, BV]; starts (segments): [P*C]. K is walked in tiles of
+    # block_k twice: first to accumulate A (a contraction over K) and dv, then for dq, dk, dg,
+    # which are per channel.
+    refs = list(refs)
+    starts_ref = refs.pop(0) if segments else None
+    dq_ref, dk_ref, dv_ref, dg_ref = refs
     C, K = chunk, q_ref.shape[1]
     BV = v_ref.shape[1]
     nk = K // block_k
@@ -80,6 +86,16 @@ def _grad_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, h_ref, dh_ref, dq_ref, dk_r
         ids = row_ids(C)
         v = v_ref[rows, :]
         do = do_ref[rows, :]
+        pairs = causal_mask(C)
+        if segments:
+            # Documents (see chunk_fwd.py): pairs within one, the entering state read by rows
+            # with e == 0, the end state reached by rows with e == e_last.
+            starts = starts_ref[rows]
+            e = jnp.cumsum(starts)
+            e_last = jnp.max(e)
+            same = e[:, None] == e[None, :]
+            pairs = pairs & same
+            reads_entering, reaches_end = (e == 0)[:, None], (e == e_last)[:, None]
 
         def load(cols):
             g = g_ref[rows, cols].astype(F32)
@@ -87,8 +103,15 @@ def _grad_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, h_ref, dh_ref, dq_ref, dk_r
             # exp(G_last - G): a difference of cumsums (error ~eps * span, fine within the
             # matmul-path limit) or, beyond it, the exact suffix sums (3 more small matmuls).
             S = matmul(lambda: GL - G, lambda: suffix_sums(g))
+            eS = jnp.exp(S)
+            if segments:
+                eS = jnp.where(reaches_end, eS, 0.0)
             q = q_ref[rows, cols].astype(F32)
-            return g, G, GL, jnp.exp(S), q, k_ref[rows, cols].astype(F32)
+            return g, G, GL, eS, q, k_ref[rows, cols].astype(F32)
+
+        def same_as(j):  # rows in row j's document, `[C, 1]`
+            at_j = lax.broadcasted_iota(jnp.int32, (C,), 0) == j
+            return e[:, None] == jnp.sum(jnp.where(at_j, e, 0.0))
 
         def row(ref, j, cols):
             return ref[pl.ds(rows.start + j, 1), cols].astype(F32)
@@ -107,7 +130,7 @@ def _grad_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, h_ref, dh_ref, dq_ref, dk_r
 
             A, dv = fold_tiles(nk, block_k, tile,
                                (jnp.zeros((C, C), F32), jnp.zeros((C, BV), F32)))
-            return dv + dot(jnp.where(causal_mask(C), A, 0.0) * scale, do, trans_a=True, split=1)
+            return dv + dot(jnp.where(pairs, A, 0.0) * scale, do, trans_a=True, split=1)
 
         def dv_exact():
             def tile(cols, dv):
@@ -123,6 +146,8 @@ def _grad_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, h_ref, dh_ref, dq_ref, dk_r
                                        keepdims=True)
 
                 a = scale * fold_tiles(nk, block_k, a_tile, jnp.zeros((C, 1), F32))
+                if segments:
+                    a = jnp.where(same_as(j), a, 0.0)
                 return dv + jnp.where(ids == j, jnp.sum(a * do.astype(F32), axis=0, keepdims=True),
                                       0.0)
 
@@ -134,7 +159,8 @@ def _grad_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, h_ref, dh_ref, dq_ref, dk_r
         # and d_i q_i to dk_i, d = diag(dA), and cancel exactly in q dq - k dk; the intra terms
         # leave them out (strictly causal) so dg does not carry their rounding.
         d = scale * jnp.sum(do.astype(F32) * v.astype(F32), axis=1, keepdims=True)
-        dA = jnp.where(ids > lax.broadcasted_iota(jnp.int32, (C, C), 1),
+        strict = ids > lax.broadcasted_iota(jnp.int32, (C, C), 1)
+        dA = jnp.where(strict & same if segments else strict,
                        dot(do, v, trans_b=True), 0.0) * scale
 
         def grad_tile(cols, carry):
@@ -151,8 +177,9 @@ def _grad_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, h_ref, dh_ref, dq_ref, dk_r
                     dq, dk = acc
                     E = pair_decay(g, ids, j)  # exp(G_i - G_j), rows i >= j
                     vj = v_ref[pl.ds(rows.start + j, 1), :].astype(F32)
-                    da = jnp.where(ids > j, scale * jnp.sum(do.astype(F32) * vj, axis=1,
-                                                            keepdims=True), 0.0)  # dA[:, j]
+                    later_row = (ids > j) & same_as(j) if segments else ids > j
+                    da = jnp.where(later_row, scale * jnp.sum(do.astype(F32) * vj, axis=1,
+                                                              keepdims=True), 0.0)  # dA[:, j]
                     dq = dq + da * row(k_ref, j, cols) * E
                     dk = dk + jnp.where(ids == j, jnp.sum(da * q * E, axis=0, keepdims=True), 0.0)
                     return dq, dk
@@ -162,13 +189,25 @@ def _grad_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, h_ref, dh_ref, dq_ref, dk_r
 
             dq_intra, dk_intra = matmul(intra_matmul, intra_exact)
             h, dh = h_ref[p, cols, :], dh_ref[p, cols, :]
-            dq = dq_intra + dot(do, h, trans_b=True) * (scale * jnp.exp(G))
+            dq_inter = dot(do, h, trans_b=True) * (scale * jnp.exp(G))
+            if segments:
+                dq_inter = jnp.where(reads_entering, dq_inter, 0.0)
+            dq = dq_intra + dq_inter
             dk_inter = dot(v, dh, trans_b=True) * eS
             dk = dk_intra + dk_inter
             dB = q * dq - k * dk
-            later = (jnp.exp(GL) * jnp.sum(h.astype(F32) * dh.astype(F32), axis=1)[None, :]
-                     + jnp.sum(k * dk_inter, axis=0, keepdims=True))
-            dg = jnp.sum(dB, axis=0, keepdims=True) - jnp.cumsum(dB, axis=0) + dB + later
+            carried = jnp.exp(GL) * jnp.sum(h.astype(F32) * dh.astype(F32), axis=1)[None, :]
+            if segments:  # the entering state reaches the end only through a chunk with no start
+                carried = jnp.where(e_last == 0, carried, 0.0)
+            later = carried + jnp.sum(k * dk_inter, axis=0, keepdims=True)
+            if segments:
+                # The reverse cumsum runs within each document; the part beyond the chunk
+                # reaches its last document only; a document's first gate decays a zero state.
+                later_in_doc = same & (lax.broadcasted_iota(jnp.int32, (C, C), 1) >= ids)
+                dg = masked_sums(later_in_doc, dB) + jnp.where(reaches_end, later, 0.0)
+                dg = jnp.where((starts > 0)[:, None], 0.0, dg)
+            else:
+                dg = jnp.sum(dB, axis=0, keepdims=True) - jnp.cumsum(dB, axis=0) + dB + later
             dq_ref[rows, cols] = (dq + d * k).astype(dq_ref.dtype)
             dk_ref[rows, cols] = (dk + d * q).astype(dk_ref.dtype)
             dg_ref[rows, cols] = dg.astype(dg_ref.dtype)
@@ -181,8 +220,9 @@ def _grad_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, h_ref, dh_ref, dq_ref, dk_r
 
 def chunk_grads(q, k, v, g, do, hs, dhs, *, scale: float, chunk: int, block_k: int,
                 block_v: int, span_limit: float, chunks_per_program: int, num_warps: int,
-                num_stages: int, interpret: bool):
-    """dq, dk, dv, dg on padded inputs (with V tiles, float32 partials summed by XLA)."""
+                num_stages: int, interpret: bool, starts=None):
+    """dq, dk, dv, dg on padded inputs (with V tiles, float32 partials summed by XLA);
+    `starts [B, Tp]` float32 marks document starts (segment_ids)."""
     B, Tp, H, K = q.shape
     V = v.shape[-1]
     NT, NV = Tp // chunk, V // block_v
@@ -232,18 +272,24 @@ def chunk_grads(q, k, v, g, do, hs, dhs, *, scale: float, chunk: int, block_k: i
                            + sum(s.size * jnp.dtype(s.dtype).itemsize for s in out_shape)),
     )
     kernel = functools.partial(_grad_kernel, chunk=chunk, block_k=min(block_k, K), scale=scale,
-                               span_limit=span_limit, dot_dtype=dot_dtype, precision=precision)
+                               span_limit=span_limit, dot_dtype=dot_dtype, precision=precision,
+                               segments=starts is not None)
+    in_specs = [k_spec, k_spec, v_spec, k_spec, v_spec, h_spec, h_spec]
+    args = [q, k, v, g, do, hs, dhs]
+    if starts is not None:
+        in_specs.append(starts_spec(P * chunk, H))
+        args.append(starts)
     dq, dk, dv, dg = pl.pallas_call(
         kernel,
         grid=(NV, NT // P, B * H),
-        in_specs=[k_spec, k_spec, v_spec, k_spec, v_spec, h_spec, h_spec],
+        in_specs=in_specs,
         out_specs=[kgrad_spec, kgrad_spec, v_spec, kgrad_spec],
         out_shape=out_shape,
         compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         cost_estimate=cost,
         interpret=interpret,
         name="gla_chunk_bwd_grads",
-    )(q, k, v, g, do, hs, dhs)
+    )(*args)
     if NV > 1:
         dq = dq.sum(0).astype(q.dtype)
         dk = dk.sum(0).astype(k.dtype)
@@ -252,13 +298,15 @@ def chunk_grads(q, k, v, g, do, hs, dhs, *, scale: float, chunk: int, block_k: i
 
 
 def chunk_bwd(q, k, v, g, hs, do, dht, *, scale: float, block_sizes: BlockSizes,
-              interpret: bool):
-    """Gradients on padded inputs: (dq, dk, dv, dg float32, d initial_state float32)."""
+              interpret: bool, packed=None):
+    """Gradients on padded inputs: (dq, dk, dv, dg float32, d initial_state float32); `packed`
+    as in `chunk_fwd` (for documents, dht and d initial_state are `[N, H, K, V]`)."""
     bs = block_sizes
     dhs, dh0 = state_scan(
         q, do, g, dht.astype(F32), chunk=bs.chunk, reverse=True, scale=scale,
         block_k=bs.block_k_state, block_v=bs.block_v_state, num_warps=bs.num_warps_state,
         num_stages=bs.num_stages_state, interpret=interpret, name="gla_chunk_bwd_state_grads",
+        packed=packed,
     )
     dq, dk, dv, dg = chunk_grads(
         q, k, v, g, do, hs, dhs, scale=scale, chunk=bs.chunk, block_k=bs.block_k,
@@ -266,5 +314,6 @@ def chunk_bwd(q, k, v, g, hs, do, dht, *, scale: float, block_sizes: BlockSizes,
         span_limit=bs.span_limit, chunks_per_program=bs.chunks_per_program_bwd,
         num_warps=bs.num_warps_bwd, num_stages=bs.num_stages_bwd,
         interpret=interpret,
+        starts=packed[1] if packed is not None and packed[0] == "segments" else None,
     )
     return dq, dk, dv, dg, dh0

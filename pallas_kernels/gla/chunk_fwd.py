@@ -60,6 +60,7 @@ from pallas_kernels.gla.common import (
     pair_decay,
     row_ids,
     split_bh,
+    starts_spec,
     use_matmul_path,
 )
 from pallas_kernels.gla.common import (
@@ -68,10 +69,12 @@ from pallas_kernels.gla.common import (
 from pallas_kernels.gla.config import BlockSizes
 
 
-def _output_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, o_ref, *, chunk, block_k, scale,
-                   span_limit, dot_dtype, precision):
-    # q, k, g: [P*C, K]; v, o: [P*C, BV]; h: [P, K, BV] (the state entering each of the P chunks).
-    # K is walked in tiles of block_k so that few [C, block_k] float32 tiles are live at once.
+def _output_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, *refs, chunk, block_k, scale,
+                   span_limit, dot_dtype, precision, segments):
+    # q, k, g: [P*C, K]; v, o: [P*C, BV]; h: [P, K, BV] (the state entering each of the P chunks);
+    # starts (segments): [P*C]. K is walked in tiles of block_k so that few [C, block_k] float32
+    # tiles are live at once.
+    starts_ref, o_ref = refs if segments else (None, *refs)
     C, K = chunk, q_ref.shape[1]
     BV = v_ref.shape[1]
     nk = K // block_k
@@ -79,6 +82,11 @@ def _output_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, o_ref, *, chunk, block_k, 
 
     def one_chunk(rows, p):
         GL_all = jnp.sum(g_ref[rows, :].astype(F32), axis=0, keepdims=True)
+        # Documents: rows i, j pair only within one (e_i == e_j); row i reads the entering
+        # state only before the chunk's first start (e_i == 0).
+        if segments:
+            e_vec = jnp.cumsum(starts_ref[rows])
+            e, e_row = e_vec[:, None], e_vec[None, :]
 
         def load(cols):
             g = g_ref[rows, cols].astype(F32)
@@ -86,7 +94,10 @@ def _output_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, o_ref, *, chunk, block_k, 
             return g, G, GL, q_ref[rows, cols].astype(F32)
 
         def inter_tile(cols, q, G):  # (q * exp G) @ S_n over this K tile
-            return dot(q * jnp.exp(G), h_ref[p, cols, :], split=1)
+            qG = q * jnp.exp(G)
+            if segments:
+                qG = jnp.where(e == 0, qG, 0.0)
+            return dot(qG, h_ref[p, cols, :], split=1)
 
         def matmul_path():
             def tile(cols, carry):
@@ -100,7 +111,10 @@ def _output_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, o_ref, *, chunk, block_k, 
 
             init = (jnp.zeros((C, BV), F32), jnp.zeros((C, C), F32))
             inter, A = fold_tiles(nk, block_k, tile, init)
-            return inter + dot(jnp.where(causal_mask(C), A, 0.0), v_ref[rows, :], split=1)
+            pairs = causal_mask(C)
+            if segments:
+                pairs = pairs & (e == e_row)
+            return inter + dot(jnp.where(pairs, A, 0.0), v_ref[rows, :], split=1)
 
         def exact_path():
             def tile(cols, inter):
@@ -117,6 +131,9 @@ def _output_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, o_ref, *, chunk, block_k, 
                     return a + jnp.sum(q * kj * pair_decay(g, ids, j), axis=1, keepdims=True)
 
                 a = fold_tiles(nk, block_k, a_tile, jnp.zeros((C, 1), F32))
+                if segments:  # rows in row j's document
+                    at_j = lax.broadcasted_iota(jnp.int32, (C,), 0) == j
+                    a = jnp.where(e == jnp.sum(jnp.where(at_j, e_vec, 0.0)), a, 0.0)
                 return acc + a * v_ref[pl.ds(rows.start + j, 1), :].astype(F32)
 
             return inter + lax.fori_loop(0, C, column, jnp.zeros((C, BV), F32))
@@ -130,8 +147,9 @@ def _output_kernel(q_ref, k_ref, v_ref, g_ref, h_ref, o_ref, *, chunk, block_k, 
 
 def chunk_output(q, k, v, g, hs, *, scale: float, chunk: int, block_k: int, block_v: int,
                  span_limit: float, chunks_per_program: int, num_warps: int, num_stages: int,
-                 interpret: bool):
-    """o `[B, Tp, H, V]` from padded inputs and the chunk states hs `[B, H, NT, K, V]`."""
+                 interpret: bool, starts=None):
+    """o `[B, Tp, H, V]` from padded inputs and the chunk states hs `[B, H, NT, K, V]`;
+    `starts [B, Tp]` float32 marks document starts (segment_ids)."""
     B, Tp, H, K = q.shape
     V = v.shape[-1]
     NT, NV = Tp // chunk, V // block_v
@@ -164,35 +182,45 @@ def chunk_output(q, k, v, g, hs, *, scale: float, chunk: int, block_k: int, bloc
                            + B * Tp * H * V * itemsize(q.dtype)),
     )
     kernel = functools.partial(_output_kernel, chunk=chunk, block_k=min(block_k, K), scale=scale,
-                               span_limit=span_limit, dot_dtype=dot_dtype, precision=precision)
+                               span_limit=span_limit, dot_dtype=dot_dtype, precision=precision,
+                               segments=starts is not None)
+    in_specs, args = [k_spec, k_spec, v_spec, k_spec, h_spec], [q, k, v, g, hs]
+    if starts is not None:
+        in_specs.append(starts_spec(P * chunk, H))
+        args.append(starts)
     return pl.pallas_call(
         kernel,
         grid=(NV, NT // P, B * H),
-        in_specs=[k_spec, k_spec, v_spec, k_spec, h_spec],
+        in_specs=in_specs,
         out_specs=v_spec,
         out_shape=jax.ShapeDtypeStruct((B, Tp, H, V), q.dtype),
         compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         cost_estimate=cost,
         interpret=interpret,
         name="gla_chunk_fwd_output",
-    )(q, k, v, g, hs)
+    )(*args)
 
 
-def chunk_fwd(q, k, v, g, h0, *, scale: float, block_sizes: BlockSizes, interpret: bool):
+def chunk_fwd(q, k, v, g, h0, *, scale: float, block_sizes: BlockSizes, interpret: bool,
+              packed=None):
     """Forward on padded inputs (Tp % chunk == 0, K and V powers of two).
 
-    Returns (o `[B, Tp, H, V]`, final state `[B, H, K, V]` float32, chunk states hs).
+    packed: None, `("segments", starts)` or `("documents", chunk flags)` (chunk_state.py).
+    Returns (o `[B, Tp, H, V]`, final state `[B, H, K, V]` float32 (`[N, H, K, V]` for
+    documents), chunk states hs).
     """
     bs = block_sizes
     hs, ht = state_scan(
         k, v, g, h0, chunk=bs.chunk, reverse=False, scale=1.0, block_k=bs.block_k_state,
         block_v=bs.block_v_state, num_warps=bs.num_warps_state, num_stages=bs.num_stages_state,
         interpret=interpret, name="gla_chunk_fwd_states", span_limit=bs.span_limit,
+        packed=packed,
     )
     o = chunk_output(
         q, k, v, g, hs, scale=scale, chunk=bs.chunk, block_k=bs.block_k, block_v=bs.block_v,
         span_limit=bs.span_limit,
         chunks_per_program=bs.chunks_per_program_fwd, num_warps=bs.num_warps_fwd,
         num_stages=bs.num_stages_fwd, interpret=interpret,
+        starts=packed[1] if packed is not None and packed[0] == "segments" else None,
     )
     return o, ht, hs

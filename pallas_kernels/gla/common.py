@@ -57,6 +57,11 @@ def split_bh(i, H: int):
     return lax.div(i, jnp.int32(H)), lax.rem(i, jnp.int32(H))
 
 
+def starts_spec(rows: int, H: int):
+    """Block of the `[B, Tp]` document starts for a (V tile, row block, b*h) program grid."""
+    return pl.BlockSpec((None, rows), lambda vv, n, i: (split_bh(i, H)[0], n))
+
+
 def chunk_gates(g):
     """In-chunk cumulative gates. g: `[C, K]` -> (G `[C, K]`, G_last as a `[1, K]` row)."""
     g = g.astype(F32)
@@ -82,6 +87,23 @@ def suffix_sums(g):
 
     def dot(x):
         return lax.dot_general(upper, x, (((1,), (0,)), ((), ())), preferred_element_type=F32)
+
+    return dot(hi) + (dot(mid) + dot(lo))
+
+
+def masked_sums(mask, x):
+    """`sum_t mask[s, t] * x[t]` for a `[C, C]` boolean mask and float32 `x [C, D]`, exactly
+    rounded per term: x split into three bf16 parts (3 x 8 bits hold a float32 significand),
+    three bf16 tensor-core dots with the 0/1 mask, float32 accumulation."""
+    m = mask.astype(jnp.bfloat16)
+    x32 = x.astype(F32)
+    hi = x32.astype(jnp.bfloat16)
+    rest = x32 - hi.astype(F32)
+    mid = rest.astype(jnp.bfloat16)
+    lo = (rest - mid.astype(F32)).astype(jnp.bfloat16)
+
+    def dot(y):
+        return lax.dot_general(m, y, (((1,), (0,)), ((), ())), preferred_element_type=F32)
 
     return dot(hi) + (dot(mid) + dot(lo))
 

@@ -363,3 +363,95 @@ def test_several_chunks_per_gradient_program_is_refused():
     """2 chunks per gradient program gave wrong gradients on an H100: the option is refused."""
     with pytest.raises(ValueError, match="chunks_per_program_bwd must be 1"):
         BlockSizes(chunks_per_program_bwd=2)
+
+
+# --- packed documents ------------------------------------------------------------------------
+
+
+def _segment_ids(rng, B, T):
+    """Random documents per row: a 1-token one, one ending on a 16-row chunk edge, others."""
+    ids = np.zeros((B, T), np.int32)
+    for b in range(B):
+        cuts = sorted({1, 16 * int(rng.integers(1, T // 16)), *rng.integers(1, T, 3).tolist()})
+        for d, (s, e) in enumerate(zip([0, *cuts], [*cuts, T], strict=True)):
+            ids[b, s:e] = d % 2
+    return jnp.asarray(ids)
+
+
+def _packed_compare(rng, shape, *, gate, dtype, interpret, block_sizes=None, kind="chunk"):
+    """The kernels with segment_ids against the float64 packed spec (itself held to documents
+    run one by one in tests/ops/test_packed.py), outputs and every gradient."""
+    q, k, v, g, h0 = gla_inputs(rng, *shape, gate=gate, dtype=dtype)
+    seg = _segment_ids(rng, shape[0], shape[1])
+    resets = ops.packing.resets_from_segment_ids(seg)
+    fn = chunk_gla if kind == "chunk" else fused_recurrent_gla
+    extra = dict(block_sizes=block_sizes) if kind == "chunk" else {}
+    kernel = jax.jit(lambda q, k, v, g, h0: fn(q, k, v, g, initial_state=h0, resets=resets,
+                                              output_final_state=True, interpret=interpret,
+                                              **extra))
+    seed = int(rng.integers(1 << 30))
+    (o, h), grads = outputs_and_grads(kernel, (q, k, v, g, h0), np.random.default_rng(seed))
+    with jax.enable_x64(True):
+        up = [jnp.asarray(jnp.asarray(x, jnp.float32), jnp.float64) for x in (q, k, v, g, h0)]
+        packing = ops.packing.Packing(resets=resets)
+
+        def spec(q, k, v, g, h0):
+            o, h = naive_gla(q, k, v, g, scale=q.shape[-1] ** -0.5, initial_state=h0,
+                             packing=packing)
+            return _round_cotangent(o, jnp.dtype(dtype)), _round_cotangent(h, jnp.float32)
+
+        (o_ref, h_ref), grads_ref = outputs_and_grads(spec, up, np.random.default_rng(seed))
+    assert_close(o, o_ref, dtype=dtype, name="o")
+    assert_close(h, h_ref, dtype=dtype, name="final_state")
+    for name, a, b in zip(GRAD_NAMES, grads, grads_ref, strict=True):
+        assert_close(a, b, dtype=dtype, name=name)
+
+
+PACKED_BLOCKS = {
+    "exact": BlockSizes(chunk=16, span_limit=-1.0),
+    "matmul": BlockSizes(chunk=16, span_limit=float("inf")),
+    "vtiles-2chunks": BlockSizes(chunk=16, block_v=16, block_v_state=16,
+                                 chunks_per_program_fwd=2),
+    "chunk64": BlockSizes(chunk=64),
+}
+
+
+@pytest.mark.parametrize("interpret", MODES)
+@pytest.mark.parametrize("blocks", list(PACKED_BLOCKS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_packed_chunk_tilings(rng, blocks, dtype, interpret):
+    _packed_compare(rng, (2, 150, 2, 32, 48), gate="medium", dtype=dtype, interpret=interpret,
+                    block_sizes=PACKED_BLOCKS[blocks])
+
+
+@pytest.mark.parametrize("interpret", MODES)
+@pytest.mark.parametrize("gate", ["weak", "strong"])
+@pytest.mark.parametrize("kind", ["chunk", "recurrent"])
+def test_packed_gate_regimes(rng, gate, kind, interpret):
+    _packed_compare(rng, (1, 100, 3, 16, 16), gate=gate, dtype=jnp.float32, interpret=interpret,
+                    block_sizes=BlockSizes(chunk=16), kind=kind)
+
+
+def test_kernels_lower_for_cuda_under_x64():
+    """Dense, segment_ids and per-document states, forward and backward, lower with x64 on."""
+    with jax.enable_x64(True):
+        q = jnp.ones((1, 96, 2, 32), jnp.bfloat16)
+        g = -jnp.ones(q.shape, jnp.float32)
+        resets = jnp.zeros((1, 96), bool).at[0, 40].set(True)
+        docs = jnp.repeat(jnp.arange(3, dtype=jnp.int32), 32)
+        h0 = jnp.ones((3, 2, 32, 32), jnp.float32)
+        cases = [
+            (chunk_gla, {}, 4),
+            (fused_recurrent_gla, {}, 3),
+            (chunk_gla, dict(resets=resets), 4),
+            (chunk_gla, dict(chunk_docs=docs[::16] // 1, num_docs=3, initial_state=h0), 4),
+            (fused_recurrent_gla, dict(resets=resets), 3),
+            (fused_recurrent_gla, dict(docs=docs, num_docs=3, initial_state=h0), 3),
+        ]
+        for fn, kw, kernels in cases:
+            def loss(q, g, fn=fn, kw=kw):
+                o, h = fn(q, q, q, g, output_final_state=True, interpret=False, **kw)
+                return o.astype(jnp.float32).sum() + h.sum()
+
+            text = lower_for_cuda(jax.grad(loss, argnums=(0, 1)), q, g)
+            assert text.count("__gpu$xla.gpu.triton") == kernels, (fn.__name__, kw.keys())
