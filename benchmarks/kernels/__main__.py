@@ -34,6 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.kernels import registry  # noqa: E402
 from benchmarks.kernels.registry import DIFF_ARGS, OPS  # noqa: E402
 from benchmarks.timing import time_jax, time_jax_pipelined, time_torch  # noqa: E402
 from jaxla.testing import rel_error  # noqa: E402
@@ -101,7 +102,8 @@ def run_case(op: str, shape, packed: bool, variants, modes, calls, bandwidth, se
         except Exception:  # noqa: BLE001 - its own row says why
             continue
     if out is None:
-        return [dict(op=op, shape=shape.label(), packed=packed, variant="all", mode=m, ms=None,
+        return [dict(op=op, shape=shape.label(), packed=registry.DOCUMENTS_PER_ROW if packed else 0,
+                     variant="all", mode=m, ms=None,
                      note="no variant traces this case") for m in modes]
     do = jax.random.normal(jax.random.key(seed + 1), out.shape, jnp.bfloat16)
     rows, reference = [], {}
@@ -110,7 +112,8 @@ def run_case(op: str, shape, packed: bool, variants, modes, calls, bandwidth, se
             continue
         built = variant.build(x, packed)
         for mode in modes:
-            row = dict(op=op, shape=shape.label(), packed=packed, variant=variant.name, mode=mode)
+            row = dict(op=op, shape=shape.label(), variant=variant.name, mode=mode,
+                       packed=registry.DOCUMENTS_PER_ROW if packed else 0)
             if bandwidth:
                 row["floor_ms"] = 1e3 * bench.bytes_moved(shape.dims, mode) / bandwidth
             if isinstance(built, str):
@@ -145,7 +148,7 @@ def table(rows) -> str:
     cases = list(dict.fromkeys((r["op"], r["shape"], r["packed"]) for r in rows))
     for op, shape, packed in cases:
         sub = [r for r in rows if (r["op"], r["shape"], r["packed"]) == (op, shape, packed)]
-        lines.append(f"{op} {shape} {'packed x16/row' if packed else 'dense'}")
+        lines.append(f"{op} {shape} {f'packed, {packed} documents/row' if packed else 'dense'}")
         base = {r["mode"]: r.get("ms") for r in sub if r["variant"] == sub[0]["variant"]}
         for name in dict.fromkeys(r["variant"] for r in sub):
             cells = []
