@@ -85,10 +85,15 @@ def _try_jla():
     return jla_ops, None
 
 
+def _packing(x):
+    """The packing keyword, only when packed (so a dense case also runs older jaxla versions)."""
+    return {} if x["segment_ids"] is None else {"segment_ids": x["segment_ids"]}
+
+
 def _jaxla_gla(impl):
     def build(x, packed):
-        seg = x["segment_ids"]
-        return lambda q, k, v, g: ops.gla(q, k, v, g, segment_ids=seg, implementation=impl)[0]
+        kw = _packing(x)
+        return lambda q, k, v, g: ops.gla(q, k, v, g, implementation=impl, **kw)[0]
     return build
 
 
@@ -124,9 +129,9 @@ LIGHTNING_LAYER = dict(layer_idx=2, num_layers=12, decay="fla")
 
 def _jaxla_lightning(impl):
     def build(x, packed):
-        seg = x["segment_ids"]
-        return lambda q, k, v: ops.lightning_attention(q, k, v, segment_ids=seg,
-                                                       implementation=impl, **LIGHTNING_LAYER)[0]
+        kw = _packing(x)
+        return lambda q, k, v: ops.lightning_attention(q, k, v, implementation=impl,
+                                                       **LIGHTNING_LAYER, **kw)[0]
     return build
 
 
@@ -194,10 +199,10 @@ def _scan_inputs(dims, packed, seed):
 
 def _jaxla_scan(impl):
     def build(x, packed):
-        seg = x["segment_ids"]
+        kw = _packing(x)
         return lambda u, delta, A, Bm, Cm, D, z, bias: ops.selective_scan(
-            u, delta, A, Bm, Cm, D, z, delta_bias=bias, delta_softplus=True, segment_ids=seg,
-            implementation=impl)[0]
+            u, delta, A, Bm, Cm, D, z, delta_bias=bias, delta_softplus=True,
+            implementation=impl, **kw)[0]
     return build
 
 
