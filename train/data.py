@@ -9,19 +9,24 @@ validation set is fixed (drawn once from its own seed).
 * stdlib: the bytes of every `*.py` file under `sysconfig.get_paths()["stdlib"]` (site-packages
   and dist-packages excluded), sorted by path; a file goes to validation when
   `crc32(relative path) % 10_000 < val_fraction * 10_000`. Batches are random windows.
-* text: the bytes of one file (the last `val_fraction` held out) or of every file under a
-  folder (split by path hash like stdlib; files with a NUL byte in their first 8 KiB are skipped
-  as binary).
+* text: the bytes of one file (the last `val_fraction` held out) or of every text file under a
+  folder (split by path hash like stdlib). A file is text when its first 64 KiB hold no NUL byte
+  and decode as UTF-8; a folder's other files are skipped, a single binary file is refused.
 * tokens: a 1-D integer `.npy` (memory-mapped) or a raw `.bin` of `token_dtype` (nanoGPT's
   format); the last `val_fraction` is validation.
 * mqar: multi-query associative recall (Arora et al., 2023, Zoology; used by the GLA paper): a
   context of key-value pairs, then every key queried once at power-law distributed positions;
   only the query positions carry a target (their value), and the metric is accuracy there.
 * random: uniform random tokens (throughput runs).
+
+Data that cannot be used (a missing path, a binary file as text, a split shorter than a
+sequence, a token id outside the model's vocabulary) raises `DataError`, one line naming the
+option to change.
 """
 
 from __future__ import annotations
 
+import codecs
 import math
 import queue
 import sysconfig
@@ -35,6 +40,11 @@ import numpy as np
 Batch = dict[str, np.ndarray]
 
 _HASH_BUCKETS = 10_000
+_TEXT_PROBE_BYTES = 64 * 1024
+
+
+class DataError(ValueError):
+    """Data the run cannot use: `str(error)` is one line naming the option to change."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,35 +87,76 @@ def split_tail(arr: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.nda
     return arr[:len(arr) - n_val], arr[len(arr) - n_val:]
 
 
-def _is_binary(path: Path) -> bool:
+def why_not_text(path: Path) -> str | None:
+    """None when `path` reads as text (no NUL byte and valid UTF-8 in its first 64 KiB), else
+    the reason in a few words."""
     with path.open("rb") as f:
-        return b"\0" in f.read(8192)
+        head = f.read(_TEXT_PROBE_BYTES)
+    nul = head.find(b"\0")
+    if nul >= 0:
+        return f"a NUL byte at offset {nul}"
+    try:  # not final: the probe may end inside a multi-byte character
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 at byte {exc.start}"
+    return None
 
 
 def text_corpus(path: str | Path, val_fraction: float) -> tuple[np.ndarray, np.ndarray, dict]:
     """Bytes of a text file (tail split) or of the text files under a folder (file-hash split)."""
     path = Path(path)
     if path.is_file():
+        why = why_not_text(path)
+        if why is not None:
+            raise DataError(f"--data_path: {str(path)!r} is not a text file ({why}); give "
+                            f"token arrays as --data tokens")
         arr = np.fromfile(path, np.uint8)
         return (*split_tail(arr, val_fraction), {"files": 1, "split": "tail"})
     if not path.is_dir():
-        raise FileNotFoundError(f"--data_path {str(path)!r} is neither a file nor a folder")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not _is_binary(p))
+        raise DataError(f"--data_path: no such file or folder: {str(path)!r}")
+    found = sorted(p for p in path.rglob("*") if p.is_file())
+    files = [p for p in found if why_not_text(p) is None]
     if not files:
-        raise ValueError(f"no text files under {str(path)!r}")
-    return split_files(path, files, val_fraction)
+        what = (f"{len(found)} files, none of them UTF-8 text without NUL bytes" if found
+                else "it is empty")
+        raise DataError(f"--data_path: no text files under {str(path)!r} ({what})")
+    train, val, info = split_files(path, files, val_fraction)
+    return train, val, {**info, "skipped_files": len(found) - len(files)}
 
 
 def token_array(path: str | Path, token_dtype: str = "uint16") -> np.ndarray:
     """A memory-mapped 1-D token array from `.npy` or raw `.bin` (`token_dtype` elements)."""
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--data_path: no such file: {str(path)!r}")
     if path.suffix == ".npy":
-        arr = np.load(path, mmap_mode="r")
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"--data_path: {str(path)!r} is not a readable .npy file "
+                            f"({' '.join(str(exc).split())})") from None
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{str(path)!r}: a token .npy must be 1-D integers, got "
-                             f"{arr.shape=}, {arr.dtype=}")
+            raise DataError(f"--data_path: a token .npy must be 1-D integers, got {arr.shape=}, "
+                            f"{arr.dtype=} in {str(path)!r}")
         return arr
+    itemsize = np.dtype(token_dtype).itemsize
+    size = path.stat().st_size
+    if size == 0 or size % itemsize:
+        raise DataError(f"--token_dtype: {str(path)!r} has {size} bytes, not a whole number "
+                        f"(> 0) of {token_dtype} tokens of {itemsize} bytes")
     return np.memmap(path, dtype=np.dtype(token_dtype), mode="r")
+
+
+def check_token_range(arr: np.ndarray, vocab_size: int, chunk: int = 1 << 24):
+    """Raise `DataError` unless every token of `arr` is in `[0, vocab_size)` (read in chunks, so
+    a memory-mapped array is scanned without loading it whole)."""
+    for start in range(0, len(arr), chunk):
+        part = np.asarray(arr[start:start + chunk])
+        low, top = int(part.min()), int(part.max())
+        if low < 0 or top >= vocab_size:
+            raise DataError(f"--vocab_size: the data has token id {low if low < 0 else top}, "
+                            f"outside the model's vocabulary [0, {vocab_size}) (raise "
+                            f"--vocab_size, or check --data_path and --token_dtype)")
 
 
 def unigram_entropy(arr: np.ndarray, vocab_size: int, max_tokens: int = 50_000_000) -> float:
@@ -201,11 +252,8 @@ class Dataset:
         self.val_batches = [self._checked(make_val(val_rng)) for _ in range(eval_batches)]
 
     def _checked(self, batch: Batch) -> Batch:
-        top = int(batch["inputs"].max(initial=0))
-        top = max(top, int(batch["targets"].max(initial=0)))
-        if top >= self.vocab_size:
-            raise ValueError(f"data has token id {top} >= the model's vocab_size="
-                             f"{self.vocab_size}; raise --vocab_size")
+        for name in ("inputs", "targets"):
+            check_token_range(batch[name], self.vocab_size)
         return batch
 
     def train_batch(self, step: int) -> Batch:
@@ -232,8 +280,9 @@ def make_dataset(config) -> Dataset:
         info.update(train_tokens=int(len(train)), val_tokens=int(len(val)))
         for name, split in (("train", train), ("validation", val)):
             if len(split) <= T:
-                raise ValueError(f"the {name} split has {len(split)} tokens, fewer than "
-                                 f"seq_len + 1 = {T + 1}; lower --seq_len or add data")
+                raise DataError(f"--seq_len: the {name} split has {len(split)} tokens, fewer "
+                                f"than seq_len + 1 = {T + 1} (lower --seq_len or add data)")
+            check_token_range(split, V)  # every token, not only those the batches happen to hit
         return Dataset(kind, lambda rng: window_batch(train, rng, B, T),
                        make_val=lambda rng: window_batch(val, rng, B, T),
                        entropy=unigram_entropy(train, max(V, 256)), info=info, **common)

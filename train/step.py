@@ -105,7 +105,7 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array):
 
 
 def make_train_step(graphdef, constants: nnx.State, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, nan_at_step: int | None = None):
+                    schedule: optax.Schedule):
     """`train_step(state, batch) -> (state, metrics)`, to be jitted with the state donated."""
 
     def loss_fn(params, batch):
@@ -119,10 +119,6 @@ def make_train_step(graphdef, constants: nnx.State, tx: optax.GradientTransforma
         step = state["step"] + 1  # the 1-based number of this update
         (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"],
                                                                             batch)
-        if nan_at_step is not None:  # testing hook: poison this step as a diverged one would be
-            poison = jnp.where(step == nan_at_step, jnp.nan, 1.0)
-            loss = loss * poison
-            grads = jax.tree.map(lambda g: g * poison.astype(g.dtype), grads)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
