@@ -42,6 +42,7 @@ class TrainConfig:
     # Data.
     data: str = "stdlib"
     data_path: str | None = None
+    tokenizer: str | None = None
     token_dtype: str = "uint16"
     val_fraction: float = 0.05
     mqar_num_kv_pairs: int = 8
@@ -153,7 +154,11 @@ TRAIN_HELP = {
             ".npy or raw .bin (--data_path, --token_dtype); mqar: multi-query associative recall "
             "(synthetic); random: uniform random tokens (for throughput)",
     "data_path": "file or folder for --data text / tokens",
-    "token_dtype": "element type of a raw .bin token file: uint16, uint32 or int32",
+    "tokenizer": "a tokenizers tokenizer.json for --data text / stdlib: each file is a document, "
+                 "its tokens followed by the tokenizer's EOS (default: UTF-8 bytes); its "
+                 "vocabulary must fit the model's vocab_size; copied into the run folder",
+    "token_dtype": "element type of a raw .bin token file: uint16, uint32 or int32 (a "
+                   "<file>.json beside it, as python -m train.tokenize writes, sets it)",
     "val_fraction": "share held out for validation: files (by a hash of their path) of stdlib and "
                     "text folders, the tail of a single text file or token array",
     "mqar_num_kv_pairs": "MQAR: key-value pairs per sequence (each queried once)",
@@ -336,7 +341,8 @@ def parse_args(argv: list[str] | None = None, *, backend: str | None = None) -> 
     With `--resume` and an existing `<run_dir>/config.json`, that file is the base and only the
     options given on the command line change it.
     """
-    ns = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    ns = vars(parser.parse_args(argv))
     model_over = {k[len("model."):]: v for k, v in ns.items() if k.startswith("model.")}
     train_over = {k: v for k, v in ns.items() if not k.startswith("model.")}
 
@@ -363,4 +369,12 @@ def parse_args(argv: list[str] | None = None, *, backend: str | None = None) -> 
             backend = backend or jax.default_backend()
             model_over["dtype"] = "float32" if backend == "cpu" else "bfloat16"
     model = model.replace(**model_over) if model_over else model
-    return base.replace(model=model, **train_over)
+    config = base.replace(model=model, **train_over)
+    if config.tokenizer:
+        from jaxla.tokenizer import check_vocab, load_tokenizer
+
+        try:
+            check_vocab(load_tokenizer(config.tokenizer), model.vocab_size)
+        except (FileNotFoundError, ValueError) as exc:
+            parser.error(f"--tokenizer {config.tokenizer}: {exc}")
+    return config

@@ -180,6 +180,9 @@ def train(config: TrainConfig, *, echo=print) -> dict:
         state = jax.device_put(run_on_host(init_fn), state_sh)
         echo(f"  initialised the model and optimizer state in {time.perf_counter() - t0:.1f} s")
     (run_dir / "config.json").write_text(config.to_json() + "\n")
+    if config.tokenizer and Path(config.tokenizer).resolve() != (run_dir / "tokenizer.json"
+                                                                 ).resolve():
+        shutil.copyfile(config.tokenizer, run_dir / "tokenizer.json")  # for jaxla.generate
     log = M.JsonlLog(run_dir / "metrics.jsonl")
     log.truncate_after(start)
 

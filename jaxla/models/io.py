@@ -20,6 +20,7 @@ Hugging Face folders of the architectures it imports.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import jax
@@ -186,8 +187,14 @@ def read_run_params(run_dir: Path, step: int) -> dict[str, np.ndarray]:
     target = {n: jax.ShapeDtypeStruct(tuple(tree[n].shape), tree[n].dtype, sharding=cpu)
               for n in names}
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-    restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=True))
+    absl = logging.getLogger("absl")  # Orbax warns that train's items carry no metadata file
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True))
+    finally:
+        absl.setLevel(level)
     return {n[len("params."):]: np.asarray(v) for n, v in restored.items()}
 
 
