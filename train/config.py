@@ -207,6 +207,12 @@ MODEL_HELP = {
     "mlp": "a SwiGLU MLP after each mixer",
     "hidden_ratio": "MLP width rule: 256 * ceil(D * hidden_ratio * 2/3 / 256)",
     "intermediate_size": "MLP width (none: from hidden_ratio)",
+    "num_experts": "0: one SwiGLU MLP; E: a top-k routed mixture of E SwiGLU experts",
+    "num_experts_per_tok": "experts each token is routed to (top-k)",
+    "block_style": "prenorm (x + f(norm(x))) or minimax (the residual starts from norm(x))",
+    "attention_residual": "alpha,beta of alpha * residual + beta * attention(...)",
+    "linear_residual": "alpha,beta of alpha * residual + beta * mixer(...) for linear mixers",
+    "mlp_residual": "alpha,beta of alpha * residual + beta * mlp(...)",
     "expand_k": "GLA key width = D * expand_k",
     "expand_v": "GLA value width = D * expand_v",
     "gate_low_rank_dim": "GLA forget gate rank",
@@ -214,11 +220,16 @@ MODEL_HELP = {
     "use_output_gate": "GLA output gate",
     "use_short_conv": "GLA short convolutions on q, k, v",
     "conv_size": "GLA short convolution width",
+    "feature_map": "GLA feature map on q and k: relu, sigmoid, logsigmoid, silu, swish, sqrelu, "
+                   "gelu (none: identity)",
+    "clamp_min": "GLA: floor of the log forget gate (none: no floor)",
     "lightning_decay": "lightning decay convention: minimax or fla",
+    "lightning_norm_eps": "epsilon of the lightning output norm (none: norm_eps)",
     "d_state": "Mamba state size N",
     "d_conv": "Mamba convolution width",
     "expand": "Mamba d_inner = expand * D",
     "dt_rank": "Mamba dt rank (none: ceil(D / 16))",
+    "mamba_init": "Mamba linear init: normal (initializer_range) or mamba_ssm (its own)",
     "rope_theta": "RoPE base of attention mixers",
     "norm_eps": "RMSNorm epsilon",
     "tie_embeddings": "LM head = embedding transpose",
@@ -269,6 +280,8 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16", "float16"),
     "model.lightning_decay": ("minimax", "fla"),
+    "model.block_style": ("prenorm", "minimax"),
+    "model.mamba_init": ("normal", "mamba_ssm"),
 }
 
 

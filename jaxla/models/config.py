@@ -90,6 +90,9 @@ class LMConfig:
     d_conv: int = 4
     expand: int = 2
     dt_rank: int | None = None
+    # "normal": linear weights normal(0, initializer_range); "mamba_ssm": mamba_ssm's init
+    # (PyTorch-default uniform, out_proj / sqrt(num_layers); jaxla.layers.Mamba).
+    mamba_init: str = "normal"
 
     # Softmax attention.
     rope_theta: float = 10000.0
@@ -137,6 +140,8 @@ class LMConfig:
             raise ValueError(f"num_heads={self.num_heads} must divide hidden_size={self.hidden_size}")
         if self.num_heads % self.kv_heads:
             raise ValueError(f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}")
+        if self.mamba_init not in ("normal", "mamba_ssm"):
+            raise ValueError(f"mamba_init must be 'normal' or 'mamba_ssm', got {self.mamba_init!r}")
         if self.block_style not in BLOCK_STYLES:
             raise ValueError(f"block_style must be one of {BLOCK_STYLES}, got {self.block_style!r}")
         if self.feature_map is not None and self.feature_map not in FEATURE_MAPS:
@@ -235,9 +240,11 @@ class LMConfig:
 
     @classmethod
     def mamba_370m(cls, **overrides) -> LMConfig:
-        """mamba_ssm's mamba-370m: d_model 1024, 48 Mamba blocks, no MLP, vocab 50280, tied."""
+        """mamba_ssm's mamba-370m: d_model 1024, 48 Mamba blocks, no MLP, vocab 50280, tied;
+        mamba_ssm's initialisation."""
         return cls(**{**dict(vocab_size=50280, hidden_size=1024, num_layers=48,
                              layer_pattern=("mamba",), mlp=False, norm_eps=1e-5,
+                             mamba_init="mamba_ssm",
                              tie_embeddings=True), **overrides})
 
     @classmethod

@@ -42,7 +42,8 @@ def make_mixer(config: LMConfig, layer_idx: int, *, rngs: nnx.Rngs, implementati
                       else config.lightning_norm_eps), **kw)
     if kind == "mamba":
         return Mamba(D, d_state=config.d_state, d_conv=config.d_conv, expand=config.expand,
-                     dt_rank=config.mamba_dt_rank, **kw)
+                     dt_rank=config.mamba_dt_rank, init=config.mamba_init,
+                     num_layers=config.num_layers, **kw)
     if kind == "attention":
         return Attention(D, num_heads=config.num_heads, num_kv_heads=config.kv_heads,
                          head_dim=config.attn_head_dim, rope_theta=config.rope_theta, **kw)

@@ -6,6 +6,7 @@ import numpy as np
 from flax import nnx
 
 from jaxla.layers import GatedLinearAttention, SparseMoE
+from jaxla.models import LMConfig
 from jaxla.testing import assert_close
 
 
@@ -74,3 +75,17 @@ def test_gla_feature_map_applies_to_q_and_k(rng):
     xp = jnp.abs(x)
     assert_close(relu(xp), plain(xp), name="relu on nonnegative q, k")
     assert not np.allclose(np.asarray(relu(x)), np.asarray(plain(x)))
+
+
+def test_mamba_ssm_init_rescales_out_proj(rng):
+    from jaxla.layers import Mamba
+
+    D, L = 64, 9
+    layer = Mamba(D, init="mamba_ssm", num_layers=L, rngs=nnx.Rngs(int(rng.integers(1 << 30))))
+    E = layer.d_inner
+    for kernel, bound in ((layer.in_proj.kernel, D**-0.5), (layer.x_proj.kernel, E**-0.5),
+                          (layer.out_proj.kernel, E**-0.5 / L**0.5)):
+        w = np.asarray(kernel[...])
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+        assert abs(w.std() - bound / np.sqrt(3)) < 0.05 * bound  # uniform(+-bound)
+    assert LMConfig.mamba_370m().mamba_init == "mamba_ssm"
