@@ -98,53 +98,58 @@ def _row_keys(key, rows: jax.Array, position) -> jax.Array | None:
 
 
 class _Carry(NamedTuple):
-    position: jax.Array  # [] int32: the position fed next
-    sampled: jax.Array  # [B] int32: the token drawn for `position`
+    position: jax.Array  # [] int32: the position of `token`
+    token: jax.Array  # [B] int32: each row's token at `position` (its prompt's or drawn)
     cache: tuple
     out: jax.Array  # [B, max_new] int32: generated tokens so far
     count: jax.Array  # [B] int32: how many
     done: jax.Array  # [B] bool
 
 
-def _feed(carry: _Carry, prompts, lengths, eos, max_new):
-    """The token at `carry.position` of each row (its prompt's, else the drawn one), recorded
-    when generated; returns (tokens [B], updated out/count/done)."""
-    p = carry.position
-    safe = jnp.minimum(p, prompts.shape[1] - 1)
-    x = jnp.where(p < lengths, prompts[:, safe], carry.sampled)
-    generating = (p >= lengths) & ~carry.done
-    slot = jnp.arange(max_new, dtype=jnp.int32)[None, :] == carry.count[:, None]
-    out = jnp.where(generating[:, None] & slot, x[:, None], carry.out)
-    count = carry.count + generating.astype(jnp.int32)
-    done = carry.done | (count >= max_new) | (generating & (x == eos))  # eos -1: none
-    return x, out, count, done
+def _place(position, drawn, prompts, lengths, out, count, done, eos, max_new):
+    """The token at `position` of each row (its prompt's, else the drawn one), recorded in
+    `out` when the row is generating; returns (token [B], out, count, done). eos -1: none."""
+    safe = jnp.minimum(position, prompts.shape[1] - 1)
+    token = jnp.where(position < lengths, prompts[:, safe], drawn)
+    generating = (position >= lengths) & ~done
+    slot = jnp.arange(max_new, dtype=jnp.int32)[None, :] == count[:, None]
+    out = jnp.where(generating[:, None] & slot, token[:, None], out)
+    count = count + generating.astype(jnp.int32)
+    done = done | (count >= max_new) | (generating & (token == eos))
+    return token, out, count, done
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6))
-def _prefill(graphdef, state, tokens, cache, key, rows, sampling):
-    """Run the shared prompt prefix `tokens [B, P0]` through the cache; draw position P0."""
+@functools.partial(jax.jit, static_argnums=(0, 4, 8, 10))
+def _prefill(graphdef, state, prompts, lengths, p0, cache, key, rows, sampling, eos, max_new):
+    """Run the shared prompt prefix `prompts[:, :p0]` through the cache; place position p0."""
     model = nnx.merge(graphdef, state)
-    logits, cache = model(tokens, cache=cache)
-    keys = _row_keys(key, rows, tokens.shape[1])
-    return sample_logits(logits[:, -1], keys, sampling), cache
+    logits, cache = model(prompts[:, :p0], cache=cache)
+    position = jnp.int32(p0)
+    drawn = sample_logits(logits[:, -1], _row_keys(key, rows, position), sampling)
+    B = prompts.shape[0]
+    token, out, count, done = _place(position, drawn, prompts, lengths,
+                                      jnp.zeros((B, max_new), jnp.int32),
+                                      jnp.zeros(B, jnp.int32), jnp.zeros(B, bool), eos, max_new)
+    return _Carry(position, token, cache, out, count, done)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6, 8), donate_argnums=(2,))
 def _decode(graphdef, state, carry: _Carry, prompts, lengths, limit, sampling, eos, max_new,
             key, rows):
-    """Feed positions `carry.position .. limit - 1` one at a time (a while_loop), stopping early
-    when every row is done."""
+    """Place positions `carry.position + 1 .. limit - 1`, one model step each (a while_loop),
+    stopping early when every row is done."""
     model = nnx.merge(graphdef, state)
 
     def cond(c: _Carry):
-        return (c.position < limit) & ~jnp.all(c.done)
+        return (c.position + 1 < limit) & ~jnp.all(c.done)
 
     def body(c: _Carry):
-        x, out, count, done = _feed(c, prompts, lengths, eos, max_new)
-        logits, cache = model(x[:, None], cache=c.cache)
-        keys = _row_keys(key, rows, c.position + 1)
-        sampled = sample_logits(logits[:, -1], keys, sampling)
-        return _Carry(c.position + 1, sampled, cache, out, count, done)
+        logits, cache = model(c.token[:, None], cache=c.cache)
+        position = c.position + 1
+        drawn = sample_logits(logits[:, -1], _row_keys(key, rows, position), sampling)
+        token, out, count, done = _place(position, drawn, prompts, lengths, c.out, c.count,
+                                         c.done, eos, max_new)
+        return _Carry(position, token, cache, out, count, done)
 
     return jax.lax.while_loop(cond, body, carry)
 
@@ -233,21 +238,20 @@ def _cached_blocks(model, req: _Request, block_size: int | None) -> Iterator[_Ca
     rows = jnp.arange(B, dtype=jnp.int32)
     cache = model.init_cache(B, P + req.max_new)
     prompts, lengths = jnp.asarray(req.prompts), jnp.asarray(req.lengths)
-    sampled, cache = _prefill(graphdef, state, prompts[:, :p0], cache, req.key, rows,
-                              req.sampling)
-    carry = _Carry(jnp.int32(p0), sampled, cache, jnp.zeros((B, req.max_new), jnp.int32),
-                   jnp.zeros(B, jnp.int32), jnp.zeros(B, bool))
-    end = P + req.max_new
+    eos = jnp.int32(-1 if req.eos is None else req.eos)
+    carry = _prefill(graphdef, state, prompts, lengths, p0, cache, req.key, rows,
+                     req.sampling, eos, req.max_new)
+    end = P + req.max_new  # positions run up to end - 1
     step = end if block_size is None else block_size
-    position = p0
-    while True:
-        position = min(position + step, end)
-        carry = _decode(graphdef, state, carry, prompts, lengths, jnp.int32(position),
-                        req.sampling, jnp.int32(-1 if req.eos is None else req.eos),
-                        req.max_new, req.key, rows)
+    limit, ran = p0 + 1, False
+    while limit < end and not bool(jnp.all(carry.done)):
+        limit = min(limit + step, end)
+        carry = _decode(graphdef, state, carry, prompts, lengths, jnp.int32(limit),
+                        req.sampling, eos, req.max_new, req.key, rows)
+        ran = True
         yield carry
-        if position >= end or bool(jnp.all(carry.done)):
-            return
+    if not ran:
+        yield carry
 
 
 def _naive(model, req: _Request, naive_bucket: int):
