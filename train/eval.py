@@ -91,8 +91,8 @@ def evaluate(model, stream: np.ndarray, seq_len: int, batch_size: int) -> tuple[
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.eval", description=__doc__.split(
-        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m train.eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run_dir", required=True, help="run folder, jaxla model folder or Hugging "
                    "Face folder")
     p.add_argument("--data", required=True, help="text file or folder, token file (with its "

@@ -108,8 +108,8 @@ def write_tokens(tokens: np.ndarray, out: Path, meta: dict) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.tokenize", description=__doc__.split(
-        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m train.tokenize", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="text file, folder or .jsonl")
     p.add_argument("--out", required=True, help="token file to write (e.g. tokens.bin)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: UTF-8 bytes)")

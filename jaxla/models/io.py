@@ -179,18 +179,18 @@ def read_run_params(run_dir: Path, step: int) -> dict[str, np.ndarray]:
 
     item = (run_dir / "checkpoints" / str(step) / "state").absolute()
     checkpointer = ocp.PyTreeCheckpointer()
-    tree = checkpointer.metadata(item)
-    tree = getattr(tree, "item_metadata", tree)
-    tree = dict(getattr(tree, "tree", tree))
-    names = [n for n in tree if n.startswith("params.")]
-    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    target = {n: jax.ShapeDtypeStruct(tuple(tree[n].shape), tree[n].dtype, sharding=cpu)
-              for n in names}
-    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
     absl = logging.getLogger("absl")  # Orbax warns that train's items carry no metadata file
     level = absl.level
     absl.setLevel(logging.ERROR)
     try:
+        tree = checkpointer.metadata(item)
+        tree = getattr(tree, "item_metadata", tree)
+        tree = dict(getattr(tree, "tree", tree))
+        names = [n for n in tree if n.startswith("params.")]
+        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        target = {n: jax.ShapeDtypeStruct(tuple(tree[n].shape), tree[n].dtype, sharding=cpu)
+                  for n in names}
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
         restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
             item=target, restore_args=restore_args, partial_restore=True))
     finally:
