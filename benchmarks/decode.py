@@ -124,8 +124,10 @@ def jaxla_rows(args, presets, on_gpu) -> tuple[list[dict], dict]:
                 for mode, label in modes:
                     if mode == "naive" and new > args.naive_max:
                         continue
-                    fn = lambda: jax.block_until_ready(  # noqa: E731
-                        generate(model, prompt, new, mode=mode, temperature=0.0))
+                    def fn(model=model, prompt=prompt, new=new, mode=mode):
+                        jax.block_until_ready(generate(model, prompt, new, mode=mode,
+                                                       temperature=0.0))
+
                     first, seconds = _time(fn)
                     kv = "preallocated" if mode == "cached" else "exact"
                     try:
@@ -172,16 +174,16 @@ def compare_rows(args, models, on_gpu) -> list[dict]:
                 note = "no mamba_ssm: transformers' slow path"
         with tempfile.TemporaryDirectory() as folder:
             export_checkpoint(models[name], folder, arch, eos_token_id=0)
-            model = model_cls.from_pretrained(folder, dtype=dtype).to(device).eval()
+            ref = model_cls.from_pretrained(folder, dtype=dtype).to(device).eval()
         for batch in args.batch:
             gen = torch.Generator().manual_seed(batch)
             prompt = torch.randint(0, models[name].config.vocab_size, (batch, args.prompt),
                                    generator=gen).to(device)
             for new in args.new_tokens:
-                def fn():
+                def fn(ref=ref, prompt=prompt, new=new):
                     with torch.no_grad():
-                        model.generate(prompt, attention_mask=torch.ones_like(prompt),
-                                       max_new_tokens=new, min_new_tokens=new, do_sample=False)
+                        ref.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                     max_new_tokens=new, min_new_tokens=new, do_sample=False)
                     if device == "cuda":
                         torch.cuda.synchronize()
 
@@ -194,7 +196,7 @@ def compare_rows(args, models, on_gpu) -> list[dict]:
                 rows.append(_row(f"{'transformers' if arch == 'mamba' else 'FLA'} {name}",
                                  "generate", batch, args.prompt, new, seconds, None, first,
                                  note))
-        del model
+        del ref
     return rows
 
 

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 EXAMPLES = """Examples:
-  ./run train && python -m jaxla.generate runs/default-stdlib --prompt 'def main(' 
+  ./run train && python -m jaxla.generate runs/default-stdlib --prompt 'def main('
   python -m jaxla.generate runs/default-stdlib --prompt 'import os' --prompt 'class ' --greedy
   python -m jaxla.generate models/mamba-130m --prompt 'The capital of France' --top_p 0.9
 """

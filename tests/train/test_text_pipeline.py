@@ -114,7 +114,7 @@ def default_run(tmp_path_factory, texts):
     return run
 
 
-def test_generate_cli_streams_from_the_default_run(default_run, bpe_file):
+def test_generate_cli_streams_from_the_default_run(default_run, bpe_file, capsys):
     buf = io.StringIO()
     assert generate_main([str(default_run), "--prompt", "def main(", "--max_new_tokens", "12",
                           "--block_size", "4", "--seed", "3"], out=buf) == 0
@@ -130,6 +130,7 @@ def test_generate_cli_streams_from_the_default_run(default_run, bpe_file):
         with pytest.raises(SystemExit) as exc:
             generate_main([str(default_run), *argv])
         assert exc.value.code == 2
+        assert match in capsys.readouterr().err
 
 
 def test_eval_bits_per_byte_of_a_byte_model(default_run, texts, capsys):
