@@ -5,24 +5,28 @@ beside transformers' Mamba and FLA's GLA `generate` on the same weights.
     python -m benchmarks.decode --new_tokens 512,1024,2048,4096,8192 --batch 1,16
     python -m benchmarks.decode --tiny               # CPU smoke run (tiny models)
 
-Rows (each a `jaxla.models.generate` call, timed after a first call that compiles it):
+Rows (greedy, no EOS: every row generates all its tokens; random weights):
 
-* recurrent state: GLA (gla_340m), Lightning (lightning_340m), Mamba (mamba_370m), mode
-  "cached": one prefill, then the compiled decode loop, O(1) per token;
-* KV cache: the Transformer (transformer_340m), mode "cached" (a preallocated cache of
-  prompt + new slots, read whole each step);
-* naive re-encode: the Transformer and GLA, mode "naive" (every token re-encodes the sequence
-  so far: O(T^3) attention), only up to `--naive_max` new tokens.
+* recurrent state: GLA (gla_340m), Lightning (lightning_340m), Mamba (mamba_370m), and the
+  KV cache: the Transformer (transformer_340m); mode "cached". Per model and batch one
+  `generate_stream` run of the largest `--new_tokens` (compiled once by a first block, not
+  timed), read at block boundaries: the time to n new tokens is the time to that boundary,
+  prefill included. The caches hold prompt + largest new slots in every row (the Transformer's
+  KV cache is read whole each step, so its shorter counts read a longer cache than a run of
+  their own would).
+* naive re-encode: the Transformer, mode "naive" (each token re-encodes the sequence so far,
+  padded to a multiple of `--naive_bucket`: O(T^3) attention), up to `--naive_max` new tokens;
+  a `generate` call timed after one that compiles.
 
-For each: prompt `--prompt` (512) tokens, `--new_tokens` new tokens (always generated: no EOS),
-batch `--batch`; seconds, tokens/s (batch x new / s), ms per token (s / new), and
-`jaxla.flops.generation.generation_flops` (kv_cache="preallocated" for the cached Transformer,
-as generate runs it) with the achieved TFLOP/s. Comparison rows, where importable, on the same
-weights exported with `jaxla.convert` (bfloat16 on both sides on a GPU): transformers'
+For each: prompt `--prompt` (512) tokens, batch `--batch`; seconds, tokens/s (batch x new / s),
+ms per token (s / new), the first (compiling) call's seconds, and `jaxla.flops.generation`'s
+count of what the run computes (preallocated caches; naive: exact lengths) with the achieved
+TFLOP/s. Comparison rows at `--compare_new` tokens, where importable, on the same weights
+exported with `jaxla.convert` (bfloat16 on both sides on a GPU): transformers'
 `MambaForCausalLM.generate` (mamba_ssm's kernels when built, else transformers' slow path) and
-FLA's `GLAForCausalLM.generate`; greedy, `min_new_tokens = max_new_tokens`. A missing package
-prints the reason and skips its rows. The table comes last; `$OUT/decode_bench.json` holds the
-rows when OUT is set.
+FLA's `GLAForCausalLM.generate`; greedy, `min_new_tokens = max_new_tokens`, timed after a
+4-token warm-up. A missing package prints the reason and skips its rows. The table comes last;
+`$OUT/decode_bench.json` holds the rows when OUT is set.
 """
 
 from __future__ import annotations
@@ -67,7 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="GLA,Lightning,Mamba,Transformer",
                    help="jaxla models to time (default: all four)")
     p.add_argument("--naive_max", type=int, default=None,
-                   help="naive re-encode only up to this many new tokens (default 512; tiny 8)")
+                   help="naive re-encode (Transformer) only up to this many new tokens "
+                        "(default 512; tiny 8)")
+    p.add_argument("--naive_bucket", type=int, default=256,
+                   help="naive re-encode: pad the sequence to a multiple of this (one compile "
+                        "per multiple; default 256)")
+    p.add_argument("--compare_new", type=int, default=None,
+                   help="new tokens of the transformers / FLA rows (default: the smallest of "
+                        "--new_tokens)")
     p.add_argument("--no-compare", dest="compare", action="store_false",
                    help="skip the transformers Mamba / FLA GLA rows")
     return p
@@ -96,16 +107,32 @@ def _row(model, mode, batch, prompt, new, seconds, flops=None, compile_s=None, n
     return row
 
 
+def _cached_flops(config, new, max_new, prompt, batch):
+    """FLOPs of the first `new` tokens of a generation whose caches hold prompt + max_new
+    slots (what the timed run computes): the prefill, then new - 1 steps."""
+    from jaxla.flops import generation as G
+
+    try:
+        prefill, step = G._cached_terms(config, max_new, prompt, batch, "all", None,
+                                        "preallocated")
+        return G.sum_cached(lambda p: prefill, step, new, prompt).total
+    except NotImplementedError:
+        return None
+
+
 def jaxla_rows(args, presets, on_gpu) -> tuple[list[dict], dict]:
-    import jax
+    import math
+
     import jax.numpy as jnp
     from flax import nnx
 
     from jaxla.flops.generation import generation_flops
-    from jaxla.models import CausalLM, LMConfig, generate
+    from jaxla.models import CausalLM, LMConfig, generate, generate_stream
 
     rows, models = [], {}
     dtype = "bfloat16" if on_gpu else "float32"
+    max_new = max(args.new_tokens)
+    block = math.gcd(*args.new_tokens)
     for name in args.models.split(","):
         name = name.strip()
         if name not in presets:
@@ -113,30 +140,36 @@ def jaxla_rows(args, presets, on_gpu) -> tuple[list[dict], dict]:
         config = LMConfig.preset(presets[name], dtype=dtype)
         model = CausalLM(config, rngs=nnx.Rngs(0))
         models[name] = model
-        modes = [("cached", MODE_NAME[name])]
-        if name in ("Transformer", "GLA"):
-            modes.append(("naive", "naive re-encode"))
         for batch in args.batch:
             rng = np.random.default_rng(batch)
             prompt = jnp.asarray(rng.integers(0, config.vocab_size, (batch, args.prompt)),
                                  jnp.int32)
+            kw = dict(temperature=0.0, block_size=block)
+            # One compile serves every length: the loop's limit is a runtime value.
+            t0 = time.perf_counter()
+            next(iter(generate_stream(model, prompt, max_new, **kw)))
+            compile_s = time.perf_counter() - t0
+            done, marks, t0 = 0, {}, time.perf_counter()
+            for chunk in generate_stream(model, prompt, max_new, **kw):
+                done += len(chunk[0])
+                if done in args.new_tokens:
+                    marks[done] = time.perf_counter() - t0
             for new in args.new_tokens:
-                for mode, label in modes:
-                    if mode == "naive" and new > args.naive_max:
-                        continue
-                    def fn(model=model, prompt=prompt, new=new, mode=mode):
-                        jax.block_until_ready(generate(model, prompt, new, mode=mode,
-                                                       temperature=0.0))
+                rows.append(_row(f"jaxla {name}", MODE_NAME[name], batch, args.prompt, new,
+                                 marks[new], _cached_flops(config, new, max_new, args.prompt,
+                                                           batch), compile_s))
+            if name != "Transformer":
+                continue
+            for new in (n for n in args.new_tokens if n <= args.naive_max):
+                def fn(model=model, prompt=prompt, new=new):
+                    jnp.asarray(generate(model, prompt, new, mode="naive", temperature=0.0,
+                                         naive_bucket=args.naive_bucket)).block_until_ready()
 
-                    first, seconds = _time(fn)
-                    kv = "preallocated" if mode == "cached" else "exact"
-                    try:
-                        flops = generation_flops(config, new, mode=mode, prompt_len=args.prompt,
-                                                 batch=batch, kv_cache=kv).total
-                    except Exception:  # noqa: BLE001 - a config the formulas do not cover
-                        flops = None
-                    rows.append(_row(f"jaxla {name}", label, batch, args.prompt, new, seconds,
-                                     flops, first))
+                first, seconds = _time(fn)
+                flops = generation_flops(config, new, mode="naive", prompt_len=args.prompt,
+                                         batch=batch).total
+                rows.append(_row(f"jaxla {name}", "naive re-encode", batch, args.prompt, new,
+                                 seconds, flops, first, f"bucket {args.naive_bucket}"))
     return rows, models
 
 
@@ -179,7 +212,7 @@ def compare_rows(args, models, on_gpu) -> list[dict]:
             gen = torch.Generator().manual_seed(batch)
             prompt = torch.randint(0, models[name].config.vocab_size, (batch, args.prompt),
                                    generator=gen).to(device)
-            for new in args.new_tokens:
+            for new in [args.compare_new]:
                 def fn(ref=ref, prompt=prompt, new=new):
                     with torch.no_grad():
                         ref.generate(prompt, attention_mask=torch.ones_like(prompt),
@@ -188,7 +221,12 @@ def compare_rows(args, models, on_gpu) -> list[dict]:
                         torch.cuda.synchronize()
 
                 try:
-                    first, seconds = _time(fn)
+                    t0 = time.perf_counter()
+                    fn(new=4)  # warm-up: kernels, autotuning
+                    first = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    fn()
+                    seconds = time.perf_counter() - t0
                 except Exception as exc:  # noqa: BLE001
                     print(f"  {cls}.generate failed at B={batch} new={new}: "
                           f"{type(exc).__name__}: {exc}")
@@ -220,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     args.new_tokens = args.new_tokens or ([8, 16] if args.tiny else [512, 2048])
     args.batch = args.batch or ([1, 2] if args.tiny else [1, 16])
     args.naive_max = args.naive_max or (8 if args.tiny else 512)
+    args.compare_new = args.compare_new or min(args.new_tokens)
+    if args.tiny:
+        args.naive_bucket = min(args.naive_bucket, 8)
     if args.prompt < 1:
         parser.error(f"--prompt must be >= 1, got {args.prompt}")
     import jax

@@ -126,7 +126,9 @@ class TrainConfig:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["model"] = dataclasses.asdict(self.model)
-        out["model"]["layer_pattern"] = list(self.model.layer_pattern)
+        for name, value in out["model"].items():  # as JSON reads them back
+            if isinstance(value, tuple):
+                out["model"][name] = list(value)
         return out
 
     def to_json(self) -> str:
@@ -223,6 +225,8 @@ MODEL_HELP = {
     "feature_map": "GLA feature map on q and k: relu, sigmoid, logsigmoid, silu, swish, sqrelu, "
                    "gelu (none: identity)",
     "clamp_min": "GLA: floor of the log forget gate (none: no floor)",
+    "gla_kv_heads": "GLA: heads of k, v and the forget gate, each serving num_heads / "
+                    "gla_kv_heads query heads (FLA's num_kv_heads; none: num_heads)",
     "lightning_decay": "lightning decay convention: minimax or fla",
     "lightning_norm_eps": "epsilon of the lightning output norm (none: norm_eps)",
     "d_state": "Mamba state size N",

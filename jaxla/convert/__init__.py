@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxla.convert import gla, mamba, minimax
 from jaxla.convert.mapping import check_names, to_hf, to_jaxla
-from jaxla.convert.safetensors_io import read_folder, write_file
+from jaxla.models.safetensors_io import read_folder, write_file
 from jaxla.models.config import LMConfig
 from jaxla.models.io import (
     CONFIG_FILE,

@@ -45,7 +45,7 @@ def config_from_hf(hf: dict) -> LMConfig:
     return LMConfig(
         vocab_size=int(hf["vocab_size"]), hidden_size=hidden,
         num_layers=int(hf["num_hidden_layers"]), layer_pattern=("gla",), num_heads=num_heads,
-        num_kv_heads=hf.get("num_kv_heads"), expand_k=float(hf.get("expand_k", 0.5)),
+        gla_kv_heads=hf.get("num_kv_heads"), expand_k=float(hf.get("expand_k", 0.5)),
         expand_v=float(hf.get("expand_v", 1.0)),
         hidden_ratio=int(hf.get("hidden_ratio") or 4),
         intermediate_size=_mlp_size(hidden, hf.get("hidden_ratio"), hf.get("intermediate_size")),
@@ -87,7 +87,7 @@ def config_to_hf(config: LMConfig, eos_token_id: int | None) -> dict:
         "architectures": [ARCHITECTURE], "model_type": MODEL_TYPE,
         "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
         "num_hidden_layers": config.num_layers, "num_heads": config.num_heads,
-        "num_kv_heads": config.num_kv_heads, "expand_k": config.expand_k,
+        "num_kv_heads": config.gla_kv_heads, "expand_k": config.expand_k,
         "expand_v": config.expand_v, "hidden_ratio": config.hidden_ratio,
         "intermediate_size": config.mlp_size, "feature_map": config.feature_map,
         "attn_mode": "chunk", "use_short_conv": config.use_short_conv,

@@ -590,8 +590,8 @@ def check_covered(config: LMConfig) -> None:
     if config.num_experts:
         raise NotImplementedError(f"FLOP formulas: num_experts={config.num_experts} (a "
                                   f"mixture-of-experts MLP) is not counted")
-    if "gla" in config.layer_pattern and config.kv_heads != config.num_heads:
-        raise NotImplementedError(f"FLOP formulas: GLA with num_kv_heads={config.num_kv_heads} "
+    if "gla" in config.layer_pattern and config.gla_kv_heads not in (None, config.num_heads):
+        raise NotImplementedError(f"FLOP formulas: GLA with gla_kv_heads={config.gla_kv_heads} "
                                   f"< num_heads={config.num_heads} is not counted")
 
 
@@ -745,7 +745,7 @@ def mixer_params(kind: str, config: LMConfig) -> int:
     D, H = config.hidden_size, config.num_heads
     if kind == "gla":
         Kd, Vd, r = config.key_dim, config.value_dim, config.gate_low_rank_dim
-        groups = H // config.kv_heads  # k, v and the forget gate serve `groups` heads each
+        groups = H // (config.gla_kv_heads or H)  # k, v, forget gate: `groups` heads each
         Kg, Vg = Kd // groups, Vd // groups
         n = D * Kd + D * Kg + D * Vg + D * r + r * Kg + Kg + Vd * D + Vd // H
         if config.use_output_gate:

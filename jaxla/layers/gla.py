@@ -151,9 +151,10 @@ class GatedLinearAttention(nnx.Module):
 
         H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
         G = H // self.num_kv_heads
-        q = q.reshape(B, T, H, K)
-        k, gk = (jnp.repeat(a.reshape(B, T, H // G, K), G, axis=2) for a in (k, gk))
-        v = jnp.repeat(v.reshape(B, T, H // G, V), G, axis=2)
+        q, k, gk = (a.reshape(B, T, -1, K) for a in (q, k, gk))
+        v = v.reshape(B, T, -1, V)
+        if G > 1:  # each kv head serves G consecutive query heads
+            k, gk, v = (jnp.repeat(a, G, axis=2) for a in (k, gk, v))
         if self.feature_map is not None:
             fmap = FEATURE_MAPS[self.feature_map]
             q, k = (fmap(a.astype(jnp.float32)).astype(cd) for a in (q, k))

@@ -47,7 +47,7 @@ class LMConfig:
     layer_pattern: tuple[str, ...] = ("gla",)
     # Heads of gla / lightning / attention mixers.
     num_heads: int = 2
-    # Grouped KV heads of "attention" and "gla" mixers (None: num_heads).
+    # Grouped-query attention: KV heads of "attention" mixers (None: num_heads).
     num_kv_heads: int | None = None
     # Head dim of lightning / attention mixers (None: hidden_size // num_heads).
     head_dim: int | None = None
@@ -76,7 +76,9 @@ class LMConfig:
     use_output_gate: bool = True
     use_short_conv: bool = False
     conv_size: int = 4
-    # FLA's options: a feature map on q and k (FEATURE_MAPS) and a floor on the log forget gate.
+    # FLA's options: grouped KV heads (None: num_heads), a feature map on q and k (FEATURE_MAPS)
+    # and a floor on the log forget gate.
+    gla_kv_heads: int | None = None
     feature_map: str | None = None
     clamp_min: float | None = None
 
@@ -142,6 +144,10 @@ class LMConfig:
             raise ValueError(f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}")
         if self.mamba_init not in ("normal", "mamba_ssm"):
             raise ValueError(f"mamba_init must be 'normal' or 'mamba_ssm', got {self.mamba_init!r}")
+        if self.gla_kv_heads is not None and (
+                self.gla_kv_heads < 1 or self.num_heads % self.gla_kv_heads):
+            raise ValueError(f"gla_kv_heads={self.gla_kv_heads} must divide "
+                             f"num_heads={self.num_heads}")
         if self.block_style not in BLOCK_STYLES:
             raise ValueError(f"block_style must be one of {BLOCK_STYLES}, got {self.block_style!r}")
         if self.feature_map is not None and self.feature_map not in FEATURE_MAPS:

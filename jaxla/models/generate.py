@@ -243,7 +243,9 @@ def _cached_blocks(model, req: _Request, block_size: int | None) -> Iterator[_Ca
                      req.sampling, eos, req.max_new)
     end = P + req.max_new  # positions run up to end - 1
     step = end if block_size is None else block_size
-    limit, ran = p0 + 1, False
+    # The prefill placed position p0; block k places up to position p0 + k * step - 1, so a
+    # rectangular batch has generated k * step tokens after it.
+    limit, ran = p0, False
     while limit < end and not bool(jnp.all(carry.done)):
         limit = min(limit + step, end)
         carry = _decode(graphdef, state, carry, prompts, lengths, jnp.int32(limit),
@@ -317,7 +319,8 @@ def generate_stream(model, prompt_ids, max_new_tokens: int, *, block_size: int =
                     top_p: float | None = None, min_p: float | None = None, rng=None,
                     eos_token_id: int | None = None) -> Iterator[list[list[int]]]:
     """`generate` (mode "cached") that yields, after every `block_size` positions of the compiled
-    loop, the tokens each row generated in them (`[B]` lists, possibly empty)."""
+    loop (the first block counts the prefill's token), the tokens each row generated in them
+    (`[B]` lists, possibly empty)."""
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     req = _request(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, min_p, rng,

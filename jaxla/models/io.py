@@ -30,6 +30,7 @@ from flax import nnx
 
 from jaxla.models.config import LMConfig
 from jaxla.models.lm import CausalLM
+from jaxla.models.safetensors_io import read_file, write_file
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -116,14 +117,11 @@ def config_to_dict(config: LMConfig) -> dict:
 def save_model(model: CausalLM, path, *, eos_token_id: int | None = None,
                tokenizer_file=None) -> Path:
     """Write `model` as a model folder at `path` (created); returns the folder."""
-    from safetensors.numpy import save_file
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     meta = {"jaxla_model": config_to_dict(model.config), "eos_token_id": eos_token_id}
     (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    save_file({k: np.ascontiguousarray(v) for k, v in flat_params(model).items()},
-              str(path / WEIGHTS_FILE))
+    write_file(flat_params(model), path / WEIGHTS_FILE)
     if tokenizer_file is not None:
         src = Path(tokenizer_file)
         if src.resolve() != (path / TOKENIZER_FILE).resolve():
@@ -210,12 +208,10 @@ def load_model(path, *, step: int | None = None, implementation: str | None = No
         config = LMConfig(**meta["jaxla_model"])
         if dtype is not None:
             config = config.replace(dtype=dtype)
-        from safetensors.numpy import load_file
-
         weights = path / WEIGHTS_FILE
         if not weights.is_file():
             raise FileNotFoundError(f"{str(path)!r} has no {WEIGHTS_FILE}")
-        model = model_from_params(config, load_file(str(weights)), source=str(weights),
+        model = model_from_params(config, read_file(weights), source=str(weights),
                                   implementation=implementation)
         return LoadedModel(model, eos_token_id=meta.get("eos_token_id"),
                            tokenizer_file=_tokenizer_beside(path, meta), kind="model", path=path)

@@ -33,7 +33,7 @@ def make_mixer(config: LMConfig, layer_idx: int, *, rngs: nnx.Rngs, implementati
             use_output_gate=config.use_output_gate, norm_eps=config.norm_eps,
             gate_logit_normalizer=config.gate_logit_normalizer,
             gate_low_rank_dim=config.gate_low_rank_dim, clamp_min=config.clamp_min,
-            num_kv_heads=config.kv_heads, feature_map=config.feature_map, **kw)
+            num_kv_heads=config.gla_kv_heads, feature_map=config.feature_map, **kw)
     if kind == "lightning":
         return LightningAttention(
             D, num_heads=config.num_heads, head_dim=config.attn_head_dim, layer_idx=layer_idx,

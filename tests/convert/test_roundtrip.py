@@ -13,7 +13,7 @@ from jaxla.models import CausalLM, LMConfig
 from jaxla.models.io import flat_params, save_model
 
 CONFIGS = {
-    "gla": LMConfig.tiny("gla", num_heads=4, num_kv_heads=2, feature_map="relu",
+    "gla": LMConfig.tiny("gla", num_heads=4, gla_kv_heads=2, feature_map="relu",
                          use_short_conv=True, tie_embeddings=False, clamp_min=-3.0,
                          intermediate_size=96),
     "gla-tied": LMConfig.tiny("gla", use_output_gate=False),
