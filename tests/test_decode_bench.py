@@ -16,4 +16,5 @@ def test_decode_benchmark_tiny_smoke(tmp_path, monkeypatch, capsys):
     for r in rows:
         assert r["batch"] == 2 and r["new"] == 4 and r["tokens_per_s"] > 0 and r["gflop"] > 0
     out = capsys.readouterr().out
-    assert out.rstrip().splitlines()[-1].startswith("| jaxla Transformer | naive re-encode | 2")
+    assert out.rstrip().splitlines()[-1].startswith(
+        "| jaxla Transformer | naive re-encode (bucket 8) | 2 | 5 | 4 |")

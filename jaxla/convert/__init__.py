@@ -26,7 +26,6 @@ import numpy as np
 
 from jaxla.convert import gla, mamba, minimax
 from jaxla.convert.mapping import check_names, to_hf, to_jaxla
-from jaxla.models.safetensors_io import read_folder, write_file
 from jaxla.models.config import LMConfig
 from jaxla.models.io import (
     CONFIG_FILE,
@@ -38,6 +37,7 @@ from jaxla.models.io import (
     param_shapes,
     read_config_json,
 )
+from jaxla.models.safetensors_io import read_folder, write_file
 
 FORMATS = {gla.MODEL_TYPE: gla, mamba.MODEL_TYPE: mamba, minimax.MODEL_TYPE: minimax}
 ARCHITECTURES = {fmt.ARCHITECTURE: name for name, fmt in FORMATS.items()}

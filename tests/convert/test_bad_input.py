@@ -9,8 +9,8 @@ import pytest
 
 from jaxla.convert import export_checkpoint, import_checkpoint
 from jaxla.convert.__main__ import main as convert_main
-from jaxla.models.safetensors_io import read_folder, write_file
 from jaxla.models import CausalLM, LMConfig
+from jaxla.models.safetensors_io import read_folder, write_file
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hf"
 
