@@ -194,6 +194,9 @@ def set_up(config: TrainConfig, echo=print) -> Run:
             ckpt.close()
         raise
     (run_dir / "config.json").write_text(config.to_json() + "\n")
+    if config.tokenizer and Path(config.tokenizer).resolve() != (run_dir / "tokenizer.json"
+                                                                 ).resolve():
+        shutil.copyfile(config.tokenizer, run_dir / "tokenizer.json")  # for jaxla.generate
     log = M.JsonlLog(run_dir / "metrics.jsonl")
     log.truncate_after(start)
 
