@@ -326,11 +326,11 @@ def tokenized_corpus(config, vocab_size: int) -> tuple[np.ndarray, np.ndarray, d
         train, val = split_tail(encode([root]), config.val_fraction)
         return train, val, {"files": 1, "split": "tail", "tokenizer": tokenizer.name}
     if not root.is_dir():
-        raise FileNotFoundError(f"--data_path {str(root)!r} is neither a file nor a folder")
+        raise DataError(f"--data_path: no such file or folder: {str(root)!r}")
     files = (stdlib_files(root) if config.data == "stdlib"
-             else sorted(p for p in root.rglob("*") if p.is_file() and not _is_binary(p)))
+             else sorted(p for p in root.rglob("*") if p.is_file() and why_not_text(p) is None))
     if not files:
-        raise ValueError(f"no text files under {str(root)!r}")
+        raise DataError(f"--data_path: no text files under {str(root)!r}")
     val_files = [p for p in files if is_val_file(p.relative_to(root).as_posix(),
                                                  config.val_fraction)]
     train_files = [p for p in files if p not in set(val_files)]
