@@ -118,3 +118,14 @@ def test_packed_matches_spec(rng, case, interpret):
     with jax.enable_x64(x64):
         check_packed(rng, kind, dtype, D, N, groups, with_h0, interpret=interpret,
                      block_sizes=bs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["segment_ids", "cu_seqlens"])
+def test_packed_on_gpu_default_blocks(rng, kind):
+    """A GPU-sized shape at the op's default tiles (B/C in 4 groups, bf16, initial states):
+    one-step documents at both ends, starts on and next to 64-step edges, 12 at random."""
+    T_gpu = 1000
+    cuts = tuple(sorted({1, 63, 64, 65, 256, 257, 999} | set(_random_cuts(rng, T_gpu, 12))))
+    check_packed(rng, kind, jnp.bfloat16, 512, 16, 4, True, interpret=False, block_sizes=None,
+                 T=T_gpu, cuts=cuts)
