@@ -3,7 +3,8 @@
 Each numerical test runs in Pallas' interpreter (CPU) and has a compiled twin marked `gpu`
 (skipped without a GPU); bigger shapes and launch variants run only on the GPU. Run the GPU
 twins with `JAXLA_TEST_GPU=1 PYTHONPATH=. python3 -m pytest
-tests/kernels/test_selective_scan_kernel.py -m gpu`. Packed documents: test_selective_scan_packed.py.
+tests/kernels/test_selective_scan_kernel.py -m gpu`. Packed documents:
+test_selective_scan_packed.py.
 """
 
 import jax
