@@ -79,7 +79,7 @@ def _expand_groups(x, G: int):
 
 def _step_flags(resets, docs, num_docs: int, shape, initial_state):
     """Check the packing arguments; `(starts, ends)` int32 step flags (None where absent)."""
-    Bt, T, Dm = shape
+    Bt, T, _ = shape
     if resets is not None and docs is not None:
         raise ValueError("give resets or docs, not both")
     if docs is None and num_docs:

@@ -49,6 +49,16 @@ checkpoint 8, sub 4, 1 warp):
   chunk_bwd comes from the shape: the one that leaves ~4096 programs (`BlockSizes.get_default`).
 - dA, dD, d delta_bias are per-program partials summed by XLA (deterministic, no atomics).
   Grid programs run concurrently; nothing depends on their order.
+
+Packed documents (`Flags.resets`, `Flags.num_docs`; see `fwd.py`): a start at step t means that
+step read zero or its document's initial state S0 instead of h_{t-1}. So the reverse carry out
+of step t, a_t dh_t, is dropped there (per-document mode: it is d S0 of that document, stored
+by the program holding the start), a chunk that holds a start passes no carry through it
+(`keep`, as in the forward), and every recomputation (`advance`) restarts as the forward did.
+In dA and ddt the term a_t h_{t-1} becomes 0 or a_t S0, which mamba_ssm's identity
+h_t - dt_t u_t B_t gives in both cases (used at starts when h_{t-1} is in registers). In
+per-document mode the final state's cotangent of a document enters dh at its last step (both
+passes load `ends[t]`; the walk of pass 2 starts from zero).
 """
 
 from __future__ import annotations

@@ -129,3 +129,28 @@ def test_packed_on_gpu_default_blocks(rng, kind):
     cuts = tuple(sorted({1, 63, 64, 65, 256, 257, 999} | set(_random_cuts(rng, T_gpu, 12))))
     check_packed(rng, kind, jnp.bfloat16, 512, 16, 4, True, interpret=False, block_sizes=None,
                  T=T_gpu, cuts=cuts)
+
+
+def test_packing_arguments_are_checked(rng):
+    """One clear line for packing arguments that do not fit, before any kernel runs."""
+    u, delta, A, Bm, Cm, *_ = selective_scan_inputs(rng, 2, 8, 4, 4)
+    docs = jnp.asarray([0, 0, 1, 1, 1, 2, 2, 2], jnp.int32)
+    resets = jnp.zeros((2, 8), bool)
+    cases = [
+        (dict(resets=resets, docs=docs, num_docs=3), ValueError, "resets or docs, not both"),
+        (dict(resets=resets[:, :4]), ValueError, r"resets must be \[Bt, T\] = \(2, 8\)"),
+        (dict(num_docs=3), ValueError, "num_docs is for per-document mode"),
+        (dict(docs=docs, num_docs=3), ValueError, "with a batch of 1"),
+    ]
+    for kw, error, match in cases:
+        with pytest.raises(error, match=match):
+            selective_scan(u, delta, A, Bm, Cm, **kw)
+    one = [x[:1] for x in (u, delta)] + [A, Bm[:1], Cm[:1]]
+    with pytest.raises(ValueError, match="num_docs must be an int >= 1"):
+        selective_scan(*one, docs=docs, num_docs=0)
+    with pytest.raises(ValueError, match=r"docs must be \[T\] = \(8,\)"):
+        selective_scan(*one, docs=docs[:4], num_docs=3)
+    with pytest.raises(TypeError, match="docs must be integers"):
+        selective_scan(*one, docs=docs.astype(jnp.float32), num_docs=3)
+    with pytest.raises(ValueError, match=r"initial_state must be \[num_docs, D, N\]"):
+        selective_scan(*one, initial_state=jnp.ones((2, 4, 4)), docs=docs, num_docs=3)
