@@ -355,17 +355,25 @@ def test_recurrent_kernel_lowers_for_cuda(dtype):
 
 
 def test_head_dims_and_dtypes_the_kernel_cannot_take():
+    """The op refuses them through its dispatcher (naming the value), the kernel API itself
+    naming the argument."""
     q = jnp.ones((1, 4, 1, 300), F32)
     v = jnp.ones((1, 4, 1, 16), F32)
-    with pytest.raises(ValueError, match="q.shape"):
+    with pytest.raises(ValueError, match="K=300"):
         ops.simple_gla(q, q, v, implementation="pallas")
+    with pytest.raises(ValueError, match="q.shape"):
+        kernels.simple_gla(q, q, v)
     q, v = v, jnp.ones((1, 4, 1, 257), F32)
-    with pytest.raises(ValueError, match="v.shape"):
+    with pytest.raises(ValueError, match="V=257"):
         ops.simple_gla_recurrent(q, q, v, implementation="pallas")
+    with pytest.raises(ValueError, match="v.shape"):
+        kernels.simple_gla_recurrent(q, q, v)
     with jax.enable_x64(True):
         q64 = jnp.ones((1, 4, 1, 16), jnp.float64)
-        with pytest.raises(TypeError, match="q.dtype"):
+        with pytest.raises(ValueError, match="float64"):
             ops.simple_gla(q64, q64, q64, implementation="pallas")
+        with pytest.raises(TypeError, match="q.dtype"):
+            kernels.simple_gla(q64, q64, q64)
     # None means the kernel only on a GPU; elsewhere (and for inputs it cannot take) the XLA path.
     o, _ = ops.simple_gla(q, q, v)
     assert o.shape == v.shape
