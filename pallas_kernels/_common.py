@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AbstractDevice, AbstractMesh
 
-# jax 0.11 deprecates the Triton backend, which is still the only `pallas_call` lowering on GPU.
+# jax 0.11 and 0.12 deprecate the Triton backend, which these kernels lower through on GPU. The
+# filter is process-wide, by message (README, "Set-up": what jaxla does about the deprecation).
 warnings.filterwarnings("ignore", message="The Pallas Triton backend is deprecated")
 
 

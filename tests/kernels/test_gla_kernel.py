@@ -307,7 +307,10 @@ def test_every_kernel_lowers_for_cuda():
                 o, h = fn(q, k, v, g, initial_state=h0, output_final_state=True, interpret=False)
                 return o.astype(jnp.float32).sum() + h.sum()
 
-            text = lower_for_cuda(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), q, q, v, g, h0)
+            # value_and_grad: the loss needs the forward output (jax.grad alone lets jax 0.12
+            # drop the output kernel, whose value the gradients do not read).
+            grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))
+            text = lower_for_cuda(grad, q, q, v, g, h0)
             assert text.count("__gpu$xla.gpu.triton") == kernels, (fn.__name__, dtype)
     # V tiles in the chunk kernels (partial dq/dk/dg) and the exact intra path alone.
     bs = BlockSizes(block_v=16, block_v_state=16, span_limit=-1.0)
@@ -315,7 +318,8 @@ def test_every_kernel_lowers_for_cuda():
     q = jnp.ones((1, 200, 2, 100), jnp.bfloat16)
     loss = lambda q, v: chunk_gla(q, q, v, -q.astype(jnp.float32), block_sizes=bs,  # noqa: E731
                                   interpret=False)[0].astype(jnp.float32).sum()
-    assert lower_for_cuda(jax.grad(loss, argnums=(0, 1)), q, v).count("__gpu$xla.gpu.triton") == 4
+    grad = jax.value_and_grad(loss, argnums=(0, 1))
+    assert lower_for_cuda(grad, q, v).count("__gpu$xla.gpu.triton") == 4
 
 
 @pytest.mark.gpu
@@ -453,5 +457,5 @@ def test_kernels_lower_for_cuda_under_x64():
                 o, h = fn(q, q, q, g, output_final_state=True, interpret=False, **kw)
                 return o.astype(jnp.float32).sum() + h.sum()
 
-            text = lower_for_cuda(jax.grad(loss, argnums=(0, 1)), q, g)
+            text = lower_for_cuda(jax.value_and_grad(loss, argnums=(0, 1)), q, g)
             assert text.count("__gpu$xla.gpu.triton") == kernels, (fn.__name__, kw.keys())

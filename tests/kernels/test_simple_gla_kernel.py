@@ -336,7 +336,9 @@ def test_kernels_lower_for_cuda(dtype, kind, fuse):
                                    output_final_state=True, block_sizes=bs, interpret=False)
         return jnp.sum(o.astype(F32)) + jnp.sum(ht)
 
-    grad = jax.grad(loss, argnums=(0, 1, 2, 3, 4, 5))
+    # value_and_grad: the loss needs the forward output (jax.grad alone lets jax 0.12 drop the
+    # forward kernel when no gradient reads its output).
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4, 5))
     text = lower_for_cuda(grad, q, q, v, g, g_gamma, h0)
     eqns = list(_pallas_eqns(jax.make_jaxpr(grad)(q, q, v, g, g_gamma, h0).jaxpr))
     launches = 1 + (2 if kind != "none" else 1) if fuse else 4
@@ -572,7 +574,8 @@ def test_kernels_under_x64(rng, form, packing):
                 o, ht = call(*a)
                 return jnp.sum(o.astype(F32)) + jnp.sum(ht)
 
-            grad = jax.grad(loss, argnums=tuple(range(len(args))))
+            # value_and_grad: the loss needs the forward output (see test_kernels_lower_for_cuda)
+            grad = jax.value_and_grad(loss, argnums=tuple(range(len(args))))
             eqns = list(_pallas_eqns(jax.make_jaxpr(grad)(*args).jaxpr))
             assert len(eqns) >= 3, [e.params["name"] for e in eqns]  # forward and backward
             for eqn in eqns:
