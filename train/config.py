@@ -355,7 +355,7 @@ TRAIN_HELP = {
     "keep": "checkpoints kept (the newest)",
     "checkpoint": "write checkpoints at all (--no-checkpoint for throughput runs)",
     "progress": "auto: a tqdm bar on a terminal, log lines otherwise; bar; lines; off",
-    "plot": "write curves.png at the end",
+    "plot": "write curves.png at the end (needs matplotlib: pip install jaxla[plots])",
     "num_devices": "use only the first N devices (default: all)",
     "mesh_data": "size of the 'data' mesh axis (-1: devices / mesh_fsdp)",
     "mesh_fsdp": "size of the 'fsdp' mesh axis: parameters and optimizer state are sharded over "

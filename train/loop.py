@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -113,7 +114,7 @@ def train(config: TrainConfig, *, echo=print, on_step: StepHook | None = None) -
     try:
         steps = run_steps(run, on_step)
     except TrainingDiverged:
-        _finish_files(run)
+        _finish_files(run, echo)
         raise
     finally:
         if run.ckpt is not None:
@@ -487,7 +488,7 @@ def summarize(run: Run, steps: Steps, echo=print) -> dict:
         "unigram_entropy": dataset.entropy, "checkpoints": steps.saved,
     }
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _finish_files(run)
+    _finish_files(run, echo)
     mem = "n/a" if peak_mem is None else f"{peak_mem / M.GiB:.2f} GiB"
     val = "" if final_eval is None else f", val loss {final_eval['val_loss']:.4f}"
     if final_eval is not None and "val_accuracy" in final_eval:
@@ -503,9 +504,11 @@ def summarize(run: Run, steps: Steps, echo=print) -> dict:
             "run_dir": run.run_dir, "state": run.state}
 
 
-def _finish_files(run: Run):
+def _finish_files(run: Run, echo=print):
     config = run.config
-    if config.plot:
+    if config.plot and importlib.util.find_spec("matplotlib") is None:
+        echo("curves.png not written: matplotlib is not installed (pip install 'jaxla[plots]')")
+    elif config.plot:
         path = M.plot_curves(run.log.read(), run.run_dir / "curves.png",
                              entropy=run.dataset.entropy,
                              title=f"{config.run_name}: {config.preset} on {config.data}")

@@ -265,13 +265,15 @@ def chunk_grads(q, k, v, g, do, hs, dhs, *, scale: float, chunk: int, block_k: i
                  for s, d in zip(kgrad_shapes, kgrad_dtypes, strict=True)]
     out_shape.insert(2, jax.ShapeDtypeStruct((B, Tp, H, V), v.dtype))
 
-    # Per head: A 2TCK, dA 2TCV, dv 2TCV + 2TKV, dq 2TCK + 2TKV, dk 2TCK + 2TKV (algorithmic;
-    # 16-bit inputs run 2-3 dots per matmul for accuracy, see common.mm).
+    # Per head: A 2TCK, dA 2TCV, dv 2TCV + 2TKV, dq 2TCK + 2TKV, dk 2TCK + 2TKV, the K-side
+    # terms once per V tile (each matmul once: 16-bit inputs run 2-3 dots per matmul for
+    # accuracy, see common.mm); elementwise 37*T*K and 4*T*C per V tile, 3*T*V, 2*NT*K*V
+    # (jaxla.flops.kernels; bytes: every array once).
     cost = pl.CostEstimate(
         flops=int(B * H * (NV * 6 * Tp * chunk * K + 4 * Tp * chunk * V + 6 * Tp * K * V
-                           + NV * 20 * Tp * K)),
+                           + NV * (37 * Tp * K + 4 * Tp * chunk) + 3 * Tp * V + 2 * NT * K * V)),
         transcendentals=int(B * H * NV * 5 * Tp * K),
-        bytes_accessed=int(NV * (2 * q.size * itemsize(q.dtype) + g.size * 4)
+        bytes_accessed=int(2 * q.size * itemsize(q.dtype) + g.size * 4
                            + 2 * v.size * itemsize(v.dtype)
                            + hs.size * itemsize(hs.dtype) + dhs.size * itemsize(dhs.dtype)
                            + sum(s.size * jnp.dtype(s.dtype).itemsize for s in out_shape)),

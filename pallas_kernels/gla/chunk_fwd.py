@@ -171,13 +171,15 @@ def chunk_output(q, k, v, g, hs, *, scale: float, chunk: int, block_k: int, bloc
     k_spec = pl.BlockSpec((None, P * chunk, None, K), kmap)
     v_spec = pl.BlockSpec((None, P * chunk, None, block_v), vmap_)
     h_spec = pl.BlockSpec((None, None, P, K, block_v), hmap)
-    # research/flops.md §6.4 per head: scores 2*T*C*K, A v 2*T*C*V, inter output 2*T*K*V
-    # (algorithmic FLOPs; 16-bit inputs run 2 dots per matmul for accuracy, see common.mm).
+    # Per head: scores 2*T*C*K per V tile, A v 2*T*C*V, inter output 2*T*K*V (each matmul once:
+    # 16-bit inputs run 2 dots per matmul for accuracy, see common.mm), gates and scaled q, k
+    # 8*T*K and the mask T*C per V tile, the output's sum and scale 2*T*V (jaxla.flops.kernels;
+    # bytes: every array once).
     cost = pl.CostEstimate(
         flops=int(B * H * (NV * 2 * Tp * chunk * K + 2 * Tp * chunk * V + 2 * Tp * K * V
-                           + NV * 6 * Tp * K)),
+                           + NV * (8 * Tp * K + Tp * chunk) + 2 * Tp * V)),
         transcendentals=int(B * H * NV * 3 * Tp * K),
-        bytes_accessed=int(NV * (2 * q.size * itemsize(q.dtype) + g.size * 4)
+        bytes_accessed=int(2 * q.size * itemsize(q.dtype) + g.size * 4
                            + v.size * itemsize(v.dtype) + hs.size * itemsize(hs.dtype)
                            + B * Tp * H * V * itemsize(q.dtype)),
     )

@@ -141,16 +141,15 @@ def state_scan(x, y, g, s0, *, chunk: int, reverse: bool, scale: float, block_k:
     s_spec = pl.BlockSpec((None, None, block_k, block_v), smap)
     states_spec = pl.BlockSpec((None, None, NT, block_k, block_v), statesmap)
 
-    # research/flops.md §6.4: chunk-state contributions 2*T*K*V plus the state update 2*NT*K*V
-    # per head; gate work ~4*T*K per V tile.
+    # Per head: the chunk contributions 2*T*K*V, the state update 2*NT*K*V, the gates and
+    # weights 5*T*K per V tile (jaxla.flops.kernels; bytes: every array once).
     cost = pl.CostEstimate(
-        flops=int(B * H * (2 * Tp * K * V + 2 * NT * K * V + NV * 4 * Tp * K)),
+        flops=int(B * H * (2 * Tp * K * V + 2 * NT * K * V + NV * 5 * Tp * K)),
         transcendentals=int(B * H * NV * (Tp * K + NT * K)),
         bytes_accessed=int(
-            NV * (x.size * itemsize(x.dtype) + g.size * 4)
-            + NK * y.size * itemsize(y.dtype)
+            x.size * itemsize(x.dtype) + g.size * 4 + y.size * itemsize(y.dtype)
             + B * H * NT * K * V * itemsize(x.dtype)
-            + 2 * B * H * K * V * 4
+            + 2 * s0.size * 4
         ),
     )
     packing = None if packed is None else packed[0]

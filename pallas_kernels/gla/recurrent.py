@@ -212,9 +212,11 @@ def recurrent_fwd(q, k, v, g, h0, *, scale: float, block_sizes: BlockSizes, inte
     NV = V // BV
     packing, flags = (None, ()) if packed is None else (packed[0], _as_tuple(packed[1]))
     k_spec, v_spec, s_spec, _, f_specs = _specs(B, T, H, K, V, BV, packing, h0.shape[0])
+    # Per step: decay, outer product, sum and readout 5*K*V, q's scale K per V tile
+    # (jaxla.flops.kernels; bytes: every array once).
     cost = pl.CostEstimate(
-        flops=int(B * H * T * 5 * K * V), transcendentals=int(NV * B * H * T * K),
-        bytes_accessed=int(NV * (2 * q.size * itemsize(q.dtype) + g.size * 4)
+        flops=int(B * H * T * (5 * K * V + NV * K)), transcendentals=int(NV * B * H * T * K),
+        bytes_accessed=int(2 * q.size * itemsize(q.dtype) + g.size * 4
                            + 2 * v.size * itemsize(v.dtype) + 2 * h0.size * 4),
     )
     return pl.pallas_call(
@@ -245,7 +247,9 @@ def recurrent_bwd(q, k, v, g, h0, ht, do, dht, *, scale: float, block_sizes: Blo
     packing, flags = (None, ()) if packed is None else (packed[0], _as_tuple(packed[1]))
     k_spec, v_spec, s_spec, p_spec, f_specs = _specs(B, T, H, K, V, BV, packing, h0.shape[0])
     partial = jax.ShapeDtypeStruct((NV, B, T, H, K), F32)
-    in_bytes = NV * (2 * q.size * itemsize(q.dtype) + g.size * 4) + 2 * v.size * itemsize(v.dtype)
+    # jaxla.flops.kernels; bytes: every array once (k, g, v, do in both, q in the second).
+    in_bytes = q.size * itemsize(q.dtype) + g.size * 4 + 2 * v.size * itemsize(v.dtype)
+    partial_bytes = NV * B * T * H * K * 4
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, scale=scale, packing=packing),
         grid=(NV, B * H),
@@ -254,8 +258,8 @@ def recurrent_bwd(q, k, v, g, h0, ht, do, dht, *, scale: float, block_sizes: Blo
         out_shape=partial,
         compiler_params=_params(block_sizes),
         cost_estimate=pl.CostEstimate(
-            flops=int(B * H * T * 5 * K * V), transcendentals=int(NV * B * H * T * K),
-            bytes_accessed=int(in_bytes + NV * B * T * H * K * 4)),
+            flops=int(B * H * T * (5 * K * V + NV * K)), transcendentals=int(NV * B * H * T * K),
+            bytes_accessed=int(in_bytes + h0.size * 4 + partial_bytes)),
         interpret=interpret,
         name="gla_recurrent_bwd_dq",
     )(k, v, g, do, h0, *flags)
@@ -268,8 +272,10 @@ def recurrent_bwd(q, k, v, g, h0, ht, do, dht, *, scale: float, block_sizes: Blo
                    jax.ShapeDtypeStruct(h0.shape, F32)],
         compiler_params=_params(block_sizes),
         cost_estimate=pl.CostEstimate(
-            flops=int(B * H * T * 8 * K * V), transcendentals=int(NV * B * H * T * K),
-            bytes_accessed=int(in_bytes + 5 * NV * B * T * H * K * 4)),
+            flops=int(B * H * T * (7 * K * V + NV * (9 * K + 2 * BV + 1))),
+            transcendentals=int(NV * B * H * T * K),
+            bytes_accessed=int(in_bytes + q.size * itemsize(q.dtype) + v.size * itemsize(v.dtype)
+                               + 4 * partial_bytes + 3 * h0.size * 4)),
         interpret=interpret,
         name="gla_recurrent_bwd_dkv",
     )(q, k, v, g, do, dq, ht, dht.astype(F32), *flags)

@@ -80,6 +80,7 @@ from pallas_kernels.selective_scan.fwd import (
     chunk_keeps,
     chunk_steps,
     discretize,
+    discretize_flops,
     documents_present,
     fori,
     i32,
@@ -411,6 +412,23 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, butterf
             tile_out(dh0_ref, dh)
 
 
+def _bwd_flops(Bt, T, Dp, Np, nc, bs, flags: Flags) -> int:
+    """FLOPs of `_bwd_kernel` (`jaxla.flops.kernels.selective_scan_bwd`): the carry from the
+    later chunks (3 per state element and chunk walked); the states recomputed (each step once
+    and, on average, (checkpoint / sub - 1) / 2 more times: 4 per state element, dt and dt u per
+    channel); the reverse step per state element (readout for dz 2, dh 2, dh . B 2, A dt 1,
+    a dh 1, dA 2, q . A 2, dB and dC 4, and q: 3 from the identity at a sub-chunk's first step,
+    else 1) and per channel (z's gate and dz 11, du 1, D 4 (+2 with z), dt u 1, ddt 3, softplus's
+    sigmoid 4, d delta_bias 1)."""
+    advances = 1 + (bs.checkpoint // bs.sub - 1) / 2
+    per_elem = 4 * advances + 2 * flags.has_z + 14 + (bs.sub + 2) / bs.sub
+    per_channel = (advances * (discretize_flops(flags) + 1) + 11 * flags.has_z + 1
+                   + 4 * flags.has_D + 2 * (flags.has_z and flags.has_D) + 1 + 3
+                   + 4 * flags.softplus + flags.has_bias)
+    walk = 3 * Bt * Dp * Np * nc * (nc - 1) // 2
+    return int(round(Bt * T * Dp * (Np * per_elem + per_channel))) + walk
+
+
 def backward(u, delta, At, B, C, D, z, bias, h0, states, dout, dlast, starts=None, ends=None, *,
              flags: Flags, block_sizes, interpret: bool):
     """Run the backward kernels on padded inputs (shapes as in `fwd.forward`).
@@ -477,7 +495,11 @@ def backward(u, delta, At, B, C, D, z, bias, h0, states, dout, dlast, starts=Non
             out_shape=out_shape,
             compiler_params=pltriton.CompilerParams(num_warps=bs.num_warps,
                                                     num_stages=bs.num_stages),
-            cost_estimate=_cost(args, out_shape, 5 * elems, elems + 3 * Bt * T * Dp),
+            # per (t, d, n): dt A, the fused C g + dh, the decay; per (t, d): dt, z's gate, dt's sum
+            cost_estimate=_cost(args, out_shape,
+                                Bt * (T - chunk) * Dp * (4 * Np + discretize_flops(flags)
+                                                         + 5 * flags.has_z + 1),
+                                elems + 3 * Bt * T * Dp),
             interpret=interpret,
             name="selective_scan_bwd_states",
         )(*args)
@@ -547,7 +569,7 @@ def backward(u, delta, At, B, C, D, z, bias, h0, states, dout, dlast, starts=Non
         out_shape=[s for s, _ in outs],
         compiler_params=pltriton.CompilerParams(
             num_warps=bs.num_warps_bwd, num_stages=bs.num_stages_bwd),
-        cost_estimate=_cost(args, [s for s, _ in outs], 26 * elems + 30 * Bt * T * Dp,
+        cost_estimate=_cost(args, [s for s, _ in outs], _bwd_flops(Bt, T, Dp, Np, nc, bs, flags),
                             2 * elems + 6 * Bt * T * Dp),
         interpret=interpret,
         name="selective_scan_bwd",

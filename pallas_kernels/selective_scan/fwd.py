@@ -370,7 +370,14 @@ def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save
             last_ref[...] = h
 
 
+def discretize_flops(flags: Flags) -> int:
+    """FLOPs of `discretize` per (t, d): the bias add, softplus's max, abs, negation and add."""
+    return int(flags.has_bias) + 4 * int(flags.softplus)
+
+
 def _cost(args, out_shape, flops, transcendentals):
+    """Cost estimate with every operand read once and every result written once (the FLOP
+    counts are `jaxla.flops.kernels`')."""
     io = sum(x.size * x.dtype.itemsize for x in args) + sum(
         s.size * s.dtype.itemsize for s in out_shape)
     return pl.CostEstimate(flops=int(flops), transcendentals=int(transcendentals),
@@ -431,7 +438,10 @@ def forward(u, delta, At, B, C, D, z, bias, h0, starts=None, ends=None, *, flags
                        pl.BlockSpec((None, None, bd), lambda b, j, c: (b, c, j))],
             out_shape=out_shape,
             compiler_params=params,
-            cost_estimate=_cost(args, out_shape, 5 * elems, elems + 2 * Bt * T * Dp),
+            # per (t, d, n): dt A, B (dt u), the fused update; per (t, d): dt, dt u, dt's sum
+            cost_estimate=_cost(args, out_shape,
+                                Bt * (nc - 1) * chunk * Dp * (4 * Np + discretize_flops(flags) + 2),
+                                elems + 2 * Bt * T * Dp),
             interpret=interpret,
             name="selective_scan_fwd_states",
         )(*args)
@@ -456,7 +466,8 @@ def forward(u, delta, At, B, C, D, z, bias, h0, starts=None, ends=None, *, flags
             out_shape=out_shape,
             compiler_params=pltriton.CompilerParams(num_warps=max(1, bdc // 128),
                                                     num_stages=1),
-            cost_estimate=_cost(args, [out_shape], 2 * Bt * nc * Np * Dp, Bt * nc * Np * Dp),
+            cost_estimate=_cost(args, [out_shape], 3 * Bt * (nc - 1) * Np * Dp,
+                                Bt * nc * Np * Dp),
             interpret=interpret,
             name="selective_scan_fwd_carry",
         )(*args)
@@ -496,7 +507,10 @@ def forward(u, delta, At, B, C, D, z, bias, h0, starts=None, ends=None, *, flags
         out_specs=out_specs,
         out_shape=out_shape,
         compiler_params=params,
-        cost_estimate=_cost(args, out_shape, 7 * elems + 12 * Bt * T * Dp,
+        # per (t, d, n): the update (4) and the readout (2); per (t, d): dt, dt u, D u, z's gate
+        cost_estimate=_cost(args, out_shape,
+                            6 * elems + Bt * T * Dp * (discretize_flops(flags) + 1
+                                                       + 2 * flags.has_D + 5 * flags.has_z),
                             elems + 3 * Bt * T * Dp),
         interpret=interpret,
         name="selective_scan_fwd",

@@ -90,6 +90,8 @@ from pallas_kernels.simple_gla.common import (
     dot,
     dot_precision,
     dot_state,
+    gate_bytes,
+    gate_flops,
     itemsize,
     loop,
     replace_state,
@@ -354,26 +356,41 @@ def _bwd_call(roles, q, k, v, do, gate, h0, dht, states, *, scale, seq_len, gate
             out_shape.append(jax.ShapeDtypeStruct((B, H, N, Kp, Vp), jnp.float32))
             out_specs.append(states_spec)
 
+    # Per chunk and tile (jaxla.flops.kernels): each matmul once (the hi + lo halves of a split
+    # operand repeat a product), the gates, the scores' decay and scale, the inter term's scale
+    # and sum, the decayed operand of the state update and the update; bytes: every array the
+    # sweeps read (dq: k, v, do; dk: q, v, do; dv: q, k, do; q and k both with a gate gradient)
+    # and write, once.
+    gates = gate_flops(C, gate_mode, jnp.dtype(q.dtype) == jnp.float32)
     flops = 0
+    read = {"dq": {"k", "v", "do"}, "dk": {"q", "v", "do"}, "dv": {"q", "k", "do"}}
+    if gate_grad:
+        read["dq"].add("q")
+        read["dk"].add("k")
+    arrays = dict(q=q, k=k, v=v, do=do)
+    state_bytes = 4 * n_states * H * Kp * Vp
+    nbytes = itemsize(q) * sum(arrays[x].size for x in set().union(*(read[r] for r in roles)))
+    nbytes += gate_bytes(gate) + (0 if packing == "none" else
+                                  4 * (B * Tp if packing == "resets" else 2 * N))
+    nbytes += state_bytes * (int(h0 is not None and "dq" in roles)
+                             + int(dht is not None and ("dk" in roles or "dv" in roles))
+                             + int("dk" in roles))  # h0 read, dht read, d initial_state written
     for role, n in zip(roles, tiles, strict=True):
         width = {"dq": bs.block_k_dq, "dk": bs.block_k_dk, "dv": bs.block_v_dv}[role]
         full = Kp if role == "dv" else Vp  # the head dim each sweep contracts whole
         other = Vp if role != "dv" else Kp
-        per_chunk = C * full + C * width + 2 * width * other  # sum of the dots' M*N*K / C
-        if gate_grad and role in ("dq", "dk"):
-            half = jnp.dtype(q.dtype) != jnp.float32
-            if half:  # the lo halves of the two split operands (module docstring)
-                per_chunk += 2 * width * other
-            if role == "dq":  # q k^T and the crossing's U @ M (two halves for 16-bit inputs)
-                per_chunk += C * width + (2 if half else 1) * C * C
-        flops += n * 2 * C * per_chunk
+        per_chunk = (2 * C * (C * full + C * width + 2 * width * other)
+                     + gates + 2 * C * C + C + 2 * width * other
+                     + (2 * C * width + C * Vp if role == "dq" else 3 * C * width))
+        if gate_grad and role == "dq":  # q k^T, the crossing's U @ M and masks, sum(q dq_inter)
+            per_chunk += 2 * C * C * width + 2 * C**3 + 4 * C * C + 2 * C * width
+        if gate_grad and role == "dk":  # sum(k dk_inter), sum(S dS)
+            per_chunk += 2 * C * width + 2 * width * Vp
+        flops += n * per_chunk
+        nbytes += itemsize(q) * B * Tp * H * (Vp if role == "dv" else Kp)  # the gradient
+        if gate_grad and role in ("dq", "dk"):  # the states (written by dq, read by dk), and
+            nbytes += 4 * B * H * (N * Kp * Vp + 2 * n * Tp)  # the sweep's two gate terms
     flops *= B * H * N
-    nbytes = itemsize(q) * B * Tp * H * (2 * Kp + 2 * Vp) * (1 + len(roles))
-    nbytes += 0 if packing == "none" else 4 * (B * Tp if packing == "resets" else 2 * N)
-    if gate_grad:  # the float32 states (written by dq, read by dk) and the per-tile gate terms
-        for role, n in zip(roles, tiles, strict=True):
-            if role in ("dq", "dk"):
-                nbytes += 4 * B * H * (N * Kp * Vp + 2 * n * Tp)
     kernel = functools.partial(_bwd_kernel, roles=roles, tiles=tiles, cfg=cfg)
     return pl.pallas_call(
         kernel,

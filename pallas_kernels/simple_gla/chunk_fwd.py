@@ -42,6 +42,8 @@ from pallas_kernels.simple_gla.common import (
     cost,
     dot,
     dot_precision,
+    gate_bytes,
+    gate_flops,
     itemsize,
     loop,
     replace_state,
@@ -142,9 +144,13 @@ def chunk_fwd(q, k, v, gate, h0, *, scale, seq_len, gate_mode, block_sizes, inte
         in_specs.append(state_spec)
         args.append(h0)
     NV = Vp // bv
-    flops = B * H * N * NV * 2 * C * (C * Kp + C * bv + 2 * Kp * bv)
+    # Per chunk and V tile: the dots, the gates, the scores' decay and scale, the inter-chunk
+    # output's scale and sum, v's decay, the state update (jaxla.flops.kernels).
+    flops = B * H * N * NV * (2 * C * (C * Kp + C * bv + 2 * Kp * bv)
+                              + gate_flops(C, gate_mode, q.dtype == jnp.float32)
+                              + 2 * C * C + 3 * C * bv + C + 2 * Kp * bv)
     state_bytes = 4 * states * H * Kp * Vp * (2 if h0 is not None else 1)
-    nbytes = itemsize(q) * B * Tp * H * (2 * Kp + 2 * Vp) + state_bytes
+    nbytes = itemsize(q) * B * Tp * H * (2 * Kp + 2 * Vp) + state_bytes + gate_bytes(gate)
     nbytes += 0 if packing == "none" else 4 * (B * Tp if packing == "resets" else 2 * N)
     return pl.pallas_call(
         kernel,

@@ -177,6 +177,23 @@ def store_state(edges_ref, edge, n, state, store):
     pl.when(doc >= 0)(lambda: store(jnp.maximum(doc, 0), state))
 
 
+def gate_flops(chunk: int, mode: str, exact: bool) -> int:
+    """Elementwise FLOPs of one `chunk_gates` call, for the kernels' cost estimates (the same
+    count as `jaxla.flops.kernels`)."""
+    C = chunk
+    if mode == "g":
+        # exact: the 0/1 and gate matrices, their [C, C] x [C, C] dot, G_rev by select + sum
+        return 2 * C + 5 * C * C + 2 * C**3 if exact else 3 * C + 2 * C * C
+    if mode == "gamma":
+        return 4 * C + 3 * C * C
+    return C * C
+
+
+def gate_bytes(gate) -> int:
+    """Bytes of the gate operand (`[B, H, Tp]` per-step or `[H, C]` constant), 0 without one."""
+    return 0 if gate is None else gate.size * jnp.dtype(gate.dtype).itemsize
+
+
 def cost(flops: float, transcendentals: float, bytes_accessed: float) -> pl.CostEstimate:
     return pl.CostEstimate(
         flops=int(flops), transcendentals=int(transcendentals), bytes_accessed=int(bytes_accessed)

@@ -25,6 +25,7 @@ from pallas_kernels.simple_gla.common import (
     LAST,
     compiler_params,
     cost,
+    gate_bytes,
     itemsize,
     loop,
     replace_state,
@@ -110,7 +111,8 @@ def recurrent_fwd(q, k, v, gate, h0, *, scale, gate_mode, block_sizes, interpret
         in_specs.append(state_spec)
         args.append(h0)
     NV = Vp // bv
-    nbytes = itemsize(q) * B * T * H * (2 * Kp + 2 * Vp) + 4 * states * H * Kp * Vp * 2
+    nbytes = (itemsize(q) * B * T * H * (2 * Kp + 2 * Vp) + gate_bytes(gate)
+              + 4 * states * H * Kp * Vp * (2 if h0 is not None else 1))
     nbytes += 0 if packing == "none" else 4 * (B * T if packing == "resets" else 2 * T)
     return pl.pallas_call(
         kernel,
@@ -122,7 +124,7 @@ def recurrent_fwd(q, k, v, gate, h0, *, scale, gate_mode, block_sizes, interpret
         in_specs=in_specs,
         out_specs=(v_spec, state_spec),
         compiler_params=compiler_params(block_sizes.num_warps_recurrent, 1),
-        cost_estimate=cost(B * H * T * Kp * Vp * 5, B * H * T * NV, nbytes),
+        cost_estimate=cost(B * H * T * (5 * Kp * Vp + Vp), B * H * T * NV, nbytes),
         interpret=interpret,
         name="simple_gla_recurrent_fwd",
     )(*args)

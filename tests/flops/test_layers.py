@@ -2,7 +2,7 @@
 against the layer formulas: forward passes (recurrent and chunked), decode steps and prefills
 through the layers' caches, the recurrent-form switch, SwiGLU and RMSNorm.
 
-Lowered counts are the primary number (see `jaxla.flops.xla`). The formulas describe these
+Lowered counts are the primary number (see `jaxla.flops.report.count`). The formulas describe these
 layers op for op, so the lowered count must equal the formula up to what is stated per test:
 XLA's way of counting an einsum's broadcast products (GLA's chunked path, computed exactly),
 and a few FLOPs per call of mask building and loop and index bookkeeping (bounded).
@@ -14,8 +14,9 @@ import pytest
 from flax import nnx
 
 from jaxla.flops import formulas as F
-from jaxla.flops import programs as P
 from jaxla.flops import xla
+from jaxla.flops.report import programs as P
+from jaxla.flops.report import walker
 from jaxla.layers import RMSNorm, SwiGLU
 from jaxla.layers._common import RECURRENT_MAX_LEN
 from jaxla.models.config import LMConfig
@@ -49,7 +50,7 @@ def test_layer_forward_matches_formula(rng, kind, form):
         # Compiled counts of the associative scan are fusion artefacts (the report shows them):
         # Mamba is checked lowered only.
         stages = ("lowered",) if kind == "mamba" else xla.STAGES
-        counts = xla.count_all(fn, *args, stages=stages)
+        counts = walker.count_all(fn, *args, stages=stages)
         f = F.mixer_layer(kind, cfg, B, T, conventions=F.XLA_PATH)
         lo = counts["lowered"]
         expected = f.total + einsum_excess(cfg, B, T, kind)
@@ -68,7 +69,7 @@ def test_decode_step_and_prefill_through_the_cache(rng, kind):
     position = int(rng.integers(1, S_len + 1))
     for cfg, idx in _configs(kind):
         fn, args = P.mixer_program(cfg, idx, B, 1, cache_len=S_len)
-        c = xla.count(fn, *args)
+        c = walker.count(fn, *args)
         # A step costs the same at any position: the KV cache reads all its slots, masked.
         f = F.mixer_step(kind, cfg, B, position, cache_len=S_len)
         assert within(c.flops, f.total, f.total + 8), (kind, cfg, B, S_len)
@@ -76,7 +77,7 @@ def test_decode_step_and_prefill_through_the_cache(rng, kind):
         # A prefill of T > 1 tokens through the cache (Mamba: the scan with an initial state).
         T = int(rng.integers(2, S_len + 1))
         fn, args = P.mixer_program(cfg, idx, B, T, cache_len=S_len)
-        c = xla.count(fn, *args)
+        c = walker.count(fn, *args)
         f = F.mixer_layer(kind, cfg, B, T, conventions=F.XLA_PATH, cache_len=S_len)
         assert within(c.flops, f.total, f.total + bookkeeping(kind, T)), (kind, cfg, B, T)
         assert c.transcendentals == f.transcendentals
@@ -93,7 +94,7 @@ def test_recurrent_switch_matches_the_layers(kind):
     assert F.Conventions().recurrent_max_len == RECURRENT_MAX_LEN == CHUNK
     for T, trips in ((RECURRENT_MAX_LEN, RECURRENT_MAX_LEN), (RECURRENT_MAX_LEN + 1, 2)):
         fn, args = P.mixer_program(HYBRID, KINDS[kind], 1, T)
-        c = xla.count(fn, *args)
+        c = walker.count(fn, *args)
         assert [lp.trip_count for lp in c.loops] == [trips]
         f = F.mixer_layer(kind, HYBRID, 1, T, conventions=F.XLA_PATH)
         expected = f.total + einsum_excess(HYBRID, 1, T, kind)
@@ -105,11 +106,11 @@ def test_swiglu_and_rmsnorm_modules_exact(rng, stage):
     t, D, Fm = int(rng.integers(8, 100)), int(rng.integers(8, 96)), int(rng.integers(16, 300))
     x = S((2, t, D), jnp.float32)
     fn, args = P.module_program(lambda: SwiGLU(D, Fm, rngs=nnx.Rngs(0)), x)
-    c = xla.count(fn, *args, stage=stage)
+    c = walker.count(fn, *args, stage=stage)
     f = F.swiglu_mlp(2 * t, D, Fm)
     assert (c.flops, c.transcendentals) == (f.total, f.transcendentals)
     if stage == "lowered":  # compiled XLA may duplicate the norm's producers into two fusions
         fn, args = P.module_program(lambda: RMSNorm(D), x)
-        c = xla.count(fn, *args, stage=stage)
+        c = walker.count(fn, *args, stage=stage)
         f = F.rmsnorm(2 * t, D)
         assert (c.flops, c.transcendentals) == (f.total, f.transcendentals)

@@ -7,8 +7,9 @@ from flax import nnx
 
 from jaxla.flops import formulas as F
 from jaxla.flops import generation as G
-from jaxla.flops import programs as P
 from jaxla.flops import xla
+from jaxla.flops.report import programs as P
+from jaxla.flops.report import walker
 from jaxla.models import CausalLM, LMConfig
 from tests.flops.expected import bookkeeping, einsum_excess, within
 
@@ -40,7 +41,7 @@ def test_forward_matches_model_forward(rng, name):
     T = int(rng.integers(100, 150))  # chunked GLA / Lightning, two chunks with padding
     fn, args = P.model_program(cfg, B, T)
     stages = ("lowered",) if "mamba" in cfg.mixers else xla.STAGES
-    counts = xla.count_all(fn, *args, stages=stages)
+    counts = walker.count_all(fn, *args, stages=stages)
     f = F.model_forward(cfg, B, T, conventions=F.XLA_PATH)
     lo = counts["lowered"]
     # Exact but for the chunked GLA's broadcast einsums (computed) and, per layer, mask building
@@ -62,7 +63,7 @@ def test_short_sequences_take_the_recurrent_form():
     cfg = LMConfig.tiny("hybrid")
     B, T = 2, 48
     fn, args = P.model_program(cfg, B, T)
-    c = xla.count(fn, *args)
+    c = walker.count(fn, *args)
     f = F.model_forward(cfg, B, T, conventions=F.XLA_PATH)
     assert sorted(lp.trip_count for lp in c.loops) == [1, T, T]  # gla, lightning; mamba: 1 chunk
     assert within(c.flops, f.total, f.total + 32 * cfg.num_layers)
@@ -75,7 +76,7 @@ def test_training_step_matches_training_step(rng, name):
     cfg = LMConfig.preset(name, remat=remat)
     B, T = int(rng.integers(1, 3)), int(_pick(rng, 48, 100))
     fn, args = P.train_program(cfg, B, T)
-    c = xla.count(fn, *args)
+    c = walker.count(fn, *args)
     # XLA counts hardware FLOPs: the formula's model FLOPs + what the backward recomputes
     # (the `recomputed` elementwise chains; config.remat: the blocks; the XLA selective scan:
     # its checkpointed chunks).
@@ -112,7 +113,7 @@ def test_generation_sums_equal_xla_count_of_generate(rng, name, B, prompt, mode)
     cfg = LMConfig.preset(name)
     T = int(rng.integers(2, 5))
     fn, args = P.generate_program(cfg, B, prompt, T, mode=mode)
-    c = xla.count(fn, *args)
+    c = walker.count(fn, *args)
     # What generate runs: the layers' XLA paths, a preallocated KV cache of P + T slots read by
     # every pass, and a greedy argmax per pass.
     f = G.generation_flops(cfg, T, mode=mode, prompt_len=prompt, batch=B,

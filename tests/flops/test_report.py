@@ -1,12 +1,13 @@
 """The report pipeline on a small subset of its cases (the full report runs in ~80 s)."""
 
+import importlib.util
 import math
 import os
 
 import pytest
 
 from jaxla.flops import __main__ as cli
-from jaxla.flops import report
+from jaxla.flops.report import build as report
 
 
 def test_every_case_is_well_formed():
@@ -40,12 +41,30 @@ def test_build_writes_markdown_and_plots(tmp_path, monkeypatch):
         assert os.path.getsize(out / name) > 10_000
     assert "| transformer_340m | KV cache |" in md
     assert "KV cache, preallocated (jaxla's `generate`)" in md
+    # Every kernel at the benchmark shapes, its estimate beside its formula (ratio 1 within 1%).
+    rows = [line.split(" | ") for line in md.splitlines() if line.startswith("| ") and "`" in line
+            and ("_fwd" in line or "_bwd" in line)]
+    assert len(rows) >= 16
+    assert all(abs(float(r[5]) - 1) <= 0.01 and abs(float(r[8].rstrip(" |")) - 1) <= 0.01
+               for r in rows)
+
+
+def test_plots_without_matplotlib_are_one_clear_error(tmp_path, monkeypatch, capsys):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else find_spec(name, *a))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("python -m jaxla.flops: error: the plots need matplotlib")
+    assert "--no-plots" in err and not any(tmp_path.iterdir())
 
 
 def test_device_check_runs_on_cpu(tmp_path, monkeypatch, capsys):
     import json
 
-    from jaxla.flops import device_check
+    from jaxla.flops.report import device_check
 
     monkeypatch.setenv("OUT", str(tmp_path))
     assert device_check.main() == 0

@@ -1,4 +1,5 @@
-"""The cost-analysis wrapper: result shapes, loops counted once by XLA and corrected, cumsum."""
+"""XLA's cost analysis read (`jaxla.flops.xla`) and corrected (`jaxla.flops.report.count`): result
+shapes, loops counted once by XLA and corrected, cumsum."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +7,7 @@ import pytest
 from jax import lax
 
 from jaxla.flops import xla
+from jaxla.flops.report import walker
 
 S = jax.ShapeDtypeStruct
 F32 = jnp.float32
@@ -40,14 +42,14 @@ def test_read_analysis_custom_call_and_bad_types():
 
 def test_missing_key_is_zero_flops():
     # XLA folds x * 1.0 while lowering: the result has no "flops" key at all.
-    c = xla.count(lambda x: x * 1.0, S((8,), F32))
+    c = walker.count(lambda x: x * 1.0, S((8,), F32))
     assert c.raw.raw is not None and "flops" not in c.raw.raw
     assert c.flops == 0.0
 
 
 def test_count_is_none_when_unavailable(monkeypatch):
     monkeypatch.setattr(xla, "_safe_cost_analysis", lambda obj: None)
-    c = xla.count(lambda x: x + 1, S((8,), F32))
+    c = walker.count(lambda x: x + 1, S((8,), F32))
     assert c.flops is None and c.transcendentals is None
     assert any("unavailable" in w for w in c.warnings)
 
@@ -62,15 +64,15 @@ def test_loop_undercount_detected_and_corrected(rng, stage):
     args = (S((n, n), F32), S((n, n), F32))
     true = steps * _matmul_flops(n)
     # The same program written as a Python loop is straight-line HLO: XLA counts it right.
-    unrolled = xla.count(lambda x, w: _loop(x, w, steps), *args, stage=stage, loops="ignore")
+    unrolled = walker.count(lambda x, w: _loop(x, w, steps), *args, stage=stage, loops="ignore")
     assert unrolled.flops == true and unrolled.hlo_while_loops == 0
 
-    raw = xla.count(lambda x, w: _scan_matmuls(x, w, steps), *args, stage=stage, loops="ignore")
+    raw = walker.count(lambda x, w: _scan_matmuls(x, w, steps), *args, stage=stage, loops="ignore")
     assert raw.hlo_while_loops == 1
     assert raw.flops == _matmul_flops(n) + 2  # one iteration + the loop counter's add and compare
     assert any("counted once" in w for w in raw.warnings)
 
-    fixed = xla.count(lambda x, w: _scan_matmuls(x, w, steps), *args, stage=stage)
+    fixed = walker.count(lambda x, w: _scan_matmuls(x, w, steps), *args, stage=stage)
     assert fixed.flops == true
     assert [(lp.trip_count, lp.body_flops) for lp in fixed.loops] == [(steps, _matmul_flops(n))]
     assert fixed.loop_undercount == true - raw.flops
@@ -86,8 +88,8 @@ def test_unroll_mode_matches_multiply_mode():
     n, steps = 32, 6
     args = (S((n, n), F32), S((n, n), F32))
     fn = lambda x, w: _scan_matmuls(jnp.tanh(x), w, steps, unroll=2)  # noqa: E731
-    multiply = xla.count(fn, *args)
-    unroll = xla.count(fn, *args, loops="unroll")
+    multiply = walker.count(fn, *args)
+    unroll = walker.count(fn, *args, loops="unroll")
     assert unroll.hlo_while_loops == 0
     assert multiply.flops == unroll.flops == steps * _matmul_flops(n)
     assert multiply.transcendentals == unroll.transcendentals == n * n
@@ -102,19 +104,19 @@ def test_nested_loops_and_fori_loop():
         return lax.scan(body, x, None, length=outer)[0]
 
     args = (S((n, n), F32), S((n, n), F32))
-    c = xla.count(fn, *args)
+    c = walker.count(fn, *args)
     true = outer * inner * _matmul_flops(n)
     # fori_loop carries its index through the scan: one integer add per iteration is real work
     # in the jaxpr (it folds to constants once unrolled); loop counters differ by a few ops.
     assert abs(c.flops - true) <= outer * (inner + 1)
-    assert xla.count(fn, *args, loops="unroll").flops == true
+    assert walker.count(fn, *args, loops="unroll").flops == true
     assert {(lp.trip_count, lp.multiplicity) for lp in c.loops} == {(outer, 1), (inner, outer)}
 
 
 def test_grad_of_scan_counts_both_loops():
     n, steps = 32, 4
     loss = lambda x, w: jnp.sum(_scan_matmuls(x, w, steps) ** 2)  # noqa: E731
-    c = xla.count(jax.grad(loss, argnums=1), S((n, n), F32), S((n, n), F32))
+    c = walker.count(jax.grad(loss, argnums=1), S((n, n), F32), S((n, n), F32))
     assert len([lp for lp in c.loops if lp.multiplicity == 1]) == 2  # forward and backward scans
     # forward 1 matmul per step, backward 2 (dX and dW); + the square and its gradient.
     matmuls = 3 * steps * _matmul_flops(n)
@@ -125,7 +127,7 @@ def test_while_loop_with_dynamic_trip_count_is_reported():
     def fn(x, k):
         return lax.while_loop(lambda s: s[1] < k, lambda s: (s[0] @ s[0], s[1] + 1), (x, 0))[0]
 
-    c = xla.count(fn, S((16, 16), F32), S((), jnp.int32))
+    c = walker.count(fn, S((16, 16), F32), S((), jnp.int32))
     assert c.hlo_while_loops == 1
     assert any("while_loop" in w for w in c.warnings)
 
@@ -133,8 +135,8 @@ def test_while_loop_with_dynamic_trip_count_is_reported():
 def test_cumsum_is_serialised():
     rows, n = 16, 64
     fn = lambda x: jnp.cumsum(x, axis=-1)  # noqa: E731
-    raw = xla.count(fn, S((rows, n), F32), cumulative="xla")
-    fixed = xla.count(fn, S((rows, n), F32))
+    raw = walker.count(fn, S((rows, n), F32), cumulative="xla")
+    fixed = walker.count(fn, S((rows, n), F32))
     assert fixed.flops == rows * (n - 1)
     assert raw.flops > 10 * fixed.flops  # reduce-window lowering: n - 1 adds per element
     assert [a.primitive for a in fixed.adjustments] == ["cumsum"]
@@ -159,8 +161,8 @@ def test_pallas_cost_estimate_replaces_interpret_grid_count():
 
     args = (S((n, n), F32), S((n, n), F32))
     est = pl.CostEstimate(flops=flops, transcendentals=0, bytes_accessed=3 * n * n * 4)
-    with_est = xla.count(lambda a, b: matmul(a, b, est), *args)
+    with_est = walker.count(lambda a, b: matmul(a, b, est), *args)
     assert with_est.flops == flops
     assert with_est.raw.flops < flops / 2  # interpret mode: one grid step of the while loop
-    without = xla.count(lambda a, b: matmul(a, b, None), *args)
+    without = walker.count(lambda a, b: matmul(a, b, None), *args)
     assert any("pallas_call without" in w for w in without.warnings)

@@ -14,6 +14,7 @@ from jaxla import ops
 from jaxla.flops import formulas as F
 from jaxla.flops import generation as G
 from jaxla.flops import xla
+from jaxla.flops.report import walker
 
 S = jax.ShapeDtypeStruct
 F32 = jnp.float32
@@ -42,13 +43,13 @@ def test_elementwise_table(fn):
               "softplus": jax.nn.softplus, "relu": jax.nn.relu, "exp": jnp.exp,
               "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}[fn]
     n = 3 * 128
-    c = xla.count(jax_fn, S((3, 128), F32))
+    c = walker.count(jax_fn, S((3, 128), F32))
     f = F.elementwise(n, fn)
     assert (c.flops, c.transcendentals) == (f.other, f.transcendentals)
 
 
 def test_xla_counts_in_float32():
-    c = xla.count(jnp.matmul, S((257, 257), F32), S((257, 257), F32))
+    c = walker.count(jnp.matmul, S((257, 257), F32), S((257, 257), F32))
     assert c.flops == float(np.float32(2 * 257**3)) != 2 * 257**3
     assert _exact(c.flops, 2 * 257**3)
 
@@ -60,10 +61,10 @@ def test_matmul_exact(rng, stage):
     m, k, n = (int(x) for x in rng.integers(2, 300, size=3))
     batch = int(rng.integers(1, 4))
     for dtype in (jnp.float32, jnp.bfloat16):
-        c = xla.count(jnp.matmul, S((batch, m, k), dtype), S((batch, k, n), dtype), stage=stage)
+        c = walker.count(jnp.matmul, S((batch, m, k), dtype), S((batch, k, n), dtype), stage=stage)
         assert _exact(c.flops, F.matmul(m, k, n, batch=batch).total), (m, k, n, batch, dtype)
     fb = lambda a, b, ct: jax.vjp(jnp.matmul, a, b)[1](ct)  # noqa: E731
-    c = xla.count(fb, S((m, k), F32), S((k, n), F32), S((m, n), F32), stage=stage)
+    c = walker.count(fb, S((m, k), F32), S((k, n), F32), S((m, n), F32), stage=stage)
     assert _exact(c.flops, F.matmul(m, k, n).backward().total)  # dX and dW: 2x forward
 
 
@@ -96,7 +97,7 @@ def test_mlps_exact(rng, stage):
         cases += [(rmsnorm, (x, S((d,), F32)), F.rmsnorm(t, d)),
                   (lambda a: jax.nn.softmax(a, axis=-1), (x,), F.softmax(t, d))]
     for fn, args, formula in cases:
-        c = xla.count(fn, *args, stage=stage)
+        c = walker.count(fn, *args, stage=stage)
         assert _exact(c.flops, formula.total), (fn, t, d, f)
         assert c.transcendentals == formula.transcendentals, (fn, t, d, f)
 
@@ -111,7 +112,7 @@ def test_mlp_backward_follows_the_convention(rng):
         return (jax.nn.silu(x @ wg) * (x @ wu)) @ wd
 
     fb = lambda *a: jax.vjp(swiglu, *a[:-1])[1](a[-1])  # noqa: E731
-    c = xla.count(fb, S((t, d), F32), S((d, f), F32), S((d, f), F32), S((f, d), F32),
+    c = walker.count(fb, S((t, d), F32), S((d, f), F32), S((d, f), F32), S((f, d), F32),
                   S((t, d), F32))
     formula = F.swiglu_mlp(t, d, f).with_backward()
     # fb returns only the gradients: the forward's last matmul (h @ W_down) is dead code.
@@ -142,7 +143,7 @@ def _transformer_layer(x, wq, wk, wv, wo, w1, w2, heads, causal):
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention_core(rng, causal):
     B, H, L, d = int(rng.integers(1, 3)), int(rng.integers(1, 5)), int(rng.integers(16, 200)), 32
-    c = xla.count(lambda q, k, v: _attention(q, k, v, causal), *(S((B, H, L, d), F32),) * 3)
+    c = walker.count(lambda q, k, v: _attention(q, k, v, causal), *(S((B, H, L, d), F32),) * 3)
     # XLA computes the full L x L matrix even when causal (+ one select per score): compare
     # with the fully visible formula. Building the mask (jnp.tril) is <= 3 L^2 once per call.
     full = F.attention_core(B, L, H, d, mask="full")
@@ -159,7 +160,7 @@ def test_transformer_layer(rng, causal):
     B, L, H = int(rng.integers(1, 3)), int(rng.integers(32, 160)), 4
     D = H * int(_pick(rng, 16, 32, 64))
     args = (S((B, L, D), F32),) + (S((D, D), F32),) * 4 + (S((D, 4 * D), F32), S((4 * D, D), F32))
-    c = xla.count(lambda *a: _transformer_layer(*a, heads=H, causal=causal), *args)
+    c = walker.count(lambda *a: _transformer_layer(*a, heads=H, causal=causal), *args)
     formula = F.transformer_layer(B, L, D, mask="full")  # XLA computes the full matrix
     # Tolerance: exactly the elementwise work the 24BLD^2 + 4BL^2D count leaves out: per score
     # the scale + softmax (5, as `attention_core` counts them) and the causal select (1); the
@@ -182,7 +183,7 @@ def test_gla_xla_path(rng):
     K, V = int(_pick(rng, 16, 48, 64)), int(_pick(rng, 16, 64, 100))
     q, v = S((B, T, H, K), F32), S((B, T, H, V), F32)
     fn = lambda q, k, v, g: ops.gla(q, k, v, g, chunk_size=C, implementation="xla")[0]  # noqa
-    counts = xla.count_all(fn, q, q, v, q)
+    counts = walker.count_all(fn, q, q, v, q)
     lo, co = counts["lowered"], counts["compiled"]
     assert [lp.trip_count for lp in lo.loops] == [-(-T // C)]  # the chunk-state scan, corrected
     formula = F.gla_chunked(B, T, H, K, V, chunk_size=C, algorithm="xla")
@@ -209,11 +210,11 @@ def test_simple_gla_xla_path(rng, form):
     q, v = S((B, T, H, K), F32), S((B, T, H, V), F32)
     formula = F.simple_gla_chunked(B, T, H, K, V, chunk_size=C)
     if form == "simple_gla":
-        c = xla.count(lambda q, k, v, g: ops.simple_gla(q, k, v, g, chunk_size=C,
+        c = walker.count(lambda q, k, v, g: ops.simple_gla(q, k, v, g, chunk_size=C,
                                                         implementation="xla")[0],
                       q, q, v, S((B, T, H), F32))
     else:
-        c = xla.count(lambda q, k, v: ops.lightning_attention(
+        c = walker.count(lambda q, k, v: ops.lightning_attention(
             q, k, v, layer_idx=1, num_layers=4, chunk_size=C, implementation="xla")[0], q, q, v)
         # MiniMax's convention has no scale (1.0: XLA folds `o * 1.0` away).
         formula = F.simple_gla_chunked(B, T, H, K, V, chunk_size=C, scale=False)
@@ -233,8 +234,8 @@ def test_selective_scan_xla_and_naive_paths(rng):
             u, dl, A, Bm, Cm, Dv, z, delta_bias=Dv, delta_softplus=True, implementation=impl)[0]
 
     args = (u, u, A, Bm, Bm, Dv, u)
-    assoc = xla.count(scan("xla"), *args)
-    seq = xla.count(scan("naive"), *args)
+    assoc = walker.count(scan("xla"), *args)
+    seq = walker.count(scan("naive"), *args)
     # Both exact up to a handful of loop-counter ops: the formulas itemise what each path runs
     # (associative: jax's recursion, ~2c combines + interleave adds per chunk of c = 128).
     for c, alg in ((assoc, "associative"), (seq, "sequential")):
@@ -256,10 +257,10 @@ def test_recurrent_paths(rng):
     B, H, T = int(rng.integers(1, 3)), int(rng.integers(1, 4)), int(rng.integers(2, 40))
     K, V = int(_pick(rng, 16, 32)), int(_pick(rng, 16, 48))
     q, v = S((B, T, H, K), F32), S((B, T, H, V), F32)
-    c = xla.count(lambda q, k, v, g: ops.gla_recurrent(q, k, v, g)[0], q, q, v, q)
+    c = walker.count(lambda q, k, v, g: ops.gla_recurrent(q, k, v, g)[0], q, q, v, q)
     f = F.gla_recurrent(B, T, H, K, V)
     assert (c.flops, c.transcendentals) == (f.total, f.transcendentals)
-    c = xla.count(lambda q, k, v, g: ops.simple_gla_recurrent(q, k, v, g)[0], q, q, v,
+    c = walker.count(lambda q, k, v, g: ops.simple_gla_recurrent(q, k, v, g)[0], q, q, v,
                   S((B, T, H), F32))
     f = F.simple_gla_recurrent(B, T, H, K, V)
     # The spec broadcasts the scalar gate to K rows before the scan: K exps per head and step
@@ -350,7 +351,7 @@ def test_generation_sums_equal_unrolled_xla_programs(rng, mode):
         x = (x, S((H, d, d), F32), S((H,), F32))  # initial state as an input: no 0 x S folding
 
     args = x if isinstance(x, tuple) else (x,)
-    c = xla.count(program, *args, *ws)
+    c = walker.count(program, *args, *ws)
     assert c.hlo_while_loops == 0  # Python loops: straight-line HLO, nothing to correct
     # Building the causal mask (jnp.tril: <= 3 m^2 per pass, not per head) is the only work
     # the sums leave out.

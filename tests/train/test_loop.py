@@ -1,6 +1,8 @@
 """`train.main` end to end: files, exact resume after a kill, the NaN guard, run-dir safety."""
 
+import importlib.util
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -80,3 +82,16 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, rng):
     assert Checkpointer(run).all_steps() == [2]
     assert _records(run, "diverged")[0]["step"] == 4
     assert not (run / "summary.json").exists()
+
+
+def test_without_matplotlib_the_run_says_so_and_writes_no_plot(tmp_path, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else find_spec(name, *a))
+    monkeypatch.delenv("OUT", raising=False)
+    run = SimpleNamespace(config=SimpleNamespace(plot=True, run_name="r"), run_dir=tmp_path)
+    lines = []
+    loop._finish_files(run, lines.append)
+    assert lines == ["curves.png not written: matplotlib is not installed (pip install "
+                     "'jaxla[plots]')"]
+    assert not (tmp_path / "curves.png").exists()

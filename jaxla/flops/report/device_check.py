@@ -1,4 +1,5 @@
-"""`python -m jaxla.flops.device_check`: what XLA's cost analysis and `peak_flops` say on this device.
+"""`python -m jaxla.flops.report.device_check`: what XLA's cost analysis and `peak_flops` say
+on this device.
 
 For the GPU machine (one short run): the device kind string the training program's MFU will look
 up, the peak it maps to, and what `Lowered/Compiled.cost_analysis()` return there for a cuBLAS
@@ -18,14 +19,14 @@ import jax.numpy as jnp
 
 from jaxla import ops
 from jaxla.flops import formulas as F
-from jaxla.flops import xla
 from jaxla.flops.hardware import peak_flops
+from jaxla.flops.report.walker import count_all
 
 
 def _row(name, formula, fn, *args):
     t0 = time.time()
     try:
-        counts = xla.count_all(fn, *args)
+        counts = count_all(fn, *args)
         lo, co = counts["lowered"], counts["compiled"]
         out = dict(case=name, formula=formula, lowered=lo.flops, compiled=co.flops,
                    raw_compiled=co.raw.flops, custom_calls=co.custom_calls,
