@@ -1,34 +1,31 @@
 """Chunked GLA backward: state gradients by a reverse chunk scan, then all gradients per chunk.
 
-Design (B=4, T=4096, H=16, K=V=128, bf16, chunk 64, H100)
---------------------------------------------------------
 The forward's chunk states hs (input dtype) are kept as a residual instead of being recomputed:
 they were written anyway, and recomputing them costs a full pass over k, g, v.
 
 1. `state_scan(reverse=True)` (chunk_state.py): dS_n, the gradient of the state leaving chunk n,
    for all n, by `dS_{n-1} = diag(exp G_last) dS_n + (scale q exp G)^T do`, starting from the
-   final-state cotangent; the last step gives d initial_state. 256 programs, each a loop over the
-   64 chunks. Reads q, g, do (268 MB), writes dhs in the input dtype (134 MB): ~0.13 ms floor.
-2. `_grad_kernel`: grid (V/BV, NT, B*H) = 4096 programs, one chunk each, everything in one pass:
+   final-state cotangent; the last step gives d initial_state. Same grid and tiles as the
+   forward's state scan; writes dhs in the input dtype.
+2. `_grad_kernel`: grid (V/BV, NT, B*H), one chunk per program, everything in one pass:
      A = causal(scale q_i k_j exp(G_i - G_j)),  dA = causal(scale do v^T)
      dv = A^T do + (k exp(G_last - G)) dS_n
      dq = [dA (k exp(-G))] exp(G) + scale (do S_n^T) exp(G)           (intra via the factorisation)
      dk = [dA^T (q exp(G))] exp(-G) + (v dS_n^T) exp(G_last - G)
      dg = revcumsum_chunk(q dq - k dk) + exp(G_last) rowsum(S_n * dS_n) + sum_t k_t dk_inter_t
    The last line is the closed form of the gate gradient: d/dG_t of the loss is q_t dq_t - k_t dk_t,
-   g's gradient is its reverse cumsum over the whole sequence, and the part from later chunks
-   equals rowsum(S_end * dS_end) of this chunk's end state, expanded as above (fla.md §1.5).
+   g's gradient is its reverse cumsum over the whole sequence, and the part that comes from later
+   chunks equals rowsum(S_end * dS_end) of this chunk's end state, which the forward recurrence
+   `S_end = diag(exp G_last) S_n + (k exp(G_last - G))^T v` expands into the two last terms.
    The intra-chunk terms use the same matmul / exact split as the forward (see chunk_fwd.py).
-   K is walked twice in tiles of 32: first accumulating A (a contraction over K) and dv, then
-   computing and storing dq, dk, dg tile by tile (they are per channel); the second pass re-reads
-   q, k, g from L1/L2, not HBM. The whole-K fused version spilled ~3 KB per thread at any launch;
-   this one, compiled offline by Triton 3.6 for sm_90: 8 warps, 255 registers, 76 KB shared memory,
-   ~90 B spilled.
-   Reads q, k, v, g, do, hs, dhs (~670 MB), writes dq, dk, dv (bf16) and dg (fp32): ~1.0 GB ->
-   ~0.34 ms; 8 matmuls of ~1 MFLOP per chunk (34 GFLOP, x2.5 with the bf16 splits, ~0.25 ms).
-Backward floor ~0.47 ms; fwd+bwd floor ~0.8 ms, expected ~1.2-1.5 ms (FLA: 3.70 ms).
+   K is walked twice in tiles of `block_k`: first accumulating A (a contraction over K) and dv,
+   then computing and storing dq, dk, dg tile by tile (they are per channel); the second pass
+   re-reads q, k, g from L1/L2, not HBM, and keeps few `[C, block_k]` float32 tiles live (the
+   whole-K version spilled registers at every launch configuration).
 With V tiles (block_v < V) dq, dk and dg are sums over the tiles: each program writes float32
-partials and XLA adds them.
+partials and XLA adds them. One chunk per gradient program (`chunks_per_program_bwd` = 1) is
+enforced: 2 gave wrong gradients on an H100 although interpret mode agrees (config.py).
+Byte and FLOP budgets and timings: benchmarks/RESULTS.md, "Kernel design notes".
 """
 
 from __future__ import annotations

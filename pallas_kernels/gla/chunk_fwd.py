@@ -1,26 +1,22 @@
 """Chunked GLA forward: chunk states, then every chunk's output in parallel.
 
-Design (B=4, T=4096, H=16, K=V=128, bf16, chunk C=64, on an H100: 3.0 TB/s, ~400 TFLOP/s bf16)
-----------------------------------------------------------------------------------------------
-Two kernels, states materialised (FLA's scheme), because the fused alternative (one program per
-(b, h, V tile) carrying the state through all chunks) has only B*H*V/BV = 64-128 sequential
-programs for 132 SMs and recomputes the intra-chunk attention per V tile.
+Two kernels, with the chunk states materialised in HBM (FLA's scheme):
 
-1. `state_scan` (chunk_state.py): grid (K/BK, V/BV, B*H) = (4, 1, 64) = 256 programs, each a loop
-   over NT = 64 chunks (BK = 32: two programs per SM to hide each other's latency; the four K
-   tiles of a head run side by side and share v through L2). Reads k, g, v (67 + 134 + 67 MB),
-   writes the chunk states hs [B, H, NT, K, V] in the input dtype (134 MB in bf16; they are matmul
-   operands). ~0.40 GB -> ~0.13 ms at the memory floor.
-2. `_output_kernel`: grid (V/BV, NT, B*H) = (1, 64, 64) = 4096 independent programs. Per chunk:
-   o = scale * [(q * exp G) @ S_n + tril(A) @ v] with A_ij = sum_k q_ik k_jk exp(G_ik - G_jk),
-   walking K in tiles of 32 (A and the inter term accumulate over the tiles): a whole-K version
-   needed more than 255 registers per thread at 4 warps and filled the register file at 8.
-   Reads q, k, v, g, hs (67*3 + 134 + 134 MB), writes o (67 MB): ~0.54 GB -> ~0.18 ms.
-   Matmul work: 2*C*K*V (inter) + 2*C*C*K (A) + 2*C*C*V (A v) per chunk = 4 MFLOP, 17 GFLOP
-   in all, doubled by the bf16 hi/lo splits below (~0.1 ms on tensor cores, overlapping loads).
-   Triton 3.6 compiling this kernel's TTIR for sm_90 offline: 8 warps, 218 registers, 44 KB shared
-   memory, no spills (one program of 8 warps per SM; 4 warps spill).
-Forward floor with the materialised states: ~0.94 GB -> 0.31 ms; expected ~0.4 ms (FLA: 0.75-0.85).
+1. `state_scan` (chunk_state.py), grid (K/BK, V/BV, B*H) for the `[BK, BV]` state tile
+   (`BlockSizes.block_k_state` x `block_v_state`, 16 x min(V, 128) by default): each
+   program carries its float32 tile through the NT chunks of one (b, h) in order and writes the
+   state entering every chunk, hs `[B, H, NT, K, V]`, in the input dtype (they are matmul
+   operands of the second kernel).
+2. `_output_kernel`, grid (V/BV, NT/P, B*H): independent programs of P chunks each
+   (`chunks_per_program_fwd`). Per chunk, with G the in-chunk cumulative gates (float32) and S_n
+   the state entering it:
+   `o = scale * [(q * exp G) @ S_n + tril(A) @ v]`, `A_ij = sum_k q_ik k_jk exp(G_ik - G_jk)`,
+   walking K in tiles of `block_k` (A and the inter-chunk term accumulate over the tiles, so only
+   a few `[C, block_k]` float32 tiles are live at once).
+
+The fused alternative, one program per (b, h, V tile) carrying the state through all chunks,
+has only B*H*V/BV sequential programs (fewer than the SMs of an H100 at the benchmark shape) and
+recomputes the intra-chunk attention for every V tile.
 
 Intra-chunk attention without per-pair exponentials. Any per-channel reference r factorises
 exp(G_i - G_j) = exp(G_i - r) * exp(r - G_j). With r = G_last / 2 both factors are bounded by
@@ -34,6 +30,11 @@ blocks (C*16*K exponentials per chunk) with 2*C*K exponentials. With FLA's gates
 exceeds the limit (log-decay below ~-0.9 per step on average in some channel) take the exact path:
 a loop over the C key rows with per-pair exponents, all <= 0 (`pair_decay`), correct down to a
 log-decay of -inf per step, ~C/2 times more exponentials. The choice is per chunk, at run time.
+
+bfloat16 inputs: bfloat16 matmul operands, float32 accumulation. The gate-scaled q (both terms)
+and the masked scores are split into hi + lo bfloat16 halves (`common.mm`, two dots); the
+gate-scaled k and the stored states are rounded to bfloat16. Byte and FLOP budgets, timings and
+the registers Triton gives these kernels: benchmarks/RESULTS.md, "Kernel design notes".
 """
 
 from __future__ import annotations

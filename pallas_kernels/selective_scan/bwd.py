@@ -1,11 +1,12 @@
 """Backward selective-scan kernels (Pallas-Triton), parallel over time chunks.
 
-Algorithm (research/mamba_pallas.md A1/A2), time walked from last to first:
+Algorithm (mamba_ssm's `selective_scan_bwd`), time walked from last to first:
   g_t = dout_t * silu(z_t);  dh_t = C_t g_t + a_{t+1} dh_{t+1}   (a_T dh_T = d final_state)
   du_t = D g_t + dt_t (dh_t . B_t);  ddt_t = u_t (dh_t . B_t) + sum_n dh_t A a_t h_{t-1}
   dA += dh_t dt_t a_t h_{t-1};  dB_t, dC_t = per-program sums over the block's channels
-with a_t h_{t-1} = h_t - dt_t u_t B_t (mamba_ssm's identity: only h_t is needed per step).
-Time is cut into chunks of `chunk_bwd` steps, one program each, as in the forward:
+with a_t = exp(dt_t A) and a_t h_{t-1} = h_t - dt_t u_t B_t (mamba_ssm's identity: only h_t is
+needed per step). Time is cut into chunks of `chunk_bwd` steps, one program each, as in the
+forward:
 - Pass 1 (`_dstate_kernel`, grid (B, D/block_d, NC-1), the forward's `[N, block_d]` tiling):
   chunk c >= 1 runs the reverse recurrence from a zero carry and writes the carry it would pass
   to chunk c-1, `dh_loc [B, NC-1, N, D]`, and its sum of dt (the chunk's decay is exp(A sum dt)).
@@ -24,41 +25,11 @@ Time is cut into chunks of `chunk_bwd` steps, one program each, as in the forwar
   each) whose result is one row of 32 lanes, stored as it lies. 2-D tiles are read and written
   as N rows: a 2-D load or store in the loop makes Triton pick its vectorised layout (4
   channels x 4 lanes on N) for the loop, which costs a shared-memory round trip and a barrier
-  per row per step (round one's compiled backward has 68 barriers in its loops; this one has 2
-  per step, for the dB/dC row stores; checked on the SASS compiled offline for sm_90).
-
-Cost at the Mamba-370M layer (B=4, T=4096, D=2048, N=16, bf16; defaults: chunk_bwd 256,
-checkpoint 8, sub 4, 1 warp):
-- Exps: pass 1 one per (t, d, n); pass 2 the recomputation (1.5: half the sub-chunks advance
-  from the checkpoint first) and a_t again in the reverse step (1): ~3.5 x 537M = 1.9G at
-  16/clk/SM -> ~0.5 ms, plus per-channel softplus / sigmoids.
-- Instructions: ~55 per (t, d, n) in pass 2 with a 5-level shuffle sum per dB/dC value (a
-  third of them; the butterfly removes most of that), ~8 in pass 1 -> ~1.1 ms issue-bound on
-  132 SMs. `a * b + c` is one `fma.rn.f32` (Triton does not contract it). Programs:
-  4 * 64 * 16 = 4096 one-warp programs.
-- Bytes: u, delta, z, dout, B, C read and du, ddelta, dz written (bf16) = 470 MB; pass 1 reads
-  delta, z, dout again (200 MB); checkpoints every 8 steps (268 MB, written by the forward);
-  dB/dC partials `[B, D/32, T, N]` float32 written and summed by XLA = 2 x 2 x 67 MB.
-  Total ~1.2 GB -> ~0.4 ms at 3 TB/s.
-- Expected ~1-1.5 ms (round one: 3.8 ms; mamba_ssm's backward: 2.44 ms). Measured (Nsight
-  Compute, H100, 2026-11-25, chunk_bwd 256): pass 1 0.32 ms, pass 2 2.12 ms at 66 instructions
-  per (t, d, n), 2 warps per scheduler, half the issue slots idle; fwd+bwd 3.51 ms with the
-  ftz exp2 (benchmarks/RESULTS.md, round 3). With the fmas and the butterfly sums (H200,
-  2026-12-03): fwd+bwd 3.53 -> 3.09 ms (synchronised calls); back to back, as `do_bench` runs
-  mamba_ssm: fwd+bwd 2.56 ms against 2.94, the backward ~1.84 ms against mamba_ssm's ~2.34.
-  chunk_bwd comes from the shape: the one that leaves ~4096 programs (`BlockSizes.get_default`).
-- dA, dD, d delta_bias are per-program partials summed by XLA (deterministic, no atomics).
-  Grid programs run concurrently; nothing depends on their order.
-
-Packed documents (`Flags.resets`, `Flags.num_docs`; see `fwd.py`): a start at step t means that
-step read zero or its document's initial state S0 instead of h_{t-1}. So the reverse carry out
-of step t, a_t dh_t, is dropped there (per-document mode: it is d S0 of that document, stored
-by the program holding the start), a chunk that holds a start passes no carry through it
-(`keep`, as in the forward), and every recomputation (`advance`) restarts as the forward did.
-In dA and ddt the term a_t h_{t-1} becomes 0 or a_t S0, which mamba_ssm's identity
-h_t - dt_t u_t B_t gives in both cases (used at starts when h_{t-1} is in registers). In
-per-document mode the final state's cotangent of a document enters dh at its last step (both
-passes load `ends[t]`; the walk of pass 2 starts from zero).
+  per row per step (2 barriers per step remain, for the dB/dC row stores).
+- dA, dD, d delta_bias and dB, dC are per-program partials summed by XLA (deterministic, no
+  atomics). The default chunk_bwd comes from the shape (`BlockSizes.get_default`).
+Instruction, byte and exp budgets, profiles and timings: benchmarks/RESULTS.md, "Kernel design
+notes".
 """
 
 from __future__ import annotations

@@ -1,43 +1,29 @@
 """Forward selective-scan kernels (Pallas-Triton), parallel over time chunks.
 
-Why this shape (H100, Mamba-370M layer B=4, T=4096, D=2048, N=16, bf16 activations):
-- Round one ran one program per (batch, channel block) over all T steps: 512 programs of 2
-  warps, ~2 warps per scheduler to hide the latency of a 4096-step chain: 1.14 ms, ~3x its
-  instruction-issue bound. Its `[block_d, N]` tile put 4 threads on each channel, so every
-  per-channel op (softplus, silu, loads) ran 4 times and the readout over N needed shuffles;
-  the output row (a slice of that layout) went through shared memory with 2 barriers per step.
-- Time parallelism (Mamba-2's state passing): time is cut into chunks of `chunk` steps.
-  Pass 1 (`_state_kernel`, grid (B, D/block_d, NC-1)) scans each chunk but the last from a zero
+`h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t`, `y_t = C_t h_t (+ D u_t)`, `out = y silu(z)`, with
+dt = softplus(delta + delta_bias) (each optional as in mamba_ssm's `selective_scan_fn`).
+Time is cut into chunks of `chunk` steps (Mamba-2's state passing), NC = ceil(T / chunk):
+- Pass 1 (`_state_kernel`, grid (B, D/block_d, NC-1)) scans each chunk but the last from a zero
   state and writes only its end state `h_loc [B, NC-1, N, D]` and its sum of dt `[B, NC-1, D]`
-  (the chunk's decay is exp(A sum dt): one exp per (d, n), not per step). The carry
-  (`_carry_kernel`, grid (B, D/block_d_carry)) walks the chunks in order, `h_in[k+1] =
-  exp(A S_k) h_in[k] + h_loc[k]`, and writes the state entering every chunk `[B, NC, N, D]`.
-  Pass 2 (`_out_kernel`, grid (B, D/block_d, NC)) reruns its chunk from that state and writes
-  y, the checkpoints and (last chunk) the final state. Twice the exps of one pass, NC times the
-  programs. (Until 2026-12 each pass-2 program walked the chunks before its own: ~NC/2 tile steps
-  per program, repeated by every program.)
-- The state tile is `[N, block_d]` (channels along the fast axis). With `block_d = 4 * 32 *
-  num_warps` Triton's layout gives each thread 4 channels x all N: per-channel work runs once,
-  the readout over N is in-thread, the rows of u/delta/z/y (4 channels per thread) and the
-  broadcast B/C rows need no layout conversion (checked offline on the compiled SASS: no
-  barrier or shuffle in the loop).
-- Cost: exps 2 x B*T*D*N = 1.07G exp2 at 16/clk/SM = 0.29 ms, plus softplus and silu once
-  per (t, d) (~1.25 MUFU ops per state element in all); pass 2 issues ~10 instructions per
-  state element (ex2, 2 mul, 2 fma, loads, converts), pass 1 ~6 -> ~0.3 ms issue; bytes: pass 1
-  reads u, delta (134 MB), pass 2 reads u, delta, z and writes y (268 MB) -> 0.13 ms; with
-  `save` (training) the checkpoints every 8 steps add 268 MB (0.09 ms). 255 registers, no
-  spills at unroll 4 without prefetch (ptxas offline): 4 programs of 2 warps per SM, each with
-  64 independent state elements per thread. Programs: B*D/block_d*NC = 4*8*16 = 512 (chunk
-  256, the default at this shape). Expected ~0.4-0.5 ms (mamba_ssm: 0.61 ms).
-- Measured (Nsight Compute, H100, 2026-11-25, chunk 64): pass 1 0.39 ms, pass 2 0.68 ms (0.73
-  with checkpoints), at ~2x the instructions counted above (libdevice's exp2f wrapped each
-  MUFU.EX2 in subnormal handling: now `exp2(ftz=True)`; `a * h + b` is FMUL + FADD, not
-  contracted) and ~2 warps per scheduler (registers), half the cycles with none eligible.
-  With ftz the forward takes 1.02 ms (benchmarks/RESULTS.md, round 3). The multiply-adds are
-  now `fma.rn.f32` (`_common.fma`, inline PTX). H200, 2026-12-03, calls back to back as
-  `do_bench` runs mamba_ssm: 0.72 ms (mamba_ssm 0.60 ms, same run). The chunk comes from the
-  shape (`BlockSizes.get_default`): at every T the one that leaves ~512 pass-2 programs (one
-  wave) won; longer chunks leave SMs idle, shorter ones carry more states (RESULTS.md).
+  (the chunk's decay is exp(A sum dt): one exp per (d, n), not per step).
+- The carry (`_carry_kernel`, grid (B, D/block_d_carry)) walks the chunks in order,
+  `h_in[k+1] = exp(A S_k) h_in[k] + h_loc[k]`, and writes the state entering every chunk
+  `[B, NC, N, D]`.
+- Pass 2 (`_out_kernel`, grid (B, D/block_d, NC)) reruns its chunk from that state and writes
+  y, the checkpoints (the state every `checkpoint` steps, for the backward) and, in the last
+  chunk, the final state.
+Twice the exps of one sequential pass, in exchange for NC times the programs: one program per
+(batch, channel block) over all T steps leaves too few warps per scheduler to hide the latency of
+a T-step chain. The default chunk comes from the shape (`BlockSizes.get_default`): the longest
+that still leaves about one wave of pass-2 programs.
+
+Tiling: the state tile is `[N, block_d]` (channels along the fast axis). With `block_d = 4 * 32 *
+num_warps` Triton's layout gives each thread 4 channels x all N: per-channel work (softplus,
+silu, loads) runs once, the readout over N is in-thread, and the rows of u/delta/z/y (4 channels
+per thread) and the broadcast B/C rows need no layout conversion (no barrier or shuffle in the
+loop). `exp2(ftz=True)` and `fma(asm=True)` (`_common.py`) are single PTX instructions on the
+GPU (libdevice's exp2f wraps its MUFU.EX2 in subnormal handling, and Triton leaves `a * b + c`
+unfused); interpret mode uses the plain forms.
 
 Layout: u, delta, z, y `[B, T, D]`; B, C `[B, T, G, N]` (the program's channel block lies in one
 group); `At` is A transposed, `[N, D]`; D, delta_bias `[D]`; states `[B, N, D]` (transposed).
@@ -56,6 +42,8 @@ start passes nothing through it: the carry multiplies its decay by `keep` (0 for
 `chunk_keeps`). In per-document mode pass 2 also loads `ends[t]` (the document ending at t, else
 -1) and writes the state after that step as the document's final state `[num_docs, N, D]`.
 The checkpoints hold the state before a step, before any restart (the backward restarts too).
+Instruction, byte and exp budgets, profiles and timings: benchmarks/RESULTS.md, "Kernel design
+notes".
 """
 
 from __future__ import annotations

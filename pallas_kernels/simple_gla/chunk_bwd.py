@@ -13,11 +13,10 @@ cancellation between large partial sums:
   dg_s = P_n + sum_{i >= s} a_i + sum_{j < s} b_j + sum_{j < s <= i} M_ij     (i, j in chunk n)
   P_n = exp(G_last) <S_n, dS_n>,  a_i = q_i.dq_i^inter,  b_j = k_j.dk_j^inter,  M = (q k^T) * dA.
 The usual closed form (q.dq - k.dk reverse-summed over the sequence, or over the chunk plus a
-chunk term as in FLA) subtracts sums that are much larger than dg once decays are not weak: for
-bf16 inputs (interpret mode, T=256, K=V=64) its chunk-local version gave dg errors of 2e-2 with
-medium gates and 1.5e-1 with strong ones against the float64 spec; this form gives ~1e-5
-with the hi/lo splits below (1e-3 to 3e-3 typical without them), and float32 inputs stay below
-1e-5 in every regime. Here the dq sweep
+chunk term as in FLA) subtracts sums that are much larger than dg once decays are not weak, and
+loses most of dg's digits for bf16 inputs with medium or strong gates; this form keeps float32
+inputs below 1e-5 against the float64 spec in every gate regime (benchmarks/RESULTS.md, "Kernel
+design notes", has the measured errors). Here the dq sweep
 writes a and the crossing sums (per K tile, from float32 values before any rounding) and, only
 when a gate gradient is needed, its float32 states S_n [B, H, T/C, K, V]; the dk sweep, launched
 after it, writes b and P_n. The chunk-local cumsums of a and b are cheap XLA ops (api.py).
@@ -26,15 +25,11 @@ to bf16 for them. For dq, dk, dv that is harmless, but the gate gradient is a su
 (and dg_gamma over all of B and T) of terms that share one state: a rounding of S_n in do S_n^T
 (-> a), of dS_n in v dS_n^T (-> b), or of v * exp(G_last - G) and q * exp(G) in the state
 updates (-> S, dS, P) leaves one error per chunk that every position repeats, so it adds up
-instead of averaging out. Measured (interpret mode, 100-200 draws per case, 9 cases): dg_gamma
-errors up to 4e-2 against the 5e-3 bound (1-5% of the draws failing in 6 of 9 cases), dg up to
-4.7e-3; with only two or three of the four operands exact, still 1e-3 to 5e-3 (rms over draws)
-in some regimes. With a gate gradient, all four are therefore split into hi + lo bf16 halves
-(`dot_state`: two dots, ~16 bits), which brings dg and dg_gamma to ~1e-5 (rms over draws; worst
-1.8e-4) and d initial_state from ~2e-3 to ~2e-6 (dq, dk gain a little too). Cost: two more
+instead of averaging out (past the bf16 bound of `jaxla.testing`). With a gate gradient, all
+four are therefore split into hi + lo bf16 halves (`dot_state`: two dots, ~16 bits), which
+brings dg and dg_gamma to ~1e-5 (rms over draws) and d initial_state to ~2e-6. Cost: two more
 C x bk x V dots per chunk in each of the dq and dk sweeps (below); the backward without gate
-gradients (no decay, or a constant g_gamma as in lightning attention) runs the same dots as
-before.
+gradients (no decay, or a constant g_gamma as in lightning attention) runs no split dots.
 
 Packed documents (common.py). resets: with the masked gates every formula above holds as it
 stands (a term the forward drops has a factor exp2(-inf) = 0 here too). For the gate gradient,
@@ -56,20 +51,16 @@ with d final[doc] and store dS after its first chunk as d initial[doc]. With S_{
 document's first step, dL/dg_s = <exp(g_s) S0, dS_s> is the same expansion (no mask inside a
 chunk). The hi/lo splits apply to the same operands in every packing.
 
-Design (B=4, T=4096, H=16, K=V=128, bf16, C=64, tiles of 64 on an H100):
+Grids (bk = `block_k_dq` / `block_k_dk`, bv = `block_v_dv`):
 * dq sweep: grid (K/bk, B, H), float32 state tile [bk, V] (recomputes the forward states).
   dk sweep: grid (K/bk, B, H), float32 tile of dS [bk, V] (the K split keeps dk's V-contraction
-  whole). dv sweep: grid (V/bv, B, H), dS tile [K, bv]. 128 programs each; `fuse_bwd` launches
-  all 384 as one kernel so that two or three programs share an SM and hide each other's latency.
-* Bytes: every sweep reads three of q, k, v, do (0.2 GB; the tiles of one head share them
-  through L2) and writes one gradient: ~0.8 GB in all -> 0.27 ms at 3.0 TB/s. With a gate
-  gradient the float32 states S_n add 0.27 GB written (dq) and 0.27 GB read (dk).
-* FLOPs per chunk and program: 2C^2*V + 2C^2*tile + 4C*K*tile (dq, dk) or 2C^2*K + ... (dv):
-  3.7 MFLOP; 384 programs x 64 chunks -> 90 GFLOP -> 0.2 ms at 470 TFLOP/s. With a gate
-  gradient (16-bit inputs) the dq sweep adds q k^T and the crossing's two dots (1.6 MFLOP) and
-  the lo halves of S and v * exp(G_rev) (2.1 MFLOP), the dk sweep the lo halves of dS and
-  q * exp(G) (2.1 MFLOP): 137 GFLOP in all (103 without the halves, +33%) -> 0.3 ms.
-* Expected 0.3-0.5 ms for the backward, 0.4-0.7 ms fwd+bwd against FLA's 1.34 ms.
+  whole). dv sweep: grid (V/bv, B, H), dS tile [K, bv]. `fuse_bwd` launches the sweeps' programs
+  as one kernel, so that two or three programs share an SM and hide each other's latency (with a
+  gate gradient, dq runs first on its own: dk reads the states it writes).
+* Every sweep reads three of q, k, v, do (four with a gate gradient; the tiles of one head share
+  them through L2) and writes one gradient; with a gate gradient the dq sweep writes the float32
+  states S_n and the dk sweep reads them.
+Byte and FLOP budgets and timings: benchmarks/RESULTS.md, "Kernel design notes".
 """
 
 from __future__ import annotations

@@ -1,22 +1,18 @@
 """Chunked simple GLA forward: one fused kernel, one sequential sweep over chunks per program.
 
-Per chunk n (rows i, j in the chunk, G = in-chunk cumulative log-decay, S_n = state entering):
-  o = scale * [((q k^T) * exp(G_i - G_j) * causal) v + exp(G_i) (q S_n)]
-  S_{n+1} = exp(G_last) S_n + k^T (v * exp(G_last - G))
+Per chunk n (rows i, j in the chunk; S_n = the float32 state entering it), with the per-step
+log-decays in log2 units (common.py) and G_i their sum over the chunk's rows up to and including
+i (computed in the kernel from the per-step gates, or from the head's constant decay):
+  o = scale * [((q k^T) * 2^(G_i - G_j) * causal) v + 2^(G_i) (q S_n)]
+  S_{n+1} = 2^(G_last) S_n + k^T (v * 2^(G_last - G))
 A scalar decay per head makes the intra-chunk decay an element-wise mask on q k^T, so every
 product is a plain matmul (no GLA sub-chunking); all exponents are <= 0.
 
-Design (B=4, T=4096, H=16, K=V=128, bf16, C=64, block_v=64 on an H100):
-* Grid (V/block_v, B, H) = 128 programs for 132 SMs. Each keeps its float32 state tile
-  [K, block_v] in registers and walks the 64 chunks in order: states never touch HBM (FLA's
-  `chunk_fwd_h` writes h [B, T/C, H, K, V] and reads it back in a second kernel).
-* Bytes: q, k, v read and o written once (the two V-tile programs of a head run side by side
-  and share q, k through L2): 4 x 67 MB = 0.27 GB -> 0.09 ms at 3.0 TB/s.
-* FLOPs per program and chunk: q k^T 2C^2K + A v 2C^2bv + q S 2CKbv + k^T v 2CKbv = 3.7 MFLOP,
-  30 GFLOP in all -> 0.065 ms at 470 TFLOP/s. The loop is latency-bound rather than
-  throughput-bound (one 4-warp program per SM); loads of chunk n+1 do not depend on the state,
-  so Triton's num_stages pipelining overlaps them with chunk n's dots.
-* Expected 0.1-0.2 ms against FLA's 0.257 ms.
+Grid (V/block_v, B, H): each program keeps its float32 state tile [K, block_v] in registers and
+walks the chunks in order, so the states never touch HBM (FLA's `chunk_fwd_h` writes h
+[B, T/C, H, K, V] and reads it back in a second kernel): q, k, v are read and o written once.
+The loads of chunk n+1 do not depend on the state, so Triton's num_stages pipelining overlaps
+them with chunk n's dots.
 Packed documents (common.py): with "resets" the decays of each chunk carry the documents'
 masks (pairs across a start, rows past a start reading S_n, rows before one reaching S_{n+1},
 S_n decaying into S_{n+1} when the chunk holds a start), the arithmetic is unchanged; with
@@ -24,6 +20,7 @@ S_n decaying into S_{n+1} when the chunk holds a start), the arithmetic is uncha
 first chunk and stored as its final state after its last.
 bf16 inputs: bf16 dot operands (the state and the masked scores are rounded to bf16 for their
 dots, as in FLA), float32 accumulation, float32 gates and state. float32 inputs: IEEE dots.
+Byte and FLOP budgets and timings: benchmarks/RESULTS.md, "Kernel design notes".
 """
 
 from __future__ import annotations

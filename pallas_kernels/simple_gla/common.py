@@ -3,7 +3,7 @@ document masks and edges, loops with an int32 index.
 
 Gate modes (static): "g" = a `[Tp]` ref of per-step log-decays (float32, g + g_gamma, zero on
 padded steps); "gamma" = a `[C]` ref holding the head's constant log-decay (no gate tensor at
-all); "none" = no decay. Gates arrive in log2 units (times log2(e), as FLA does since 2025-12) and
+all); "none" = no decay. Gates arrive in log2 units (times log2(e), as FLA does) and
 the kernels use exp2 (libdevice's expf wraps the same ex2 instruction in a range reduction);
 gradients stay with respect to the natural-log gates (they never differentiate G itself).
 
