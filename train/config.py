@@ -489,6 +489,10 @@ in it; after `./run setup`, `.venv/bin/python -m train ARGS` is the same.
 Exit status: 0 the run finished; 1 it diverged (a NaN/Inf or a loss spike; nothing after the
 last good checkpoint was saved); 2 a bad option, data or run folder (one line says which).
 
+Environment: with OUT set, config.json, metrics.jsonl, curves.png and summary.json are also
+copied to $OUT/<run name>/ when the run ends or diverges (for machines that return only that
+folder, as our GPU machines do; checkpoints stay in --run_dir).
+
 Examples:
   ./run train
   ./run train --steps 2000 --hidden_size 384

@@ -97,7 +97,9 @@ def _flops_per_token(model_config, seq_len: int) -> tuple[float, str]:
 
 
 def _copy_to_out(run_dir: Path, name: str):
-    """Copy the small run files to $OUT/<name>/ when OUT is set (device runs)."""
+    """Copy the small run files (RUN_FILES) to $OUT/<name>/ when the environment variable OUT is
+    set: on the GPU machines $OUT is the one folder that comes back from a run (README,
+    "Training"; `--help`)."""
     out = os.environ.get("OUT")
     if not out:
         return

@@ -11,7 +11,8 @@ checkpoint of the n-GPU run resumed on one GPU.
 
 Prints per-run tokens/s, tokens/s per GPU, scaling efficiency (tokens/s on n / (n x tokens/s on
 one)) and the loss agreement (max and mean relative difference per step; `jaxla.testing`'s bf16
-check on the whole loss curve), and writes `$OUT/multi_gpu.json`.
+check on the whole loss curve), and writes `$OUT/multi_gpu.json` (`runs/multi_gpu_out/` when OUT
+is unset).
 """
 
 from __future__ import annotations
