@@ -66,8 +66,9 @@ def test_device_check_runs_on_cpu(tmp_path, monkeypatch, capsys):
 
     from jaxla.flops.report import device_check
 
-    monkeypatch.setenv("OUT", str(tmp_path))
-    assert device_check.main() == 0
+    monkeypatch.setenv("OUT", str(tmp_path / "not_read"))
+    assert device_check.main(["--out", str(tmp_path)]) == 0
+    assert not (tmp_path / "not_read").exists()
     result = json.loads((tmp_path / "flops_device.json").read_text())
     assert result["device"]["peak_bf16"] is None  # CPU: no MFU
     matmul, gla = result["rows"]

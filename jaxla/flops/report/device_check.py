@@ -1,14 +1,15 @@
-"""`python -m jaxla.flops.report.device_check`: what XLA's cost analysis and `peak_flops` say
-on this device.
+"""`python -m jaxla.flops.report.device_check [--out DIR]`: what XLA's cost analysis and
+`peak_flops` say on this device.
 
 For the GPU machine (one short run): the device kind string the training program's MFU will look
 up, the peak it maps to, and what `Lowered/Compiled.cost_analysis()` return there for a cuBLAS
-matmul and for jaxla's chunked GLA (XLA path), against the formulas. Writes
-`$OUT/flops_device.json` when OUT is set; prints a table last.
+matmul and for jaxla's chunked GLA (XLA path), against the formulas. Prints a table last; with
+`--out DIR` (e.g. `--out "$OUT"` on the GPU machines) also writes `DIR/flops_device.json`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -39,7 +40,11 @@ def _row(name, formula, fn, *args):
     return out
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxla.flops.report.device_check",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="folder for flops_device.json (default: print only)")
+    args = parser.parse_args(argv)
     dev = jax.devices()[0]
     kind = dev.device_kind
     info = {
@@ -60,10 +65,9 @@ def main() -> int:
              lambda q, k, v, g: ops.gla(q, k, v, g, implementation="xla")[0], q, q, v, g),
     ]
     result = {"device": info, "rows": rows}
-    out_dir = os.environ.get("OUT")
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "flops_device.json"), "w") as f:
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "flops_device.json"), "w") as f:
             json.dump(result, f, indent=2, default=str)
     print(json.dumps(info, default=str))
     for r in rows:
