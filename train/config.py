@@ -42,7 +42,8 @@ class TrainConfig:
     # Data.
     data: str = "stdlib"
     data_path: str | None = None
-    token_dtype: str = "uint16"
+    token_dtype: str | None = None
+    eos_id: int | None = None
     val_fraction: float = 0.05
     mqar_num_kv_pairs: int = 8
     mqar_vocab_size: int | None = None
@@ -100,9 +101,13 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.progress not in ("auto", "bar", "lines", "off"):
             raise ValueError(f"progress must be auto, bar, lines or off, got {self.progress!r}")
-        if self.token_dtype not in ("uint16", "uint32", "int32"):
+        if self.token_dtype not in (None, "uint16", "uint32", "int32"):
             raise ValueError(f"token_dtype must be uint16, uint32 or int32, "
                              f"got {self.token_dtype!r}")
+        if self.eos_id is not None and (self.data != "tokens" or self.eos_id < 0):
+            raise ValueError(f"eos_id must be an id >= 0 and applies to --data tokens only (the "
+                             f"byte corpora end each file with byte 0), got eos_id={self.eos_id} "
+                             f"with data={self.data!r}")
         if self.mesh_fsdp < 1 or (self.mesh_data < 1 and self.mesh_data != -1):
             raise ValueError(f"mesh sizes must be >= 1 (mesh_data may be -1: all remaining "
                              f"devices), got {self.mesh_data=}, {self.mesh_fsdp=}")
@@ -151,9 +156,15 @@ TRAIN_HELP = {
     "data": "stdlib: bytes of the Python standard library's *.py files (no download); text: "
             "bytes of a text file or a folder of them (--data_path); tokens: a token array, "
             ".npy or raw .bin (--data_path, --token_dtype); mqar: multi-query associative recall "
-            "(synthetic); random: uniform random tokens (for throughput)",
+            "(synthetic); random: uniform random tokens (for throughput). Where there are "
+            "documents (stdlib and text folders: one per file, ending with byte 0; tokens: "
+            "--eos_id) rows are packed: the model sees each document alone and no target "
+            "crosses into the next document",
     "data_path": "file or folder for --data text / tokens",
-    "token_dtype": "element type of a raw .bin token file: uint16, uint32 or int32",
+    "token_dtype": "element type of a raw .bin token file: uint16, uint32 or int32 (default: "
+                   "the dtype in the sidecar <data_path>.json, else uint16)",
+    "eos_id": "tokens: the separator id that ends every document of the token file (default: "
+              "the eos_id in the sidecar <data_path>.json; none: no document boundaries)",
     "val_fraction": "share held out for validation: files (by a hash of their path) of stdlib and "
                     "text folders, the tail of a single text file or token array",
     "mqar_num_kv_pairs": "MQAR: key-value pairs per sequence (each queried once)",

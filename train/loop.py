@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
@@ -185,9 +184,9 @@ def train(config: TrainConfig, *, echo=print) -> dict:
 
     # Compile ahead of time.
     B, T = config.batch_size, config.seq_len
-    batch_abstract = {"inputs": jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=batch_sh),
-                      "targets": jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=batch_sh),
-                      "weights": jax.ShapeDtypeStruct((B, T), jnp.float32, sharding=batch_sh)}
+    # The dataset's batch layout: inputs, targets, weights (and segment_ids for packed rows).
+    batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
+                      for k, v in dataset.val_batches[0].items()}
     step_fn = jax.jit(make_train_step(graphdef, constants, tx, schedule, config.nan_at_step),
                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
                       donate_argnums=0)

@@ -3,7 +3,10 @@
 The train state is a dict pytree `{"step": int32 [], "params": nnx.State, "opt_state": optax
 state, "rng": uint32 [2]}`; it is donated to the step, which returns the next one and its
 metrics. Loss: next-token cross-entropy in float32, averaged over the positions whose weight is
-1 (all of them for language modelling, the query positions for MQAR).
+1 (all of them for language modelling, the query positions for MQAR). A batch with
+`segment_ids` holds packed documents: the model gets them (each document computed alone), and
+the data has already given weight 0 to every target that crosses into the next document
+(train/data.py).
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def make_train_step(graphdef, constants: nnx.State, tx: optax.GradientTransforma
 
     def loss_fn(params, batch):
         model = nnx.merge(graphdef, params, constants)
-        logits = model(batch["inputs"])
+        logits = model(batch["inputs"], segment_ids=batch.get("segment_ids"))
         ce_sum, count, hits = cross_entropy(logits, batch["targets"], batch["weights"])
         count = jnp.maximum(count, 1.0)
         return ce_sum / count, hits / count
@@ -140,7 +143,8 @@ def make_eval_step(graphdef, constants: nnx.State):
     """`eval_step(params, batch) -> (sum CE, sum weights, sum hits)`, to be jitted."""
 
     def eval_step(params, batch):
-        logits = nnx.merge(graphdef, params, constants)(batch["inputs"])
+        logits = nnx.merge(graphdef, params, constants)(batch["inputs"],
+                                                        segment_ids=batch.get("segment_ids"))
         return cross_entropy(logits, batch["targets"], batch["weights"])
 
     return eval_step

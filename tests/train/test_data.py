@@ -57,8 +57,10 @@ def test_text_file_and_folder(tmp_path, rng):
     (folder / "blob.bin").write_bytes(b"\0\1\2" * 100)  # binary: skipped
     train, val, info = D.text_corpus(folder, 0.25)
     assert info["files"] == 40 and info["split"] == "file hash"
-    assert info["train_files"] + info["val_files"] == 40 and len(train) + len(val) == 4000
-    assert 0 not in set(train.tolist()) | set(val.tolist())
+    # One document per file, each ending with the separator byte 0 (which text has none of).
+    assert info["train_files"] + info["val_files"] == 40 and len(train) + len(val) == 4040
+    assert np.sum(train == 0) == info["train_files"] and np.sum(val == 0) == info["val_files"]
+    assert train[-1] == 0 and val[-1] == 0
     ds = D.make_dataset(_config("--data", "text", "--data_path", str(folder)))
     assert ds.train_batch(3)["inputs"].max() < 127
 
