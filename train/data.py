@@ -20,6 +20,10 @@ validation set is fixed (drawn once from its own seed).
   tokenizer) with `{"eos_id": int, "dtype": "uint16" | "uint32" | "int32", "vocab_size": int}`;
   when present it gives the separator and a `.bin` file's dtype (options that contradict it
   are refused), and the model's vocab_size must cover its vocab_size.
+* mqar: multi-query associative recall (Arora et al., 2023, Zoology; used by the GLA paper): a
+  context of key-value pairs, then every key queried once at power-law distributed positions;
+  only the query positions carry a target (their value), and the metric is accuracy there.
+* random: uniform random tokens (throughput runs).
 
 Packed documents (stdlib, text folders, tokens with a separator): the corpus is one stream in
 which every document is followed by its separator token (byte 0, NUL, for the byte corpora: text
@@ -32,10 +36,6 @@ boundary). The loss at a boundary: the separator is the last token of its docume
 target of the document's last token (the model learns where documents end); the target of the
 separator itself is the next document's first token, which nothing in the document predicts,
 so its weight is 0. No other target crosses a boundary, in training and in evaluation.
-* mqar: multi-query associative recall (Arora et al., 2023, Zoology; used by the GLA paper): a
-  context of key-value pairs, then every key queried once at power-law distributed positions;
-  only the query positions carry a target (their value), and the metric is accuracy there.
-* random: uniform random tokens (throughput runs).
 """
 
 from __future__ import annotations
