@@ -4,12 +4,14 @@
 * `data`: byte corpora (the Python standard library by default), token arrays, MQAR, random.
 * `step`: AdamW + warm-up/cosine + clipping, the functional train and eval steps.
 * `sharding`: the ("data", "fsdp") mesh, batch and FSDP parameter shardings.
-* `checkpoint`: Orbax checkpoints with exact resume.
+* `checkpoint`: Orbax checkpoints with exact resume, sealed by checksums.
+* `guard`: the divergence guard (NaN/Inf, loss spikes) and `TrainingDiverged`.
 * `metrics`: tokens/s, TFLOP/s, MFU, the JSONL log, the progress bar, the plot.
 * `loop`: `train(config)` and `main(argv)`.
 """
 
 from train.config import TrainConfig, parse_args
-from train.loop import TrainingDiverged, main, train
+from train.guard import TrainingDiverged
+from train.loop import main, train
 
 __all__ = ["TrainConfig", "TrainingDiverged", "main", "parse_args", "train"]

@@ -1,18 +1,37 @@
-"""Orbax checkpoints of the train state plus a JSON record (step, data position, config).
+"""Orbax checkpoints of the train state plus a JSON record (step, data position, config), each
+sealed by a checksum manifest.
 
 The state pytree is saved as a flat dict `{"params.blocks.0.mixer.q_proj.kernel": array, ...}`
 (names from the pytree paths), which any Orbax reader can list, and restored into the structure
-and shardings of an abstract state, so a restore lands directly on the mesh. Saves are
-synchronous: a checkpoint reported saved is complete on disk (Orbax writes to a temporary folder
-and renames it, so an interrupted save never shows up as a checkpoint).
+and shardings of an abstract state, so a restore lands directly on the mesh.
+
+Integrity. Saves are synchronous. Orbax writes a step to a temporary folder and renames it to
+`checkpoints/<step>`; then `MANIFEST` is written into that folder, last and atomically: the size
+and sha256 of every file of the step, each file flushed to disk before it is hashed. A checkpoint
+is reported saved only after its manifest is on disk, so a step folder without a manifest is a
+save that did not finish. Before a restore the step's files are checked against its manifest; a
+resume takes the newest intact step, moves newer damaged ones to `<run_dir>/damaged_checkpoints/`
+with one line each, and stops with `CheckpointError` when no step is intact.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+
+MANIFEST = "checksums.json"
+MANIFEST_FORMAT = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used: `str(error)` is one line naming the step and why."""
 
 
 def _key_name(k) -> str:
@@ -39,38 +58,179 @@ def unflatten(flat: dict, treedef, like) -> object:
     return jax.tree_util.tree_unflatten(treedef, [flat[n] for n in names])
 
 
+# --------------------------------------------------------------------------------------------
+# The manifest of one step folder.
+
+
+def _step_files(step_dir: Path) -> list[str]:
+    """The relative paths of every file of a step folder but the manifest, sorted."""
+    return sorted(p.relative_to(step_dir).as_posix() for p in step_dir.rglob("*")
+                  if p.is_file() and p.name != MANIFEST)
+
+
+def _sha256(path: Path, *, sync: bool = False) -> str:
+    with path.open("rb") as f:
+        if sync:
+            os.fsync(f.fileno())
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _fsync_dir(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(step_dir: Path):
+    """Flush every file of `step_dir` to disk, then write their sizes and hashes atomically."""
+    files = {rel: {"bytes": (step_dir / rel).stat().st_size,
+                   "sha256": _sha256(step_dir / rel, sync=True)}
+             for rel in _step_files(step_dir)}
+    tmp = step_dir / (MANIFEST + ".tmp")
+    with tmp.open("w") as f:
+        json.dump({"format": MANIFEST_FORMAT, "files": files}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, step_dir / MANIFEST)
+    _fsync_dir(step_dir)
+
+
+def check_manifest(step_dir: Path) -> str | None:
+    """None when the files of `step_dir` are exactly those of its manifest, byte for byte; else
+    what is wrong, in a few words."""
+    path = step_dir / MANIFEST
+    if not path.exists():
+        return f"no {MANIFEST}: the save did not finish"
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+        expected = {rel: (int(f["bytes"]), str(f["sha256"])) for rel, f in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        return f"{MANIFEST} is not a valid manifest"
+    present = _step_files(step_dir)
+    missing = sorted(set(expected) - set(present))
+    if missing:
+        return f"{missing[0]} is missing"
+    extra = sorted(set(present) - set(expected))
+    if extra:
+        return f"{extra[0]} is not in {MANIFEST}"
+    for rel, (size, _) in expected.items():  # sizes first: cheap, and catch truncation
+        got = (step_dir / rel).stat().st_size
+        if got != size:
+            return f"{rel} has {got:,} bytes, {MANIFEST} says {size:,}"
+    for rel, (_, digest) in expected.items():
+        if _sha256(step_dir / rel) != digest:
+            return f"{rel} does not match its sha256 in {MANIFEST}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The checkpoints of a run.
+
+
 class Checkpointer:
-    """Save / restore train states under `<run_dir>/checkpoints/<step>`, keeping the newest
-    `keep`."""
+    """Save / check / restore train states under `<run_dir>/checkpoints/<step>`, keeping the
+    newest `keep`."""
 
     def __init__(self, run_dir: Path, keep: int = 2):
-        self.directory = (Path(run_dir) / "checkpoints").absolute()
+        self.run_dir = Path(run_dir).absolute()
+        self.directory = self.run_dir / "checkpoints"
+        # Orbax removes the temporary folders of interrupted saves when it opens the folder.
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=False)
+                                               enable_async_checkpointing=False,
+                                               cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "meta"))
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
     def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
+        """Every step folder, intact or not, in increasing order."""
+        self.manager.reload()
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
 
     def save(self, step: int, state, meta: dict) -> Path:
+        """Save `state` and the JSON record `meta` as `step`; complete on disk when it returns."""
         flat, _ = flatten(state)
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(flat),
                                                         meta=ocp.args.JsonSave(meta)),
                           force=True)
         self.manager.wait_until_finished()
-        return self.directory / str(step)
+        if jax.process_index() == 0:  # one writer; every process's files are in the folder
+            write_manifest(self.step_dir(step))
+        return self.step_dir(step)
 
-    def restore(self, step: int, abstract_state) -> tuple[object, dict]:
+    def check(self, step: int) -> str | None:
+        """None when `step` is intact, else what is wrong with it."""
+        return check_manifest(self.step_dir(step))
+
+    def resume_step(self, report: Callable[[str], object] = print) -> int | None:
+        """The step to resume from: the newest intact one (None when there is no checkpoint).
+
+        Damaged steps newer than it are moved to `<run_dir>/damaged_checkpoints/` (a resumed run
+        saves those steps again), each reported in one line. Raises `CheckpointError` when no
+        step is intact, moving nothing."""
+        steps = self.all_steps()
+        damaged = []
+        for step in reversed(steps):
+            why = self.check(step)
+            if why is None:
+                for bad, bad_why in damaged:
+                    report(f"checkpoint step {bad} is damaged ({bad_why}): skipped, moved to "
+                           f"{self._set_aside(bad)}")
+                self.manager.reload()
+                return step
+            damaged.append((step, why))
+        if damaged:
+            listing = "; ".join(f"step {s}: {why}" for s, why in damaged)
+            raise CheckpointError(f"no intact checkpoint in {self.directory} ({listing}); "
+                                  f"start the run afresh with --overwrite")
+        return None
+
+    def _set_aside(self, step: int) -> Path:
+        parent = self.run_dir / "damaged_checkpoints"
+        parent.mkdir(exist_ok=True)
+        dest, n = parent / str(step), 1
+        while dest.exists():
+            n += 1
+            dest = parent / f"{step}-{n}"
+        shutil.move(self.step_dir(step), dest)
+        return dest
+
+    def read_meta(self, step: int) -> dict:
+        """The JSON record saved with `step` (without reading the state)."""
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            meta = dict(out["meta"])
+            int(meta["step"])
+            return meta
+        except Exception as exc:  # noqa: BLE001 - whatever Orbax raised, in one line
+            raise CheckpointError(f"checkpoint step {step}: cannot read its record "
+                                  f"({_one_line(exc)})") from None
+
+    def restore(self, step: int, abstract_state) -> object:
         """The state saved at `step`, with the structure, dtypes and shardings of
-        `abstract_state` (a pytree of `jax.ShapeDtypeStruct`s), and its JSON record."""
+        `abstract_state` (a pytree of `jax.ShapeDtypeStruct`s)."""
         flat_abstract, treedef = flatten(abstract_state)
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(flat_abstract), meta=ocp.args.JsonRestore()))
-        return unflatten(dict(out["state"]), treedef, abstract_state), dict(out["meta"])
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(flat_abstract)))
+        except Exception as exc:  # noqa: BLE001 - whatever Orbax raised, in one line
+            raise CheckpointError(f"checkpoint step {step}: cannot restore the state "
+                                  f"({_one_line(exc)})") from None
+        return unflatten(dict(out["state"]), treedef, abstract_state)
 
     def close(self):
         self.manager.close()
+
+
+def _one_line(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"

@@ -5,6 +5,11 @@ embedded byte-level GLA model) plus overrides of any `LMConfig` field (`--model.
 or the short form `--hidden_size 512`) and of any training option (`--steps 300`). The resolved
 config is written to `<run_dir>/config.json`; `--resume` reads it back and applies only the
 options given on the command line on top of it.
+
+Every option is checked when a `TrainConfig` is made: its type, its own rule in `FIELD_RULES`
+(one per field) and the few rules that tie options together (`_check_combinations`). A bad value
+raises `ConfigError`, one line naming the option and the value; `python -m train` prints it
+argparse-style and exits with status 2, and so do the command line's own errors.
 """
 
 from __future__ import annotations
@@ -12,11 +17,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 
 from jaxla.models import LMConfig
+from train.tokenize import TOKEN_DTYPES
+
+PROG = "train"  # the program name in error lines: "train: error: ..."
+
+
+class ConfigError(ValueError):
+    """A bad option value (or combination): `str(error)` is one line naming the option and the
+    value, e.g. `--seq_len: must be >= 2, got 1`."""
+
 
 # The embedded default: a byte-level GLA model (0.5M parameters; heads of K=32, V=64; SwiGLU 256)
 # small enough to train 250 steps of 16 x 256 bytes in a few minutes on a 2-core CPU.
@@ -24,6 +41,7 @@ DEFAULT_MODEL = LMConfig(vocab_size=256, hidden_size=128, num_layers=4, num_head
                          layer_pattern=("gla",), hidden_ratio=2)
 
 DATA_KINDS = ("stdlib", "text", "tokens", "mqar", "random")
+PROGRESS_MODES = ("auto", "bar", "lines", "off")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,8 +60,9 @@ class TrainConfig:
     # Data.
     data: str = "stdlib"
     data_path: str | None = None
+    tokenizer: str | None = None
     token_dtype: str | None = None
-    eos_id: int | None = None
+    separator_id: int | None = None
     val_fraction: float = 0.05
     mqar_num_kv_pairs: int = 8
     mqar_vocab_size: int | None = None
@@ -62,6 +81,10 @@ class TrainConfig:
     eps: float = 1e-8
     clip_norm: float = 1.0
 
+    # Divergence guard (NaN/Inf always stops the run; this also stops it on a loss spike).
+    spike_factor: float = 3.0
+    spike_window: int = 50
+
     # Evaluation, logging, checkpoints.
     log_every: int = 10
     eval_every: int = 50
@@ -78,39 +101,16 @@ class TrainConfig:
     mesh_data: int = -1
     mesh_fsdp: int = 1
 
-    # Testing hooks.
-    stop_after: int | None = None
-    nan_at_step: int | None = None
-
     def __post_init__(self):
         if isinstance(self.model, dict):  # read back from JSON
-            object.__setattr__(self, "model", LMConfig(**self.model))
-        if self.data not in DATA_KINDS:
-            raise ValueError(f"data must be one of {DATA_KINDS}, got {self.data!r}")
-        if self.data in ("text", "tokens") and not self.data_path:
-            raise ValueError(f"--data {self.data} needs --data_path")
-        positive = ("batch_size", "seq_len", "steps", "log_every", "eval_every", "eval_batches",
-                    "keep", "mqar_num_kv_pairs")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {name}={getattr(self, name)}")
-        for name in ("warmup_steps", "save_every", "timing_warmup"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.progress not in ("auto", "bar", "lines", "off"):
-            raise ValueError(f"progress must be auto, bar, lines or off, got {self.progress!r}")
-        if self.token_dtype not in (None, "uint16", "uint32", "int32"):
-            raise ValueError(f"token_dtype must be uint16, uint32 or int32, "
-                             f"got {self.token_dtype!r}")
-        if self.eos_id is not None and (self.data != "tokens" or self.eos_id < 0):
-            raise ValueError(f"eos_id must be an id >= 0 and applies to --data tokens only (the "
-                             f"byte corpora end each file with byte 0), got eos_id={self.eos_id} "
-                             f"with data={self.data!r}")
-        if self.mesh_fsdp < 1 or (self.mesh_data < 1 and self.mesh_data != -1):
-            raise ValueError(f"mesh sizes must be >= 1 (mesh_data may be -1: all remaining "
-                             f"devices), got {self.mesh_data=}, {self.mesh_fsdp=}")
+            try:
+                object.__setattr__(self, "model", LMConfig(**self.model))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"model: {exc}") from None
+        types_ = _field_types(TrainConfig)
+        for f in dataclasses.fields(self):
+            _check_field(f.name, getattr(self, f.name), types_[f.name])
+        _check_combinations(self)
 
     @property
     def run_name(self) -> str:
@@ -118,7 +118,7 @@ class TrainConfig:
 
     @property
     def run_path(self) -> Path:
-        return Path(self.run_dir) if self.run_dir else Path("runs") / self.run_name
+        return run_path(self.name, self.run_dir, self.preset, self.data)
 
     @property
     def tokens_per_step(self) -> int:
@@ -130,7 +130,9 @@ class TrainConfig:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["model"] = dataclasses.asdict(self.model)
-        out["model"]["layer_pattern"] = list(self.model.layer_pattern)
+        for name, value in out["model"].items():  # as JSON reads them back
+            if isinstance(value, tuple):
+                out["model"][name] = list(value)
         return out
 
     def to_json(self) -> str:
@@ -138,7 +140,172 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown option{'s' * (len(unknown) > 1)} "
+                              f"{', '.join(map(repr, unknown))}")
         return cls(**d)
+
+
+def run_path(name: str | None, run_dir: str | None, preset: str, data: str) -> Path:
+    """The run folder: `run_dir`, else `runs/<name>`, else `runs/<preset>-<data>`."""
+    if run_dir:
+        return Path(run_dir)
+    return Path("runs") / (name or f"{preset}-{data}")
+
+
+# --------------------------------------------------------------------------------------------
+# Checks: one rule per field, then the rules that tie fields together.
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """The allowed values of one option: `ok(value)`, and `text`, the rule in words."""
+
+    ok: Callable[[typing.Any], bool]
+    text: str
+
+
+def at_least(low) -> Rule:
+    return Rule(lambda v: v >= low, f"must be >= {low}")
+
+
+def above(low) -> Rule:
+    return Rule(lambda v: v > low, f"must be > {low}")
+
+
+def within(low, high, ends: str = "[]") -> Rule:
+    """`low <= v <= high`, with `ends` "[]", "[)" or "()" saying which ends are open."""
+    lo_ok = (lambda v: v > low) if ends[0] == "(" else (lambda v: v >= low)
+    hi_ok = (lambda v: v < high) if ends[1] == ")" else (lambda v: v <= high)
+    return Rule(lambda v: lo_ok(v) and hi_ok(v), f"must be in {ends[0]}{low}, {high}{ends[1]}")
+
+
+def one_of(choices: tuple[str, ...]) -> Rule:
+    return Rule(lambda v: v in choices, f"must be one of {', '.join(choices)}")
+
+
+def is_preset(name: str) -> bool:
+    if name == "default":
+        return True
+    try:
+        LMConfig.preset(name)
+    except ValueError:
+        return False
+    return True
+
+
+NOT_EMPTY = Rule(lambda v: v.strip() != "", "must not be empty")
+
+# The rule of each option (None passes where the type allows it); floats must also be finite.
+FIELD_RULES: dict[str, Rule] = {
+    "name": NOT_EMPTY,
+    "run_dir": NOT_EMPTY,
+    "seed": at_least(0),
+    "preset": Rule(is_preset, "must be 'default' or an LMConfig preset: gla_340m, mamba_370m, "
+                              "transformer_340m, lightning_340m, minimax_hybrid_340m, tiny, "
+                              "tiny_<gla|lightning|mamba|attention|hybrid>"),
+    "data": one_of(DATA_KINDS),
+    "data_path": NOT_EMPTY,
+    "token_dtype": one_of(TOKEN_DTYPES),
+    "separator_id": at_least(0),
+    "val_fraction": within(0, 1, "()"),
+    "mqar_num_kv_pairs": at_least(1),
+    "mqar_vocab_size": at_least(4),
+    "batch_size": at_least(1),
+    "seq_len": at_least(2),
+    "steps": at_least(1),
+    "lr": above(0),
+    "warmup_steps": at_least(0),
+    "min_lr_ratio": within(0, 1),
+    "weight_decay": at_least(0),
+    "beta1": within(0, 1, "[)"),
+    "beta2": within(0, 1, "[)"),
+    "eps": above(0),
+    "clip_norm": at_least(0),
+    "spike_factor": Rule(lambda v: v == 0 or v > 1, "must be 0 (off) or > 1"),
+    "spike_window": at_least(1),
+    "log_every": at_least(1),
+    "eval_every": at_least(1),
+    "eval_batches": at_least(1),
+    "timing_warmup": at_least(0),
+    "save_every": at_least(0),
+    "keep": at_least(1),
+    "progress": one_of(PROGRESS_MODES),
+    "num_devices": at_least(1),
+    "mesh_data": Rule(lambda v: v == -1 or v >= 1, "must be -1 (the devices left) or >= 1"),
+    "mesh_fsdp": at_least(1),
+}
+
+
+def _type_ok(value, tp) -> bool:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    names = {type(None): "none", bool: "true or false", int: "an integer", float: "a number",
+             str: "a string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check_field(name: str, value, tp):
+    if not _type_ok(value, tp):
+        raise ConfigError(f"--{name}: must be {_type_name(tp)}, got {value!r}")
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"--{name}: must be a finite number, got {value}")
+    rule = FIELD_RULES.get(name)
+    if rule is not None and not rule.ok(value):
+        raise ConfigError(f"--{name}: {rule.text}, got {value!r}")
+
+
+def _check_combinations(c: TrainConfig):
+    if c.data in ("text", "tokens") and c.data_path is None:
+        raise ConfigError(f"--data_path: --data {c.data} needs a file or folder, got none")
+    if c.data not in ("text", "tokens") and c.data_path is not None:
+        raise ConfigError(f"--data_path: only --data text and tokens read a path, got "
+                          f"--data {c.data} with --data_path {c.data_path!r}")
+    if c.separator_id is not None and c.data != "tokens":
+        raise ConfigError(f"--separator_id: only --data tokens takes it (stdlib and text "
+                          f"separate documents with byte 0 or the tokenizer's EOS), got --data "
+                          f"{c.data}")
+    if c.resume and c.overwrite:
+        raise ConfigError("--overwrite: cannot be combined with --resume (one continues the run, "
+                          "the other deletes it)")
+    if c.data == "mqar":
+        vocab = c.mqar_vocab_size or c.model.vocab_size
+        if c.mqar_vocab_size is not None and c.mqar_vocab_size > c.model.vocab_size:
+            raise ConfigError(f"--mqar_vocab_size: must be <= the model's vocab_size "
+                              f"{c.model.vocab_size}, got {c.mqar_vocab_size}")
+        n = c.mqar_num_kv_pairs
+        if 4 * n > c.seq_len + 1 or n > vocab // 2 - 1:
+            raise ConfigError(f"--mqar_num_kv_pairs: {n} key-value pairs need seq_len + 1 >= "
+                              f"{4 * n} and an MQAR vocabulary of >= {2 * n + 2} tokens, got "
+                              f"seq_len {c.seq_len} and {vocab} tokens")
+
+
+def model_differences(saved: dict, requested: dict) -> list[str]:
+    """`["hidden_size: 128 -> 256", ...]`: the `LMConfig` fields (as dicts) that differ."""
+    return [f"{k}: {saved.get(k)!r} -> {requested.get(k)!r}"
+            for k in sorted(set(saved) | set(requested)) if saved.get(k) != requested.get(k)]
 
 
 # Help text of every option; `--help` prints these.
@@ -154,17 +321,21 @@ TRAIN_HELP = {
               "LMConfig.preset name (gla_340m, mamba_370m, transformer_340m, lightning_340m, "
               "minimax_hybrid_340m, tiny, tiny_<mixer>)",
     "data": "stdlib: bytes of the Python standard library's *.py files (no download); text: "
-            "bytes of a text file or a folder of them (--data_path); tokens: a token array, "
+            "bytes of a UTF-8 text file or a folder of them (--data_path); tokens: a token array, "
             ".npy or raw .bin (--data_path, --token_dtype); mqar: multi-query associative recall "
-            "(synthetic); random: uniform random tokens (for throughput). Where there are "
-            "documents (stdlib and text folders: one per file, ending with byte 0; tokens: "
-            "--eos_id) rows are packed: the model sees each document alone and no target "
-            "crosses into the next document",
+            "(synthetic); random: uniform random tokens (for throughput). Rows of documents "
+            "are packed (stdlib and text: one document per file, each followed by byte 0 or "
+            "the tokenizer's EOS; tokens: by --separator_id): the model sees each document "
+            "alone, the separator opening the next",
     "data_path": "file or folder for --data text / tokens",
+    "tokenizer": "a tokenizers tokenizer.json for --data text / stdlib: each file is a document, "
+                 "its tokens followed by the tokenizer's EOS (default: UTF-8 bytes); its "
+                 "vocabulary must fit the model's vocab_size; copied into the run folder",
     "token_dtype": "element type of a raw .bin token file: uint16, uint32 or int32 (default: "
-                   "the dtype in the sidecar <data_path>.json, else uint16)",
-    "eos_id": "tokens: the separator id that ends every document of the token file (default: "
-              "the eos_id in the sidecar <data_path>.json; none: no document boundaries)",
+                   "the dtype of the <file>.json beside it, as python -m train.tokenize writes, "
+                   "else uint16)",
+    "separator_id": "tokens: the id that follows every document of the token file (default: "
+                    "the separator_id of its <file>.json; without one: no document boundaries)",
     "val_fraction": "share held out for validation: files (by a hash of their path) of stdlib and "
                     "text folders, the tail of a single text file or token array",
     "mqar_num_kv_pairs": "MQAR: key-value pairs per sequence (each queried once)",
@@ -184,6 +355,10 @@ TRAIN_HELP = {
     "beta2": "AdamW beta2",
     "eps": "AdamW epsilon",
     "clip_norm": "clip gradients to this global norm (0: no clipping)",
+    "spike_factor": "stop, before saving, at a loss above this many times the median loss of the "
+                    "previous --spike_window steps (and over 1 nat above it); 0: off. A NaN or "
+                    "Inf loss or gradient norm always stops the run",
+    "spike_window": "steps in the spike guard's running median",
     "log_every": "steps between log records (metrics.jsonl, progress lines)",
     "eval_every": "steps between validation passes (also run at the last step)",
     "eval_batches": "batches of the fixed validation set",
@@ -197,8 +372,6 @@ TRAIN_HELP = {
     "mesh_data": "size of the 'data' mesh axis (-1: devices / mesh_fsdp)",
     "mesh_fsdp": "size of the 'fsdp' mesh axis: parameters and optimizer state are sharded over "
                  "it, the batch over data x fsdp",
-    "stop_after": "testing: stop after this step as if killed (no final checkpoint)",
-    "nan_at_step": "testing: make this step's loss NaN to exercise the NaN guard",
 }
 
 MODEL_HELP = {
@@ -213,6 +386,12 @@ MODEL_HELP = {
     "mlp": "a SwiGLU MLP after each mixer",
     "hidden_ratio": "MLP width rule: 256 * ceil(D * hidden_ratio * 2/3 / 256)",
     "intermediate_size": "MLP width (none: from hidden_ratio)",
+    "num_experts": "0: one SwiGLU MLP; E: a top-k routed mixture of E SwiGLU experts",
+    "num_experts_per_tok": "experts each token is routed to (top-k)",
+    "block_style": "prenorm (x + f(norm(x))) or minimax (the residual starts from norm(x))",
+    "attention_residual": "alpha,beta of alpha * residual + beta * attention(...)",
+    "linear_residual": "alpha,beta of alpha * residual + beta * mixer(...) for linear mixers",
+    "mlp_residual": "alpha,beta of alpha * residual + beta * mlp(...)",
     "expand_k": "GLA key width = D * expand_k",
     "expand_v": "GLA value width = D * expand_v",
     "gate_low_rank_dim": "GLA forget gate rank",
@@ -220,11 +399,18 @@ MODEL_HELP = {
     "use_output_gate": "GLA output gate",
     "use_short_conv": "GLA short convolutions on q, k, v",
     "conv_size": "GLA short convolution width",
+    "feature_map": "GLA feature map on q and k: relu, sigmoid, logsigmoid, silu, swish, sqrelu, "
+                   "gelu (none: identity)",
+    "clamp_min": "GLA: floor of the log forget gate (none: no floor)",
+    "gla_kv_heads": "GLA: heads of k, v and the forget gate, each serving num_heads / "
+                    "gla_kv_heads query heads (FLA's num_kv_heads; none: num_heads)",
     "lightning_decay": "lightning decay convention: minimax or fla",
+    "lightning_norm_eps": "epsilon of the lightning output norm (none: norm_eps)",
     "d_state": "Mamba state size N",
     "d_conv": "Mamba convolution width",
     "expand": "Mamba d_inner = expand * D",
     "dt_rank": "Mamba dt rank (none: ceil(D / 16))",
+    "mamba_init": "Mamba linear init: normal (initializer_range) or mamba_ssm (its own)",
     "rope_theta": "RoPE base of attention mixers",
     "norm_eps": "RMSNorm epsilon",
     "tie_embeddings": "LM head = embedding transpose",
@@ -270,11 +456,13 @@ def _converter(tp):
 
 CHOICES = {
     "data": DATA_KINDS,
-    "progress": ("auto", "bar", "lines", "off"),
-    "token_dtype": ("uint16", "uint32", "int32"),
+    "progress": PROGRESS_MODES,
+    "token_dtype": TOKEN_DTYPES,
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16", "float16"),
     "model.lightning_decay": ("minimax", "fla"),
+    "model.block_style": ("prenorm", "minimax"),
+    "model.mamba_init": ("normal", "mamba_ssm"),
 }
 
 
@@ -296,23 +484,41 @@ def _add_field(group, flags, tp, dest, help_text):
                        choices=CHOICES.get(dest), metavar=_metavar(tp), help=help_text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors (unknown option, a value of the wrong type) raise `ConfigError`
+    like every other bad value, so that `main` reports them all the same way."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+USAGE = "./run train [--preset NAME] [--OPTION VALUE ...] [--model.FIELD VALUE ...]"
+
+EXAMPLES = """\
+`./run train ARGS` sets up .venv (Python >= 3.12, the pinned JAX) and runs `python -m train ARGS`
+in it; after `./run setup`, `.venv/bin/python -m train ARGS` is the same.
+
+Exit status: 0 the run finished; 1 it diverged (a NaN/Inf or a loss spike; nothing after the
+last good checkpoint was saved); 2 a bad option, data or run folder (one line says which).
+
+Examples:
+  ./run train
+  ./run train --steps 2000 --hidden_size 384
+  ./run train --preset gla_340m --batch_size 8 --seq_len 2048 --steps 300 --data random \
+      --no-checkpoint
+  ./run train --data mqar --preset tiny_gla --vocab_size 32 --seq_len 32 --batch_size 64 \
+      --hidden_size 128 --num_heads 1 --use_short_conv --no-mlp --initializer_range 0.05 \
+      --lr 1e-2 --min_lr_ratio 1 --weight_decay 0 --steps 200
+  ./run train --resume --run_dir runs/default-stdlib --steps 1200
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m train",
-        usage="python -m train [--preset NAME] [--OPTION VALUE ...] [--model.FIELD VALUE ...]",
+    parser = _Parser(
+        prog=PROG, usage=USAGE,
         description="Train a jaxla language model. With no arguments: the embedded default, a "
                     "byte-level GLA model on the Python standard library's source files.",
-        epilog="Examples:\n"
-               "  python -m train\n"
-               "  python -m train --steps 2000 --hidden_size 384\n"
-               "  python -m train --preset gla_340m --batch_size 8 --seq_len 2048 --steps 300 "
-               "--data random --no-checkpoint\n"
-               "  python -m train --data mqar --preset tiny_gla --vocab_size 32 --seq_len 32 "
-               "--batch_size 64 --hidden_size 128 --num_heads 1 --use_short_conv --no-mlp "
-               "--initializer_range 0.05 --lr 1e-2 --min_lr_ratio 1 --weight_decay 0 "
-               "--steps 200\n"
-               "  python -m train --resume --run_dir runs/default-stdlib --steps 1200",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train_types = _field_types(TrainConfig)
     group = parser.add_argument_group("training options")
@@ -338,32 +544,69 @@ def build_parser() -> argparse.ArgumentParser:
 def model_for_preset(preset: str) -> LMConfig:
     if preset == "default":
         return DEFAULT_MODEL
+    if not is_preset(preset):
+        raise ConfigError(f"--preset: {FIELD_RULES['preset'].text}, got {preset!r}")
     return LMConfig.preset(preset)
+
+
+def _with_model_options(model: LMConfig, options: dict) -> LMConfig:
+    """`model` with the `--model.*` options; LMConfig's own refusal names the option."""
+    try:
+        return model.replace(**options)
+    except ValueError as exc:
+        text = str(exc)
+        named = [k for k in options if re.search(rf"\b{re.escape(k)}\b", text)]
+        raise ConfigError(f"--{named[0] if named else 'model options'}: {text}") from None
+
+
+def check_run_dir_exists(run_dir: Path):
+    """`--resume` continues a run: its folder must exist."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume: no run folder {str(run_dir)!r} (give the --run_dir or "
+                          f"--name of an existing run, or drop --resume to start one)")
+
+
+def read_saved_config(run_dir: Path) -> TrainConfig | None:
+    """The `config.json` of an existing run folder (None when the folder has none).
+
+    Raises `ConfigError` when the folder does not exist (`--resume` continues a run, it does not
+    start one) or when the file is not a valid config, naming the file."""
+    check_run_dir_exists(run_dir)
+    path = run_dir / "config.json"
+    if not path.exists():
+        return None
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--resume: {path} is not valid JSON ({exc.msg} at line {exc.lineno}, "
+                          f"column {exc.colno})") from None
+    except (ConfigError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--resume: {path}: {exc}") from None
 
 
 def parse_args(argv: list[str] | None = None, *, backend: str | None = None) -> TrainConfig:
     """The resolved config of a command line (`backend` picks the default compute dtype).
 
-    With `--resume` and an existing `<run_dir>/config.json`, that file is the base and only the
-    options given on the command line change it.
+    With `--resume`, the run folder's `config.json` (when it has one) is the base and only the
+    options given on the command line change it. Raises `ConfigError` for any bad option.
     """
-    ns = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    ns = vars(parser.parse_args(argv))
     model_over = {k[len("model."):]: v for k, v in ns.items() if k.startswith("model.")}
     train_over = {k: v for k, v in ns.items() if not k.startswith("model.")}
 
     base = None
     if train_over.get("resume"):
-        probe = TrainConfig(**{k: v for k, v in train_over.items()
-                               if k in ("name", "run_dir", "preset", "data", "data_path")})
-        saved = probe.run_path / "config.json"
-        if saved.exists():
-            base = TrainConfig.from_dict(json.loads(saved.read_text()))
+        defaults = TrainConfig()
+        base = read_saved_config(run_path(
+            train_over.get("name"), train_over.get("run_dir"),
+            train_over.get("preset", defaults.preset), train_over.get("data", defaults.data)))
     if base is not None:
         if "preset" in train_over and train_over["preset"] != base.preset:
-            raise SystemExit(f"--preset {train_over['preset']} differs from the saved run's "
-                             f"preset {base.preset!r}; drop --preset or start a new run")
-        # Testing hooks and resume/overwrite are not inherited from the interrupted run.
-        base = base.replace(stop_after=None, nan_at_step=None, overwrite=False)
+            raise ConfigError(f"--preset: the run was made with --preset {base.preset}, got "
+                              f"{train_over['preset']!r} (drop --preset or start a new run)")
+        # --overwrite is an action on the folder, not part of the run: not inherited.
+        base = base.replace(overwrite=False)
         model = base.model
     else:
         base = TrainConfig()
@@ -373,5 +616,13 @@ def parse_args(argv: list[str] | None = None, *, backend: str | None = None) -> 
 
             backend = backend or jax.default_backend()
             model_over["dtype"] = "float32" if backend == "cpu" else "bfloat16"
-    model = model.replace(**model_over) if model_over else model
-    return base.replace(model=model, **train_over)
+    model = _with_model_options(model, model_over) if model_over else model
+    config = base.replace(model=model, **train_over)
+    if config.tokenizer:
+        from jaxla.tokenizer import check_vocab, load_tokenizer
+
+        try:
+            check_vocab(load_tokenizer(config.tokenizer), model.vocab_size)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"--tokenizer: {config.tokenizer}: {exc}") from None
+    return config

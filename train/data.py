@@ -2,7 +2,7 @@
 
 Every source gives numpy batches `{"inputs": [B, T] int32, "targets": [B, T] int32,
 "weights": [B, T] float32}` (targets are inputs shifted by one; weights 1 where a target counts),
-plus `"segment_ids": [B, T] int32` where the data has documents (packed rows, below).
+and those of documents also `"segment_ids": [B, T] int32` (packed documents, below).
 The training batch of step k (1-based) is a pure function of `(seed, k)`, so a resumed run sees
 exactly the batches an uninterrupted one would: the data-loader position is the step. The
 validation set is fixed (drawn once from its own seed).
@@ -10,37 +10,44 @@ validation set is fixed (drawn once from its own seed).
 * stdlib: the bytes of every `*.py` file under `sysconfig.get_paths()["stdlib"]` (site-packages
   and dist-packages excluded), sorted by path, one document per file; a file goes to validation
   when `crc32(relative path) % 10_000 < val_fraction * 10_000`. Batches are random windows.
-* text: the bytes of one file (one document; the last `val_fraction` held out) or of every file
-  under a folder (one document per file; split by path hash like stdlib; files with a NUL byte
-  are skipped as binary).
+* text: the bytes of one file (one document; the last `val_fraction` held out) or of every text
+  file under a folder (one document per file; split by path hash like stdlib). A file is text
+  when its first 64 KiB hold no NUL byte and decode as UTF-8; a folder's other files are
+  skipped, a single binary file is refused. With `--tokenizer` (stdlib and text alike) each
+  document is its tokens instead of its bytes, and the separator is the tokenizer's EOS.
 * tokens: a 1-D integer `.npy` (memory-mapped) or a raw `.bin` of `token_dtype` (nanoGPT's
-  format); the last `val_fraction` is validation. Documents end with the separator `eos_id`
-  (`--eos_id`, or the sidecar's); without one the array is one stream with no boundaries.
-  Sidecar: a JSON file named `<token file>.json` (e.g. `train.bin.json`, as written by the
-  tokenizer) with `{"eos_id": int, "dtype": "uint16" | "uint32" | "int32", "vocab_size": int}`;
-  when present it gives the separator and a `.bin` file's dtype (options that contradict it
-  are refused), and the model's vocab_size must cover its vocab_size.
+  format); the last `val_fraction` is validation. The `<file>.json` beside it that
+  `python -m train.tokenize` writes gives its `dtype` and `separator_id` (options that
+  contradict it are refused); `--separator_id` names the separator of a file without one.
+  Without a separator the array is one stream with no document boundaries.
 * mqar: multi-query associative recall (Arora et al., 2023, Zoology; used by the GLA paper): a
   context of key-value pairs, then every key queried once at power-law distributed positions;
   only the query positions carry a target (their value), and the metric is accuracy there.
 * random: uniform random tokens (throughput runs).
 
-Packed documents (stdlib, text folders, tokens with a separator): the corpus is one stream in
-which every document is followed by its separator token (byte 0, NUL, for the byte corpora: text
-files contain none; `eos_id` for token files). A row is a window of `seq_len + 1` tokens of that
-stream: consecutive documents, the first usually entered mid-way (that continuation starts a new
-segment at the row start, as every row does) and the last cut at the row end. `segment_ids`
-counts the separators before each input position, so a new segment starts right after every
-separator and the model sees each document alone (no state, convolution or attention across a
-boundary). The loss at a boundary: the separator is the last token of its document and the
-target of the document's last token (the model learns where documents end); the target of the
-separator itself is the next document's first token, which nothing in the document predicts,
-so its weight is 0. No other target crosses a boundary, in training and in evaluation.
+Packed documents (stdlib, text, and tokens with a separator): the corpus is one stream in which
+every document is followed by the separator (for the byte corpora NUL, byte 0, which text files
+hold none of: a file with one past the text probe is refused; else the tokenizer's EOS, or a token
+file's `separator_id`), the layout `python -m train.tokenize` writes. A row is a random window of
+`seq_len + 1` tokens of that stream, so it holds consecutive documents, the first usually entered
+mid-way and the last cut at the row end. `segment_ids` counts the separators up to each input
+position: a new segment (document) starts at every separator, and at the row start. The separator
+thus ends one document and opens the next, as a BOS would: the model sees each segment alone (no
+recurrent state, convolution or attention crosses a boundary), and every target counts, none
+crossing a boundary in what it is predicted from: a document's last token predicts the separator
+(from that document alone: where a document ends), the separator predicts the next document's first
+token (from the separator alone: how documents begin). The loss of a packed row is thus the sum of
+the losses of its documents run one by one, each as `separator, tokens` with targets `tokens,
+separator`, which is also how `python -m train.eval` scores documents.
+
+Data that cannot be used (a missing path, a binary file as text, a split shorter than a
+sequence, a token id outside the model's vocabulary) raises `DataError`, one line naming the
+option to change.
 """
 
 from __future__ import annotations
 
-import json
+import codecs
 import math
 import queue
 import sysconfig
@@ -51,13 +58,16 @@ from pathlib import Path
 
 import numpy as np
 
+from train.tokenize import BYTE_SEPARATOR, read_sidecar, sidecar_path
+
 Batch = dict[str, np.ndarray]
 
 _HASH_BUCKETS = 10_000
-# The separator that ends every document of a byte corpus (stdlib, text folders): NUL, which
-# text files do not contain (files with a NUL byte are skipped as binary).
-BYTE_EOS = 0
-TOKEN_DTYPES = ("uint16", "uint32", "int32")
+_TEXT_PROBE_BYTES = 64 * 1024
+
+
+class DataError(ValueError):
+    """Data the run cannot use: `str(error)` is one line naming the option to change."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,21 +91,30 @@ def is_val_file(relpath: str, val_fraction: float) -> bool:
     return zlib.crc32(relpath.encode()) % _HASH_BUCKETS < val_fraction * _HASH_BUCKETS
 
 
-def _read_documents(paths: list[Path]) -> np.ndarray:
-    """The bytes of the files in order, each followed by the separator BYTE_EOS."""
-    end = bytes([BYTE_EOS])
-    return np.frombuffer(b"".join(p.read_bytes() + end for p in paths), np.uint8)
+def read_byte_documents(paths: list[Path]) -> np.ndarray:
+    """The bytes of the files in order, each followed by BYTE_SEPARATOR (NUL). A file holding a
+    NUL itself (past the text probe) is refused: it would split its document in two."""
+    parts = []
+    for path in paths:
+        data = path.read_bytes()
+        at = data.find(bytes([BYTE_SEPARATOR]))
+        if at >= 0:
+            raise DataError(f"--data_path: {str(path)!r} has a NUL byte at offset {at}, the "
+                            f"separator of byte-level documents (remove the byte or the file)")
+        parts += [data, bytes([BYTE_SEPARATOR])]
+    return np.frombuffer(b"".join(parts), np.uint8)
 
 
 def split_files(root: Path, files: list[Path], val_fraction: float
                 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Train and validation streams of documents (one per file, each ending with BYTE_EOS)."""
+    """Train and validation streams of byte documents (`read_byte_documents`)."""
     train = [p for p in files if not is_val_file(p.relative_to(root).as_posix(), val_fraction)]
     val = [p for p in files if is_val_file(p.relative_to(root).as_posix(), val_fraction)]
     info = {"files": len(files), "train_files": len(train), "val_files": len(val)}
     if not train or not val:  # too few files for a split by file: split the stream instead
-        return (*split_tail(_read_documents(files), val_fraction), {**info, "split": "tail"})
-    return _read_documents(train), _read_documents(val), {**info, "split": "file hash"}
+        return (*split_tail(read_byte_documents(files), val_fraction), {**info, "split": "tail"})
+    return (read_byte_documents(train), read_byte_documents(val),
+            {**info, "split": "file hash"})
 
 
 def split_tail(arr: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -103,93 +122,112 @@ def split_tail(arr: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.nda
     return arr[:len(arr) - n_val], arr[len(arr) - n_val:]
 
 
-def _is_binary(path: Path) -> bool:
-    return bytes([BYTE_EOS]) in path.read_bytes()
+def why_not_text(path: Path) -> str | None:
+    """None when `path` reads as text (no NUL byte and valid UTF-8 in its first 64 KiB), else
+    the reason in a few words."""
+    with path.open("rb") as f:
+        head = f.read(_TEXT_PROBE_BYTES)
+    nul = head.find(b"\0")
+    if nul >= 0:
+        return f"a NUL byte at offset {nul}"
+    try:  # not final: the probe may end inside a multi-byte character
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 at byte {exc.start}"
+    return None
 
 
 def text_corpus(path: str | Path, val_fraction: float) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Bytes of a text file (tail split, no separator) or of the text files under a folder
-    (file-hash split, each file a document ending with BYTE_EOS); `info["documents"]` says
-    which."""
+    """Bytes of a text file (tail split) or of the text files under a folder (file-hash split),
+    one document per file, each followed by BYTE_SEPARATOR."""
     path = Path(path)
     if path.is_file():
-        arr = np.fromfile(path, np.uint8)
-        return (*split_tail(arr, val_fraction), {"files": 1, "split": "tail",
-                                                 "documents": "one (no boundaries)"})
+        why = why_not_text(path)
+        if why is not None:
+            raise DataError(f"--data_path: {str(path)!r} is not a text file ({why}); give "
+                            f"token arrays as --data tokens")
+        arr = read_byte_documents([path])
+        return (*split_tail(arr, val_fraction), {"files": 1, "split": "tail"})
     if not path.is_dir():
-        raise FileNotFoundError(f"--data_path {str(path)!r} is neither a file nor a folder")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not _is_binary(p))
+        raise DataError(f"--data_path: no such file or folder: {str(path)!r}")
+    found = sorted(p for p in path.rglob("*") if p.is_file())
+    files = [p for p in found if why_not_text(p) is None]
     if not files:
-        raise ValueError(f"no text files under {str(path)!r}")
+        what = (f"{len(found)} files, none of them UTF-8 text without NUL bytes" if found
+                else "it is empty")
+        raise DataError(f"--data_path: no text files under {str(path)!r} ({what})")
     train, val, info = split_files(path, files, val_fraction)
-    return train, val, {**info, "documents": "one per file"}
+    return train, val, {**info, "skipped_files": len(found) - len(files)}
 
 
-def token_sidecar(path: str | Path) -> dict | None:
-    """The tokenizer's description of a token file, `<path>.json`, or None when there is none:
-    `{"eos_id": int, "dtype": "uint16" | "uint32" | "int32", "vocab_size": int}`."""
-    side = Path(str(path) + ".json")
-    if not side.is_file():
-        return None
-    try:
-        meta = json.loads(side.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{str(side)!r}: not JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{str(side)!r} must hold a JSON object, got {type(meta).__name__}")
-    for key in ("eos_id", "vocab_size"):
-        value = meta.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{str(side)!r}: {key} must be an int >= 0, got {key}={value!r}")
-    if meta.get("dtype") not in TOKEN_DTYPES:
-        raise ValueError(f"{str(side)!r}: dtype must be one of {TOKEN_DTYPES}, "
-                         f"got dtype={meta.get('dtype')!r}")
-    if meta["eos_id"] >= meta["vocab_size"]:
-        raise ValueError(f"{str(side)!r}: eos_id={meta['eos_id']} must be < "
-                         f"vocab_size={meta['vocab_size']}")
-    return meta
-
-
-def token_array(path: str | Path, token_dtype: str | None = None) -> np.ndarray:
-    """A memory-mapped 1-D token array from `.npy` or raw `.bin` (`token_dtype` elements,
-    uint16 when None)."""
+def token_array(path: str | Path, token_dtype: str = "uint16") -> np.ndarray:
+    """A memory-mapped 1-D token array from `.npy` or raw `.bin` (`token_dtype` elements)."""
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--data_path: no such file: {str(path)!r}")
     if path.suffix == ".npy":
-        arr = np.load(path, mmap_mode="r")
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"--data_path: {str(path)!r} is not a readable .npy file "
+                            f"({' '.join(str(exc).split())})") from None
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{str(path)!r}: a token .npy must be 1-D integers, got "
-                             f"{arr.shape=}, {arr.dtype=}")
+            raise DataError(f"--data_path: a token .npy must be 1-D integers, got {arr.shape=}, "
+                            f"{arr.dtype=} in {str(path)!r}")
         return arr
-    return np.memmap(path, dtype=np.dtype(token_dtype or "uint16"), mode="r")
+    itemsize = np.dtype(token_dtype).itemsize
+    size = path.stat().st_size
+    if size == 0 or size % itemsize:
+        raise DataError(f"--token_dtype: {str(path)!r} has {size} bytes, not a whole number "
+                        f"(> 0) of {token_dtype} tokens of {itemsize} bytes")
+    return np.memmap(path, dtype=np.dtype(token_dtype), mode="r")
 
 
-def token_corpus(path: str | Path, token_dtype: str | None, eos_id: int | None,
+def token_corpus(path: str | Path, token_dtype: str | None, separator_id: int | None,
                  vocab_size: int) -> tuple[np.ndarray, int | None, dict]:
-    """The token array of `path`, its separator (None: no document boundaries) and log info,
-    from the options and the sidecar (`token_sidecar`), which must agree."""
-    meta = token_sidecar(path)
-    side = f"{str(path)}.json"
-    if meta is not None:
+    """`(tokens, separator or None, info)` of a token file: its dtype and separator from the
+    options and from its `<file>.json` (`train.tokenize.read_sidecar`), which must agree."""
+    path = Path(path)
+    try:
+        meta = read_sidecar(path) or {}
+    except ValueError as exc:
+        raise DataError(f"--data_path: {exc}") from None
+    side = str(sidecar_path(path))
+    if meta.get("dtype") is not None and path.suffix != ".npy":
         if token_dtype is not None and token_dtype != meta["dtype"]:
-            raise ValueError(f"--token_dtype {token_dtype} contradicts dtype={meta['dtype']!r} "
-                             f"in {side!r}")
-        if eos_id is not None and eos_id != meta["eos_id"]:
-            raise ValueError(f"--eos_id {eos_id} contradicts eos_id={meta['eos_id']} in {side!r}")
-        if meta["vocab_size"] > vocab_size:
-            raise ValueError(f"{side!r} says vocab_size={meta['vocab_size']}, more than the "
-                             f"model's vocab_size={vocab_size}; raise --vocab_size")
-        token_dtype, eos_id = meta["dtype"], meta["eos_id"]
-    arr = token_array(path, token_dtype)
-    if meta is not None and str(arr.dtype) != meta["dtype"]:
-        raise ValueError(f"{str(path)!r} holds {arr.dtype} tokens but {side!r} says "
-                         f"dtype={meta['dtype']!r}")
-    if eos_id is not None and eos_id >= vocab_size:
-        raise ValueError(f"--eos_id {eos_id} must be < the model's vocab_size={vocab_size}")
+            raise DataError(f"--token_dtype: {side!r} says dtype {meta['dtype']!r}, got "
+                            f"{token_dtype!r}")
+        token_dtype = meta["dtype"]
+    if meta.get("separator_id") is not None:
+        if separator_id is not None and separator_id != meta["separator_id"]:
+            raise DataError(f"--separator_id: {side!r} says separator_id "
+                            f"{meta['separator_id']}, got {separator_id}")
+        separator_id = meta["separator_id"]
+    if meta.get("vocab_size") is not None and meta["vocab_size"] > vocab_size:
+        raise DataError(f"--vocab_size: {side!r} says the tokens come from a vocabulary of "
+                        f"{meta['vocab_size']}, more than the model's vocab_size={vocab_size}")
+    if separator_id is not None and separator_id >= vocab_size:
+        raise DataError(f"--separator_id: must be < the model's vocab_size={vocab_size}, got "
+                        f"{separator_id}")
+    arr = token_array(path, token_dtype or "uint16")
     info = {"path": str(path), "split": "tail",
-            "documents": "no boundaries" if eos_id is None else f"end with eos_id {eos_id}"}
-    if meta is not None:
+            "documents": ("no separator: no boundaries" if separator_id is None
+                          else f"separated by id {separator_id}")}
+    if meta:
         info["sidecar"] = side
-    return arr, eos_id, info
+    return arr, separator_id, info
+
+
+def check_token_range(arr: np.ndarray, vocab_size: int, chunk: int = 1 << 24):
+    """Raise `DataError` unless every token of `arr` is in `[0, vocab_size)` (read in chunks, so
+    a memory-mapped array is scanned without loading it whole)."""
+    for start in range(0, len(arr), chunk):
+        part = np.asarray(arr[start:start + chunk])
+        low, top = int(part.min()), int(part.max())
+        if low < 0 or top >= vocab_size:
+            raise DataError(f"--vocab_size: the data has token id {low if low < 0 else top}, "
+                            f"outside the model's vocabulary [0, {vocab_size}) (raise "
+                            f"--vocab_size, or check --data_path and --token_dtype)")
 
 
 def unigram_entropy(arr: np.ndarray, vocab_size: int, max_tokens: int = 50_000_000) -> float:
@@ -204,26 +242,28 @@ def unigram_entropy(arr: np.ndarray, vocab_size: int, max_tokens: int = 50_000_0
 
 
 def window_batch(arr: np.ndarray, rng: np.random.Generator, batch_size: int, seq_len: int,
-                 eos_id: int | None = None) -> Batch:
+                 separator: int | None = None) -> Batch:
     """`batch_size` random windows of `seq_len + 1` tokens: inputs, next-token targets.
 
-    With a separator `eos_id` the rows are packed documents (module docstring): `segment_ids`
-    count the separators before each input position, and the targets of separators (the next
-    document's first token) get weight 0.
+    With a `separator` the rows are packed documents (module docstring): `segment_ids` counts
+    the separators among the inputs up to each position; every target counts.
     """
     n = len(arr) - seq_len
     if n < 1:
         raise ValueError(f"a split of {len(arr)} tokens is too short for seq_len={seq_len}")
     starts = np.sort(rng.integers(0, n, batch_size))  # sorted: friendlier reads of a memmap
     w = np.stack([np.asarray(arr[s:s + seq_len + 1]) for s in starts]).astype(np.int32)
-    inputs = w[:, :-1]
-    if eos_id is None:
-        return {"inputs": inputs, "targets": w[:, 1:],
-                "weights": np.ones((batch_size, seq_len), np.float32)}
-    ends = inputs == eos_id
-    segment_ids = (np.cumsum(ends, axis=1, dtype=np.int32) - ends).astype(np.int32)
-    return {"inputs": inputs, "targets": w[:, 1:], "weights": (~ends).astype(np.float32),
-            "segment_ids": segment_ids}
+    batch = {"inputs": w[:, :-1], "targets": w[:, 1:],
+             "weights": np.ones((batch_size, seq_len), np.float32)}
+    if separator is not None:
+        batch["segment_ids"] = segment_ids_of(batch["inputs"], separator)
+    return batch
+
+
+def segment_ids_of(inputs: np.ndarray, separator: int) -> np.ndarray:
+    """`[B, T]` int32: the separators in `inputs [B, T]` up to each position (a separator opens
+    the next document; see the module docstring)."""
+    return np.cumsum(inputs == separator, axis=1, dtype=np.int32)
 
 
 def mqar_batch(rng: np.random.Generator, batch_size: int, seq_len: int, num_kv_pairs: int,
@@ -296,11 +336,8 @@ class Dataset:
         self.val_batches = [self._checked(make_val(val_rng)) for _ in range(eval_batches)]
 
     def _checked(self, batch: Batch) -> Batch:
-        top = int(batch["inputs"].max(initial=0))
-        top = max(top, int(batch["targets"].max(initial=0)))
-        if top >= self.vocab_size:
-            raise ValueError(f"data has token id {top} >= the model's vocab_size="
-                             f"{self.vocab_size}; raise --vocab_size")
+        for name in ("inputs", "targets"):
+            check_token_range(batch[name], self.vocab_size)
         return batch
 
     def train_batch(self, step: int) -> Batch:
@@ -314,24 +351,29 @@ def make_dataset(config) -> Dataset:
     common = dict(seed=config.seed, vocab_size=V, eval_batches=config.eval_batches)
     kind = config.data
     if kind in ("stdlib", "text", "tokens"):
-        if kind == "stdlib":
+        if kind in ("stdlib", "text") and config.tokenizer:
+            train, val, sep, info = tokenized_corpus(config, V)
+        elif kind == "stdlib":
             root = stdlib_root()
             train, val, info = split_files(root, stdlib_files(root), config.val_fraction)
-            info = {"root": str(root), **info, "documents": "one per file"}
-            eos = BYTE_EOS
+            info, sep = {"root": str(root), **info}, BYTE_SEPARATOR
         elif kind == "text":
             train, val, info = text_corpus(config.data_path, config.val_fraction)
-            eos = None if Path(config.data_path).is_file() else BYTE_EOS
+            sep = BYTE_SEPARATOR
         else:
-            arr, eos, info = token_corpus(config.data_path, config.token_dtype, config.eos_id, V)
+            arr, sep, info = token_corpus(config.data_path, config.token_dtype,
+                                          config.separator_id, V)
             train, val = split_tail(arr, config.val_fraction)
+        if kind != "tokens":
+            info["documents"] = f"one per file, separated by id {sep}"
         info.update(train_tokens=int(len(train)), val_tokens=int(len(val)))
         for name, split in (("train", train), ("validation", val)):
             if len(split) <= T:
-                raise ValueError(f"the {name} split has {len(split)} tokens, fewer than "
-                                 f"seq_len + 1 = {T + 1}; lower --seq_len or add data")
-        return Dataset(kind, lambda rng: window_batch(train, rng, B, T, eos),
-                       make_val=lambda rng: window_batch(val, rng, B, T, eos),
+                raise DataError(f"--seq_len: the {name} split has {len(split)} tokens, fewer "
+                                f"than seq_len + 1 = {T + 1} (lower --seq_len or add data)")
+            check_token_range(split, V)  # every token, not only those the batches happen to hit
+        return Dataset(kind, lambda rng: window_batch(train, rng, B, T, sep),
+                       make_val=lambda rng: window_batch(val, rng, B, T, sep),
                        entropy=unigram_entropy(train, max(V, 256)), info=info, **common)
     if kind == "mqar":
         mv = config.mqar_vocab_size or V
@@ -345,6 +387,40 @@ def make_dataset(config) -> Dataset:
         return Dataset(kind, lambda rng: random_batch(rng, B, T, V), entropy=math.log(V),
                        info={"vocab_size": V}, **common)
     raise ValueError(f"unknown data kind {kind!r}")
+
+
+def tokenized_corpus(config, vocab_size: int) -> tuple[np.ndarray, np.ndarray, int, dict]:
+    """--data text / stdlib through `--tokenizer`: the files (split by path hash as for bytes,
+    or a single file's tail) as documents, each followed by the tokenizer's EOS; `(train, val,
+    separator, info)`."""
+    from jaxla.tokenizer import check_vocab, load_tokenizer
+    from train.tokenize import encode_documents, read_documents, separator_of
+
+    tokenizer = load_tokenizer(config.tokenizer)
+    check_vocab(tokenizer, vocab_size)
+    sep = separator_of(tokenizer)
+
+    def encode(files):
+        return encode_documents(tokenizer, read_documents(files), sep)[0].astype(np.int32)
+
+    root = stdlib_root() if config.data == "stdlib" else Path(config.data_path)
+    if root.is_file():
+        train, val = split_tail(encode([root]), config.val_fraction)
+        return train, val, sep, {"files": 1, "split": "tail", "tokenizer": tokenizer.name}
+    if not root.is_dir():
+        raise DataError(f"--data_path: no such file or folder: {str(root)!r}")
+    files = (stdlib_files(root) if config.data == "stdlib"
+             else sorted(p for p in root.rglob("*") if p.is_file() and why_not_text(p) is None))
+    if not files:
+        raise DataError(f"--data_path: no text files under {str(root)!r}")
+    val_files = [p for p in files if is_val_file(p.relative_to(root).as_posix(),
+                                                 config.val_fraction)]
+    train_files = [p for p in files if p not in set(val_files)]
+    info = {"files": len(files), "tokenizer": tokenizer.name}
+    if not train_files or not val_files:
+        train, val = split_tail(encode(files), config.val_fraction)
+        return train, val, sep, {**info, "split": "tail"}
+    return encode(train_files), encode(val_files), sep, {**info, "split": "file hash"}
 
 
 class Prefetcher:

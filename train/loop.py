@@ -1,11 +1,23 @@
 """The training program: set up the run, compile the step ahead of time, loop, evaluate, save.
 
 `main(argv)` is `python -m train`; `train(config)` runs a resolved `TrainConfig` and returns a
-result dict (per-step losses, evaluations, summary) for tests and scripts.
+result dict (per-step losses, evaluations, summary) for tests and scripts. It reads top-down in
+three pieces:
+
+* `set_up`: check the run folder, build the mesh and the data, restore the newest intact
+  checkpoint (or initialise), compile the train and eval steps: a `Run`.
+* `run_steps`: the step loop. Each step's metrics are fetched one step late (`OneStepBehind`),
+  so the device always has the next step queued; before a step is evaluated or saved its metrics
+  are fetched and the divergence guard (`train.guard`) has passed it.
+* `summarize`: summary.json, the plot and the closing lines.
+
+Bad options, data or run folders raise `ConfigError`, `DataError` or `CheckpointError` (one
+line each; `main` exits with status 2); a diverged run raises `TrainingDiverged` (status 1).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -13,6 +25,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -22,9 +35,17 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from train import metrics as M
-from train.checkpoint import Checkpointer
-from train.config import TrainConfig, parse_args
-from train.data import Prefetcher, make_dataset
+from train.checkpoint import Checkpointer, CheckpointError
+from train.config import (
+    PROG,
+    ConfigError,
+    TrainConfig,
+    check_run_dir_exists,
+    model_differences,
+    parse_args,
+)
+from train.data import DataError, Dataset, Prefetcher, make_dataset
+from train.guard import DivergenceGuard, TrainingDiverged
 from train.sharding import batch_sharding, make_mesh, state_shardings
 from train.step import (
     build_model,
@@ -40,17 +61,9 @@ from train.step import (
 
 RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", "summary.json")
 
-
-class TrainingDiverged(RuntimeError):
-    """A step produced a NaN/Inf loss or gradient norm; nothing after the last good checkpoint
-    was saved."""
-
-    def __init__(self, step: int, loss: float, grad_norm: float, last_good: int | None):
-        self.step, self.loss, self.grad_norm, self.last_good = step, loss, grad_norm, last_good
-        where = (f"the last good checkpoint is step {last_good}" if last_good is not None
-                 else "no checkpoint was written")
-        super().__init__(f"step {step}: loss {loss}, gradient norm {grad_norm}: training "
-                         f"diverged and stopped before saving this state; {where}")
+# `on_step(step, metrics) -> metrics`: called with each step's (not yet fetched) metrics right
+# after the step is queued. Tests inject faults with it (a NaN or a spike in the loss, a kill).
+StepHook = Callable[[int, dict], dict]
 
 
 def _mib(n) -> str:
@@ -81,16 +94,6 @@ def _flops_per_token(model_config, seq_len: int) -> tuple[float, str]:
         return float(six_n(model_config)), "6N"
 
 
-def _prepare_run_dir(config: TrainConfig) -> Path:
-    run_dir = config.run_path
-    if config.overwrite and run_dir.exists():
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def _copy_to_out(run_dir: Path, name: str):
     """Copy the small run files to $OUT/<name>/ when OUT is set (device runs)."""
     out = os.environ.get("OUT")
@@ -103,41 +106,63 @@ def _copy_to_out(run_dir: Path, name: str):
             shutil.copy2(run_dir / fname, dest / fname)
 
 
-def train(config: TrainConfig, *, echo=print) -> dict:
-    """Run training as `config` says; see the module docstring of `train` for the files."""
-    t_start = time.perf_counter()
-    run_dir = _prepare_run_dir(config)
-    ckpt = Checkpointer(run_dir, keep=config.keep) if config.checkpoint or config.resume else None
-    latest = ckpt.latest_step() if ckpt is not None else None
-    if latest is not None and not config.resume:
-        raise SystemExit(f"{run_dir} has checkpoints up to step {latest}: pass --resume to "
-                         f"continue it, --overwrite to start afresh, or another --name")
-    if config.resume and latest is None:
-        echo(f"--resume: no checkpoint in {run_dir}, starting from step 0")
+def train(config: TrainConfig, *, echo=print, on_step: StepHook | None = None) -> dict:
+    """Run training as `config` says; see the module docstring for the pieces and the errors."""
+    run = set_up(config, echo)
+    try:
+        steps = run_steps(run, on_step)
+    except TrainingDiverged:
+        _finish_files(run)
+        raise
+    finally:
+        if run.ckpt is not None:
+            run.ckpt.close()
+    return summarize(run, steps, echo)
 
-    mcfg = config.model
-    mesh = make_mesh(config.num_devices, config.mesh_data, config.mesh_fsdp)
-    n_dev = mesh.size
-    if config.batch_size % n_dev:
-        raise ValueError(f"batch_size={config.batch_size} must be divisible by the {n_dev} "
-                         f"devices of the mesh (data x fsdp)")
-    backend = jax.default_backend()
+
+# --------------------------------------------------------------------------------------------
+# Set-up.
+
+
+@dataclasses.dataclass
+class Run:
+    """A run, set up and compiled: what the step loop and the summary need."""
+
+    config: TrainConfig
+    run_dir: Path
+    mesh: jax.sharding.Mesh
+    dataset: Dataset
+    ckpt: Checkpointer | None
+    log: M.JsonlLog
+    state: dict  # the train state after step `start` (donated to the first step)
+    start: int  # the last step already done: 0, or the restored checkpoint's step
+    train_step: Callable  # compiled: (state, batch) -> (state, metrics)
+    eval_step: Callable  # compiled: (params, batch) -> (sum CE, sum weights, sum hits)
+    val_batches: list
+    batch_sharding: NamedSharding
+    throughput: M.Throughput
+    peak: float | None  # the device's peak FLOP/s (None: unknown, no MFU)
+    n_params: int
+    flops_per_token: float
+    flops_source: str
+    compile_s: float
+    t_start: float
+
+
+def set_up(config: TrainConfig, echo=print) -> Run:
+    """Check the run folder, build mesh and data, restore or initialise the state, compile."""
+    t_start = time.perf_counter()
+    run_dir = config.run_path
+    _check_run_dir(config)
+    mesh = _make_mesh(config)
     kind = M.device_kind()
     echo(f"jaxla train: {run_dir}")
-    echo(f"  jax {jax.__version__}, {backend}, {n_dev} x {kind}, mesh data={mesh.shape['data']} "
-         f"x fsdp={mesh.shape['fsdp']}")
+    echo(f"  jax {jax.__version__}, {jax.default_backend()}, {mesh.size} x {kind}, mesh "
+         f"data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}")
+    dataset = _make_dataset(config, echo)
 
-    t0 = time.perf_counter()
-    dataset = make_dataset(config)
-    info = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
-                     for k, v in dataset.info.items())
-    echo(f"  data: {config.data} ({info}) in {time.perf_counter() - t0:.1f} s")
-    if dataset.entropy is not None:
-        echo(f"  unigram entropy of the training tokens: {dataset.entropy:.4f} nats "
-             f"({dataset.entropy / math.log(2):.3f} bits) per token")
-
+    mcfg = config.model
     tx = make_optimizer(config)
-    schedule = lr_schedule(config)
     abstract_model = nnx.eval_shape(lambda: build_model(mcfg, config.seed))
     graphdef, _, _ = split_model(abstract_model)
     constants = model_constants(mcfg, config.seed)
@@ -157,37 +182,127 @@ def train(config: TrainConfig, *, echo=print) -> dict:
     echo(f"  {flops_per_token / 1e6:,.2f} MFLOP per trained token ({flops_source}); peak "
          f"{'n/a (MFU n/a on ' + kind + ')' if peak is None else f'{peak / 1e12:.1f} TFLOP/s'}")
 
+    _prepare_run_dir(config)
+    ckpt = Checkpointer(run_dir, keep=config.keep) if config.checkpoint or config.resume else None
     init_fn = functools.partial(init_state, mcfg, tx, config.seed)
-    abstract_state = jax.eval_shape(init_fn)
-    state_sh = state_shardings(mesh, abstract_state)
-    batch_sh = batch_sharding(mesh)
-    replicated = NamedSharding(mesh, P())
-    start = 0
-    if config.resume and latest is not None:
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              abstract_state, state_sh)
-        with jax.set_mesh(mesh):
-            state, meta = ckpt.restore(latest, target)
-        saved_model = meta.get("config", {}).get("model")
-        if saved_model is not None and saved_model != config.to_dict()["model"]:
-            raise SystemExit("the checkpoint's model config differs from this one; resume "
-                             "with the saved config.json (drop the model overrides)")
-        start = int(meta["step"])
-        echo(f"  resumed from {ckpt.directory / str(latest)} at step {start}")
-    else:
-        t0 = time.perf_counter()
-        state = jax.device_put(run_on_host(init_fn), state_sh)
-        echo(f"  initialised the model and optimizer state in {time.perf_counter() - t0:.1f} s")
+    state_sh = state_shardings(mesh, jax.eval_shape(init_fn))
+    try:
+        state, start = _restore_or_init(config, ckpt, mesh, init_fn, state_sh, echo)
+    except BaseException:
+        if ckpt is not None:
+            ckpt.close()
+        raise
     (run_dir / "config.json").write_text(config.to_json() + "\n")
+    if config.tokenizer and Path(config.tokenizer).resolve() != (run_dir / "tokenizer.json"
+                                                                 ).resolve():
+        shutil.copyfile(config.tokenizer, run_dir / "tokenizer.json")  # for jaxla.generate
     log = M.JsonlLog(run_dir / "metrics.jsonl")
     log.truncate_after(start)
 
-    # Compile ahead of time.
+    batch_sh = batch_sharding(mesh)
+    train_step, eval_step, compile_s = _compile(config, mesh, state, state_sh, batch_sh,
+                                                dataset.val_batches[0], graphdef, constants,
+                                                tx, echo)
+    with jax.set_mesh(mesh):
+        val_batches = [jax.device_put(b, batch_sh) for b in dataset.val_batches]
+    throughput = M.Throughput(config.tokens_per_step, flops_per_token, peak, mesh.size,
+                              config.timing_warmup)
+    return Run(config=config, run_dir=run_dir, mesh=mesh, dataset=dataset, ckpt=ckpt, log=log,
+               state=state, start=start, train_step=train_step, eval_step=eval_step,
+               val_batches=val_batches, batch_sharding=batch_sh, throughput=throughput,
+               peak=peak, n_params=n_params, flops_per_token=flops_per_token,
+               flops_source=flops_source, compile_s=compile_s, t_start=t_start)
+
+
+def _check_run_dir(config: TrainConfig):
+    """A resumed run's folder must exist; a new run must not silently continue or overwrite
+    an existing run's checkpoints."""
+    run_dir = config.run_path
+    if config.resume:
+        check_run_dir_exists(run_dir)
+    if config.resume or config.overwrite or not (run_dir / "checkpoints").is_dir():
+        return
+    ckpt = Checkpointer(run_dir)
+    steps = ckpt.all_steps()
+    ckpt.close()
+    if steps:
+        raise ConfigError(f"--resume: {run_dir} has checkpoints up to step {steps[-1]}; pass "
+                          f"--resume to continue it, --overwrite to start afresh, or another "
+                          f"--name or --run_dir")
+
+
+def _prepare_run_dir(config: TrainConfig):
+    run_dir = config.run_path
+    if config.overwrite and run_dir.exists():
+        for name in ("checkpoints", "damaged_checkpoints"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _make_mesh(config: TrainConfig) -> jax.sharding.Mesh:
+    try:
+        mesh = make_mesh(config.num_devices, config.mesh_data, config.mesh_fsdp)
+    except ValueError as exc:
+        option = "--num_devices" if "num_devices" in str(exc) else "--mesh_fsdp"
+        raise ConfigError(f"{option}: {exc}") from None
+    if config.batch_size % mesh.size:
+        raise ConfigError(f"--batch_size: must be divisible by the {mesh.size} devices of the "
+                          f"mesh (data x fsdp), got {config.batch_size}")
+    return mesh
+
+
+def _make_dataset(config: TrainConfig, echo) -> Dataset:
+    t0 = time.perf_counter()
+    dataset = make_dataset(config)
+    info = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                     for k, v in dataset.info.items())
+    echo(f"  data: {config.data} ({info}) in {time.perf_counter() - t0:.1f} s")
+    if dataset.entropy is not None:
+        echo(f"  unigram entropy of the training tokens: {dataset.entropy:.4f} nats "
+             f"({dataset.entropy / math.log(2):.3f} bits) per token")
+    return dataset
+
+
+def _restore_or_init(config, ckpt, mesh, init_fn, state_sh, echo) -> tuple[dict, int]:
+    """`(state, start)`: the newest intact checkpoint's state and step when resuming (damaged
+    newer ones are reported and set aside), else a fresh state and 0."""
+    step = ckpt.resume_step(report=lambda line: echo(f"  {line}")) if config.resume else None
+    if config.resume and step is None:
+        echo(f"  --resume: no checkpoint in {config.run_path}, starting from step 0")
+    if step is None:
+        t0 = time.perf_counter()
+        state = jax.device_put(run_on_host(init_fn), state_sh)
+        echo(f"  initialised the model and optimizer state in {time.perf_counter() - t0:.1f} s")
+        return state, 0
+    meta = ckpt.read_meta(step)
+    saved_model = meta.get("config", {}).get("model")
+    if saved_model is not None:
+        diff = model_differences(saved_model, config.to_dict()["model"])
+        if diff:
+            raise ConfigError(f"--resume: checkpoint step {step} holds another model "
+                              f"({'; '.join(diff)}); drop the model options that differ, or "
+                              f"start a new run with another --run_dir")
+    abstract = jax.eval_shape(init_fn)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, state_sh)
+    with jax.set_mesh(mesh):
+        state = ckpt.restore(step, target)
+    echo(f"  resumed from {ckpt.step_dir(step)} at step {step}")
+    return state, int(meta["step"])
+
+
+def _compile(config, mesh, state, state_sh, batch_sh, example_batch, graphdef, constants, tx,
+             echo):
+    """The train and eval steps compiled ahead of time for batches laid out as `example_batch`,
+    and the train step's compile seconds."""
     B, T = config.batch_size, config.seq_len
     # The dataset's batch layout: inputs, targets, weights (and segment_ids for packed rows).
-    batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
-                      for k, v in dataset.val_batches[0].items()}
-    step_fn = jax.jit(make_train_step(graphdef, constants, tx, schedule, config.nan_at_step),
+    batch_abstract = {k: jax.ShapeDtypeStruct((B, T), v.dtype, sharding=batch_sh)
+                      for k, v in example_batch.items()}
+    replicated = NamedSharding(mesh, P())
+    step_fn = jax.jit(make_train_step(graphdef, constants, tx, lr_schedule(config)),
                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
                       donate_argnums=0)
     eval_fn = jax.jit(make_eval_step(graphdef, constants),
@@ -200,151 +315,217 @@ def train(config: TrainConfig, *, echo=print) -> dict:
         t0 = time.perf_counter()
         compiled_eval = eval_fn.lower(state["params"], batch_abstract).compile()
         echo(f"  compiled the eval step in {time.perf_counter() - t0:.1f} s")
-        val_batches = [jax.device_put(b, batch_sh) for b in dataset.val_batches]
+    return compiled, compiled_eval, compile_s
 
-    last = config.steps if config.stop_after is None else min(config.steps, config.stop_after)
-    thr = M.Throughput(config.tokens_per_step, flops_per_token, peak, n_dev, config.timing_warmup)
-    progress = M.Progress(config.progress, config.steps, start)
-    losses: dict[int, float] = {}
-    evals: list[dict] = []
-    window: list[float] = []
-    saved: list[int] = []
-    last_good = latest if config.resume else None
-    pending = None
-    t_loop = time.perf_counter()
 
-    def evaluate(step: int, params) -> dict:
-        sums = np.zeros(3)
-        for b in val_batches:
-            sums += np.asarray(jax.device_get(compiled_eval(params, b)), np.float64)
-        record = {"event": "eval", "step": step, "val_loss": float(sums[0] / max(sums[1], 1.0))}
-        if dataset.has_accuracy:
-            record["val_accuracy"] = float(sums[2] / max(sums[1], 1.0))
-        return record
+# --------------------------------------------------------------------------------------------
+# The step loop.
 
-    def finish_step(step: int, metrics):
+
+class OneStepBehind:
+    """Hands each step's metrics to `consume(step, metrics)` one step late: fetching them waits
+    for that step to finish, which then overlaps the next step, already queued on the device.
+    `flush()` hands over the pending step now (before an evaluation or a save)."""
+
+    def __init__(self, consume: Callable[[int, dict], None]):
+        self._consume = consume
+        self._pending: tuple[int, dict] | None = None
+
+    def push(self, step: int, metrics: dict):
+        previous, self._pending = self._pending, (step, metrics)
+        if previous is not None:
+            self._consume(*previous)
+
+    def flush(self):
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._consume(*pending)
+
+
+@dataclasses.dataclass
+class Steps:
+    """What the loop did: losses by step, evaluation records, checkpointed steps, seconds."""
+
+    losses: dict[int, float]
+    evals: list[dict]
+    saved: list[int]
+    loop_s: float
+
+
+class StepRecorder:
+    """The host side of a finished step: guard, throughput, progress, the log."""
+
+    def __init__(self, run: Run, progress: M.Progress):
+        self.run, self.progress = run, progress
+        self.guard = DivergenceGuard(run.config.spike_factor, run.config.spike_window)
+        self.losses: dict[int, float] = {}
+        self.window: list[float] = []  # losses since the last log record
+        self.last_good = run.start or None  # the restored checkpoint, if any
+        self.t_loop = time.perf_counter()
+
+    def record(self, step: int, metrics: dict):
+        run, config = self.run, self.run.config
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        thr.step_done(step, start + 1)
-        if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
-            log.write({"event": "diverged", "step": step, "loss": m["loss"],
-                       "grad_norm": m["grad_norm"]})
-            raise TrainingDiverged(step, m["loss"], m["grad_norm"], last_good)
-        losses[step] = m["loss"]
-        window.append(m["loss"])
-        is_log = step % config.log_every == 0 or step == last
-        rates = thr.rates(config.log_every)
+        run.throughput.step_done(step, run.start + 1)
+        why = self.guard.check(m["loss"], m["grad_norm"])
+        if why is not None:
+            run.log.write({"event": "diverged", "step": step, "loss": m["loss"],
+                           "grad_norm": m["grad_norm"], "reason": why})
+            good = self.last_good
+            path = None if good is None or run.ckpt is None else str(run.ckpt.step_dir(good))
+            raise TrainingDiverged(step, why, good, path)
+        self.losses[step] = m["loss"]
+        self.window.append(m["loss"])
+        is_log = step % config.log_every == 0 or step == config.steps
+        rates = run.throughput.rates(config.log_every)
         postfix = {"loss": f"{m['loss']:.4f}", "tok/s": M.fmt(rates["tokens_per_s"], ",.0f")}
-        if peak is not None:
+        if run.peak is not None:
             postfix["MFU"] = "n/a" if rates["mfu"] is None else f"{100 * rates['mfu']:.1f}%"
         else:
             postfix["TFLOP/s"] = M.fmt(rates["tflops_per_device"], ".3g")
-        if dataset.has_accuracy:
+        if run.dataset.has_accuracy:
             postfix["acc"] = f"{m['accuracy']:.3f}"
-        progress.update(step, postfix, line=is_log)
+        self.progress.update(step, postfix, line=is_log)
         if is_log:
             record = {"event": "train", "step": step, "loss": m["loss"],
-                      "loss_avg": float(np.mean(window)), "grad_norm": m["grad_norm"],
+                      "loss_avg": float(np.mean(self.window)), "grad_norm": m["grad_norm"],
                       "lr": m["lr"], **{k: v for k, v in rates.items() if k != "timed_steps"},
-                      "elapsed_s": time.perf_counter() - t_loop}
-            if dataset.has_accuracy:
+                      "elapsed_s": time.perf_counter() - self.t_loop}
+            if run.dataset.has_accuracy:
                 record["accuracy"] = m["accuracy"]
-            log.write(record)
-            window.clear()
+            run.log.write(record)
+            self.window.clear()
 
-    prefetch = Prefetcher(dataset, start + 1, last, lambda b: jax.device_put(b, batch_sh))
-    thr.pause()
+
+def evaluate(run: Run, step: int, params) -> dict:
+    """The loss (and MQAR accuracy) over the fixed validation batches."""
+    sums = np.zeros(3)
+    for b in run.val_batches:
+        sums += np.asarray(jax.device_get(run.eval_step(params, b)), np.float64)
+    record = {"event": "eval", "step": step, "val_loss": float(sums[0] / max(sums[1], 1.0))}
+    if run.dataset.has_accuracy:
+        record["val_accuracy"] = float(sums[2] / max(sums[1], 1.0))
+    return record
+
+
+def run_steps(run: Run, on_step: StepHook | None = None) -> Steps:
+    """Steps `run.start + 1 .. config.steps`: train, evaluate every `eval_every` steps and at
+    the end, save every `save_every` steps and at the end. Leaves the final state in
+    `run.state`; raises `TrainingDiverged` before evaluating or saving a diverged step."""
+    config = run.config
+    progress = M.Progress(config.progress, config.steps, run.start)
+    recorder = StepRecorder(run, progress)
+    behind = OneStepBehind(recorder.record)
+    evals, saved = [], []
+    state = run.state
+    prefetch = Prefetcher(run.dataset, run.start + 1, config.steps,
+                          lambda b: jax.device_put(b, run.batch_sharding))
+    run.throughput.pause()
     try:
-        with jax.set_mesh(mesh):
-            for step in range(start + 1, last + 1):
+        with jax.set_mesh(run.mesh):
+            for step in range(run.start + 1, config.steps + 1):
                 got, batch = next(prefetch)
                 assert got == step, (got, step)
-                state, metrics = compiled(state, batch)
-                if pending is not None:
-                    finish_step(*pending)
-                pending = (step, metrics)
-                do_eval = step % config.eval_every == 0 or step == config.steps
-                do_save = ckpt is not None and config.checkpoint and (
-                    step == config.steps or (config.save_every and step % config.save_every == 0))
-                if do_eval or do_save or step == last:
-                    finish_step(*pending)  # checks the loss before anything is saved
-                    pending = None
-                    if do_eval:
-                        record = evaluate(step, state["params"])
-                        evals.append(record)
-                        log.write(record)
-                        acc = record.get("val_accuracy")
-                        progress.write(f"step {step}: val loss {record['val_loss']:.4f}"
-                                       + (f", val accuracy {acc:.3f}" if acc is not None else ""))
-                    if do_save:
-                        meta = {"step": step, "data": {"kind": config.data, "seed": config.seed,
-                                                       "next_step": step + 1},
-                                "config": config.to_dict()}
-                        path = ckpt.save(step, state, meta)
-                        saved.append(step)
-                        last_good = step
-                        progress.write(f"step {step}: saved {path}")
-                    thr.pause()
-    except TrainingDiverged as exc:
-        progress.close()
-        echo(f"ERROR: {exc}")
-        _finish_files(config, run_dir, log, dataset)
-        raise
+                state, metrics = run.train_step(state, batch)
+                if on_step is not None:
+                    metrics = on_step(step, metrics)
+                behind.push(step, metrics)
+                last = step == config.steps
+                do_eval = step % config.eval_every == 0 or last
+                do_save = run.ckpt is not None and config.checkpoint and (
+                    last or (config.save_every and step % config.save_every == 0))
+                if not (do_eval or do_save or last):
+                    continue
+                behind.flush()  # the guard passes this step before it is evaluated or saved
+                if do_eval:
+                    record = evaluate(run, step, state["params"])
+                    evals.append(record)
+                    run.log.write(record)
+                    acc = record.get("val_accuracy")
+                    progress.write(f"step {step}: val loss {record['val_loss']:.4f}"
+                                   + (f", val accuracy {acc:.3f}" if acc is not None else ""))
+                if do_save:
+                    meta = {"step": step, "data": {"kind": config.data, "seed": config.seed,
+                                                   "next_step": step + 1},
+                            "config": config.to_dict()}
+                    path = run.ckpt.save(step, state, meta)
+                    saved.append(step)
+                    recorder.last_good = step
+                    progress.write(f"step {step}: saved {path}")
+                run.throughput.pause()
     finally:
         prefetch.close()
         progress.close()
-        if ckpt is not None:
-            ckpt.close()
-    loop_s = time.perf_counter() - t_loop
+    run.state = state
+    return Steps(losses=recorder.losses, evals=evals, saved=saved,
+                 loop_s=time.perf_counter() - recorder.t_loop)
 
-    rates = thr.rates()
+
+# --------------------------------------------------------------------------------------------
+# The summary.
+
+
+def summarize(run: Run, steps: Steps, echo=print) -> dict:
+    """Write summary.json and the plot, print the closing lines, return the result dict."""
+    config, dataset = run.config, run.dataset
+    rates = run.throughput.rates()
     peak_mem = M.peak_memory_bytes()
-    final_eval = evals[-1] if evals else None
+    final_eval = steps.evals[-1] if steps.evals else None
+    n_dev, kind = run.mesh.size, M.device_kind()
+    B, T = config.batch_size, config.seq_len
     summary = {
-        "run_dir": str(run_dir), "preset": config.preset, "data": config.data,
+        "run_dir": str(run.run_dir), "preset": config.preset, "data": config.data,
         "device": kind, "num_devices": n_dev, "batch_size": B, "seq_len": T,
-        "steps_run": len(losses), "last_step": last, "params": n_params,
-        "flops_per_token": flops_per_token, "flops_source": flops_source,
-        "six_n_flops_per_token": 6 * n_params, **rates,
-        "mfu_6n": (None if rates["tokens_per_s"] is None or peak is None
-                   else 6 * n_params * rates["tokens_per_s"] / (n_dev * peak)),
-        "peak_memory_bytes": peak_mem, "compile_s": compile_s, "train_loop_s": loop_s,
-        "total_s": time.perf_counter() - t_start,
-        "final_loss": losses[max(losses)] if losses else None,
+        "steps_run": len(steps.losses), "last_step": config.steps, "params": run.n_params,
+        "flops_per_token": run.flops_per_token, "flops_source": run.flops_source,
+        "six_n_flops_per_token": 6 * run.n_params, **rates,
+        "mfu_6n": (None if rates["tokens_per_s"] is None or run.peak is None
+                   else 6 * run.n_params * rates["tokens_per_s"] / (n_dev * run.peak)),
+        "peak_memory_bytes": peak_mem, "compile_s": run.compile_s, "train_loop_s": steps.loop_s,
+        "total_s": time.perf_counter() - run.t_start,
+        "final_loss": steps.losses[max(steps.losses)] if steps.losses else None,
         "final_val_loss": None if final_eval is None else final_eval["val_loss"],
         "final_val_accuracy": None if final_eval is None else final_eval.get("val_accuracy"),
-        "unigram_entropy": dataset.entropy, "checkpoints": saved,
+        "unigram_entropy": dataset.entropy, "checkpoints": steps.saved,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _finish_files(config, run_dir, log, dataset)
+    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _finish_files(run)
     mem = "n/a" if peak_mem is None else f"{peak_mem / M.GiB:.2f} GiB"
     val = "" if final_eval is None else f", val loss {final_eval['val_loss']:.4f}"
     if final_eval is not None and "val_accuracy" in final_eval:
         val += f", val accuracy {final_eval['val_accuracy']:.3f}"
     if dataset.entropy is not None and final_eval is not None:
         val += f" (unigram entropy {dataset.entropy:.4f})"
-    echo(f"trained steps {start + 1}-{last} in {loop_s:.1f} s (compile {compile_s:.1f} s, "
-         f"total {summary['total_s']:.1f} s){val}")
+    echo(f"trained steps {run.start + 1}-{config.steps} in {steps.loop_s:.1f} s (compile "
+         f"{run.compile_s:.1f} s, total {summary['total_s']:.1f} s){val}")
     echo(f"summary: {config.preset} B={B} T={T} on {n_dev} x {kind}: {M.fmt_rate(rates)} "
          f"(after {config.timing_warmup} warm-up steps, {rates['timed_steps']} timed), peak "
          f"memory {mem}, final loss {M.fmt(summary['final_loss'], '.4f')}")
-    return {"losses": losses, "evals": evals, "summary": summary, "run_dir": run_dir,
-            "state": state}
+    return {"losses": steps.losses, "evals": steps.evals, "summary": summary,
+            "run_dir": run.run_dir, "state": run.state}
 
 
-def _finish_files(config: TrainConfig, run_dir: Path, log: M.JsonlLog, dataset):
+def _finish_files(run: Run):
+    config = run.config
     if config.plot:
-        path = M.plot_curves(log.read(), run_dir / "curves.png", entropy=dataset.entropy,
+        path = M.plot_curves(run.log.read(), run.run_dir / "curves.png",
+                             entropy=run.dataset.entropy,
                              title=f"{config.run_name}: {config.preset} on {config.data}")
         if path is None:
-            (run_dir / "curves.png").unlink(missing_ok=True)
-    _copy_to_out(run_dir, config.run_name)
+            (run.run_dir / "curves.png").unlink(missing_ok=True)
+    _copy_to_out(run.run_dir, config.run_name)
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+    """`python -m train ARGS`. Exit status 0: the run finished; 1: it diverged (the line says
+    which checkpoint is good); 2: a bad option, data or run folder, said in one line."""
     try:
-        train(config)
-    except TrainingDiverged:
+        train(parse_args(argv))
+    except (ConfigError, DataError, CheckpointError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     return 0
 

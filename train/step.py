@@ -4,9 +4,8 @@ The train state is a dict pytree `{"step": int32 [], "params": nnx.State, "opt_s
 state, "rng": uint32 [2]}`; it is donated to the step, which returns the next one and its
 metrics. Loss: next-token cross-entropy in float32, averaged over the positions whose weight is
 1 (all of them for language modelling, the query positions for MQAR). A batch with
-`segment_ids` holds packed documents: the model gets them (each document computed alone), and
-the data has already given weight 0 to every target that crosses into the next document
-(train/data.py).
+`segment_ids` holds packed documents: the model gets them and computes each document alone
+(what a separator at a boundary predicts, and is predicted from: train/data.py).
 """
 
 from __future__ import annotations
@@ -108,7 +107,7 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array):
 
 
 def make_train_step(graphdef, constants: nnx.State, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, nan_at_step: int | None = None):
+                    schedule: optax.Schedule):
     """`train_step(state, batch) -> (state, metrics)`, to be jitted with the state donated."""
 
     def loss_fn(params, batch):
@@ -122,10 +121,6 @@ def make_train_step(graphdef, constants: nnx.State, tx: optax.GradientTransforma
         step = state["step"] + 1  # the 1-based number of this update
         (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"],
                                                                             batch)
-        if nan_at_step is not None:  # testing hook: poison this step as a diverged one would be
-            poison = jnp.where(step == nan_at_step, jnp.nan, 1.0)
-            loss = loss * poison
-            grads = jax.tree.map(lambda g: g * poison.astype(g.dtype), grads)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)

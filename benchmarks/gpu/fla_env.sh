@@ -1,10 +1,11 @@
-# Sourced by the GPU scripts: FLA on PYTHONPATH and FLA's Triton autotuning results carried
-# between calls. FLA's wheel lies under .carry/fla; its tuning (minutes on a fresh machine, as
+# Sourced by the GPU scripts: the anchors' wheels (FLA, jax-linear-attention) on PYTHONPATH and
+# FLA's Triton autotuning results carried between calls. The wheels lie under .carry/anchors
+# (../shared/tools/get-anchor-wheels.sh .carry/anchors); FLA's tuning (minutes on a fresh machine:
 # FLA caches results in Triton's cache as small *.autotune.json files) is restored from
 # .carry/triton_autotune.tgz when present, and `save_autotune` writes it to $OUT to carry next time.
-mkdir -p /tmp/fla
-python3 -c "import glob, zipfile; [zipfile.ZipFile(w).extractall('/tmp/fla') for w in glob.glob('.carry/fla/*.whl')]"
-export PYTHONPATH=/tmp/fla:. PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/triton_cache
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .carry/anchors/*.whl \
+  >/dev/null 2>&1 || echo "anchor wheels not installed (none under .carry/anchors?)"
+export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/triton_cache
 mkdir -p "$TRITON_CACHE_DIR"
 [ -f .carry/triton_autotune.tgz ] && tar xzf .carry/triton_autotune.tgz -C "$TRITON_CACHE_DIR"
 save_autotune() {

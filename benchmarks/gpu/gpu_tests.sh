@@ -5,7 +5,7 @@
 # ends, a summary line per file last. Tests that fail in the shared run are run again one at a time
 # with the GPU to themselves (a neighbour's memory can starve a test); both outcomes are printed.
 #   bash benchmarks/gpu/gpu_tests.sh   (on the GPU, OUT set; FLA's wheel under .carry/fla)
-# Env: FILES (test files or node ids, default the four kernel files), WORKERS (default 6),
+# Env: FILES (test files, folders or node ids, default tests/ops tests/kernels), WORKERS (6),
 # TOTAL_S (570).
 set -u
 OUT=${OUT:-/tmp/out}
@@ -13,14 +13,13 @@ mkdir -p "$OUT"
 source benchmarks/gpu/fla_env.sh
 # Several processes share one GPU: none may preallocate, none may keep what it freed.
 export JAXLA_TEST_GPU=1 XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_ALLOCATOR=platform
-FILES=${FILES:-tests/kernels/test_gla_kernel.py tests/kernels/test_simple_gla_kernel.py \
-tests/kernels/test_selective_scan_kernel.py tests/kernels/test_selective_scan_chunks.py}
+FILES=${FILES:-tests/ops tests/kernels}
 log="$OUT/gpu_tests.log"
 timeout "${TOTAL_S:-570}" python3 -m pytest -v --tb=short -p no:cacheprovider -m gpu \
   -n "${WORKERS:-6}" $FILES > "$log" 2>&1
 echo "pytest rc=$? ($(grep -o '[0-9]* workers' "$log" | head -1))"
 for f in $FILES; do  # files or node ids (fixed strings: ids have brackets)
-  lines=$(grep -F -- "$(basename "$f")" "$log")
+  lines=$(grep -F -- "$f" "$log")
   echo "$f: passed $(grep -c " PASSED" <<<"$lines"), failed $(grep -c " FAILED" <<<"$lines")," \
        "skipped $(grep -c " SKIPPED" <<<"$lines")"
 done

@@ -25,9 +25,9 @@ def check(layer: str, segment_ids, batch: int, seq_len: int, cache) -> None:
     if segment_ids is None:
         return
     if cache is not None:
-        raise ValueError(f"{layer}: segment_ids cannot be combined with a decode cache (cache=...): "
-                         f"packed documents are for whole sequences; decode one document at a "
-                         f"time")
+        raise ValueError(f"{layer}: segment_ids cannot be combined with a decode cache "
+                         f"(cache=...): packed documents are for whole sequences; decode one "
+                         f"document at a time")
     check_segment_ids(segment_ids, batch, seq_len)
 
 

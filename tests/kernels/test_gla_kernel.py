@@ -257,8 +257,8 @@ def test_traced_scale(rng, interpret):
 
 
 def test_ops_dispatch_and_input_limits(rng):
-    """`ops.gla(implementation="pallas")` runs the kernels; K or V > 256 is a ValueError,
-    float16 a TypeError (the kernels' scaled operands reach e^30)."""
+    """`ops.gla(implementation="pallas")` runs the kernels; K or V > 256 and float16 (the kernels'
+    scaled operands reach e^30) are a ValueError giving the kernels' reason."""
     q, k, v, g, h0 = gla_inputs(rng, 1, 20, 1, 16, 24)
     o, h = ops.gla(q, k, v, g, initial_state=h0, output_final_state=True, implementation="pallas")
     o_x, h_x = ops.gla(q, k, v, g, initial_state=h0, output_final_state=True, implementation="xla")
@@ -269,12 +269,12 @@ def test_ops_dispatch_and_input_limits(rng):
     big_k = jnp.ones((1, 4, 1, 320))
     small_v = jnp.ones((1, 4, 1, 16))
     for fn in (ops.gla, ops.gla_recurrent):
-        with pytest.raises(ValueError, match="K <= 256"):
+        with pytest.raises(ValueError, match=r"K, V <= 256, got K=320, V=16; use implementation"):
             fn(big_k, big_k, small_v, -big_k, implementation="pallas")
-        with pytest.raises(ValueError, match="V <= 256"):
+        with pytest.raises(ValueError, match=r"K, V <= 256, got K=16, V=320"):
             fn(small_v, small_v, big_k, -small_v, implementation="pallas")
         half = small_v.astype(jnp.float16)
-        with pytest.raises(TypeError, match="float32 or bfloat16"):
+        with pytest.raises(ValueError, match="float32 or bfloat16 q, k, v, got float16"):
             fn(half, half, half, -small_v, implementation="pallas")
     with pytest.raises(TypeError, match="float32 or bfloat16"):
         chunk_gla(half, half, half, -small_v)

@@ -1,8 +1,12 @@
-"""A small text corpus and the command line of a tiny, fast run."""
+"""A small text corpus, the command line of a tiny, fast run, and a compilation cache."""
 
+import contextlib
+import os
 from pathlib import Path
 
+import jax
 import numpy as np
+from jax._src import compilation_cache
 
 from train.config import parse_args
 
@@ -30,3 +34,31 @@ def tiny_args(run_dir: Path, data_path: Path, *extra: str) -> list[str]:
 
 def tiny_config(run_dir: Path, data_path: Path, *extra: str):
     return parse_args(tiny_args(run_dir, data_path, *extra), backend="cpu")
+
+
+@contextlib.contextmanager
+def compile_cache(directory):
+    """JAX's persistent compilation cache in `directory` while inside: a test that runs the same
+    tiny model many times compiles it once (a cached executable is the same program, so the
+    runs' numbers do not change). Subprocesses inherit it through the environment."""
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    before = {n: getattr(jax.config, n) for n in names}
+    env_before = {k: os.environ.get(k) for k in ("JAX_COMPILATION_CACHE_DIR",
+                                                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+    for name, value in zip(names, (str(directory), 0, 0), strict=True):
+        jax.config.update(name, value)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(directory)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    compilation_cache.reset_cache()  # it decides once per process whether it is in use
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
+        for key, value in env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        compilation_cache.reset_cache()

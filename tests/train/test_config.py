@@ -10,6 +10,7 @@ from train.config import (
     DEFAULT_MODEL,
     MODEL_HELP,
     TRAIN_HELP,
+    ConfigError,
     TrainConfig,
     build_parser,
     parse_args,
@@ -68,12 +69,12 @@ def test_resume_reads_saved_config_and_applies_only_given_options(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     saved = parse_args(["--preset", "tiny_gla", "--seq_len", "32", "--lr", "0.01",
-                        "--stop_after", "3", "--run_dir", str(run)], backend="cpu")
+                        "--overwrite", "--run_dir", str(run)], backend="cpu")
     (run / "config.json").write_text(saved.to_json())
     c = parse_args(["--resume", "--run_dir", str(run), "--steps", "99"], backend="gpu")
     assert c.resume and c.steps == 99
     assert c.seq_len == 32 and c.lr == 0.01 and c.preset == "tiny_gla"
     assert c.model == saved.model  # the dtype stays as saved, whatever the backend
-    assert c.stop_after is None  # testing hooks are not inherited
-    with pytest.raises(SystemExit):
+    assert not c.overwrite  # an action on the folder, not inherited
+    with pytest.raises(ConfigError, match="--preset"):
         parse_args(["--resume", "--run_dir", str(run), "--preset", "gla_340m"], backend="cpu")

@@ -48,7 +48,9 @@ def test_text_file_and_folder(tmp_path, rng):
     f.write_bytes(text)
     train, val, info = D.text_corpus(f, 0.1)
     assert info["split"] == "tail" and len(val) == 500
-    np.testing.assert_array_equal(np.concatenate([train, val]), np.frombuffer(text, np.uint8))
+    # One document: the file's bytes, then the separator byte 0.
+    np.testing.assert_array_equal(np.concatenate([train, val]),
+                                  np.frombuffer(text + b"\0", np.uint8))
 
     folder = tmp_path / "docs"
     (folder / "sub").mkdir(parents=True)

@@ -8,6 +8,7 @@ import pytest
 from train import loop
 from train.checkpoint import Checkpointer
 
+from .faults import Killed, kill_after, loss_times
 from .helpers import corpus, tiny_args, tiny_config
 
 
@@ -16,7 +17,7 @@ def _records(run_dir, event):
     return [r for r in map(json.loads, lines) if r["event"] == event]
 
 
-def test_smoke_main_writes_checkpoint_log_plot_and_config(tmp_path, rng):
+def test_smoke_main_writes_checkpoint_log_plot_and_config(tmp_path, rng, capsys):
     data = corpus(tmp_path, rng)
     run = tmp_path / "run"
     rc = loop.main(tiny_args(run, data, "--steps", "6", "--eval_every", "3",
@@ -35,8 +36,11 @@ def test_smoke_main_writes_checkpoint_log_plot_and_config(tmp_path, rng):
     assert summary["steps_run"] == 6 and summary["tokens_per_s"] > 0
     assert summary["mfu"] is None  # no peak FLOP/s for a CPU
     # Without --resume an existing run is not silently continued or overwritten.
-    with pytest.raises(SystemExit, match="--resume"):
-        loop.main(tiny_args(run, data, "--steps", "6"))
+    capsys.readouterr()
+    assert loop.main(tiny_args(run, data, "--steps", "6")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train: error: --resume: ") and err.count("\n") == 1
+    assert Checkpointer(run).all_steps() == [3, 6]
 
 
 def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, rng):
@@ -45,15 +49,18 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, rng):
     full = loop.train(tiny_config(tmp_path / "full", data, *common))
     # Killed after step 5: the newest checkpoint is step 3.
     cut = tmp_path / "cut"
-    first = loop.train(tiny_config(cut, data, *common, "--stop_after", "5"))
-    assert sorted(first["losses"]) == [1, 2, 3, 4, 5]
-    assert Checkpointer(cut).latest_step() == 3
+    with pytest.raises(Killed):
+        loop.train(tiny_config(cut, data, *common), on_step=kill_after(5))
+    assert Checkpointer(cut).all_steps() == [3]
+    first = {r["step"]: r["loss"] for r in _records(cut, "train")}
+    assert sorted(first) == [1, 2, 3, 4]  # step 5's metrics were still in flight
+    assert all(first[s] == full["losses"][s] for s in first)
     # --resume takes everything else from the saved config.json.
     second = loop.train(loop.parse_args(["--resume", "--run_dir", str(cut), "--progress", "off"],
                                         backend="cpu"))
     assert sorted(second["losses"]) == [4, 5, 6, 7, 8]
-    for step in range(1, 9):
-        got = (first if step <= 3 else second)["losses"][step]
+    for step in range(4, 9):
+        got = second["losses"][step]
         assert got == full["losses"][step], (step, got, full["losses"][step])
     assert [r["val_loss"] for r in second["evals"]] == [r["val_loss"] for r in full["evals"]]
     # The log of the resumed run reads like the uninterrupted one: steps 4-5 are not doubled.
@@ -64,15 +71,12 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, rng):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, rng):
     data = corpus(tmp_path, rng)
     run = tmp_path / "run"
-    args = tiny_args(run, data, "--steps", "8", "--save_every", "2", "--eval_every", "100",
-                     "--nan_at_step", "4")
-    with pytest.raises(loop.TrainingDiverged, match="step 4") as info:
-        loop.train(loop.parse_args(args, backend="cpu"))
+    config = tiny_config(run, data, "--steps", "8", "--save_every", "2", "--eval_every", "100")
+    with pytest.raises(loop.TrainingDiverged, match="step 4: loss nan") as info:
+        loop.train(config, on_step=loss_times(4, float("nan")))
     assert info.value.step == 4 and info.value.last_good == 2
+    assert str(run / "checkpoints" / "2") in str(info.value)
     # Step 4 would have been saved: the guard ran first, so the newest checkpoint is step 2.
     assert Checkpointer(run).all_steps() == [2]
     assert _records(run, "diverged")[0]["step"] == 4
     assert not (run / "summary.json").exists()
-    # main() reports it with a non-zero exit status.
-    assert loop.main([*args, "--overwrite"]) == 1
-    assert Checkpointer(run).all_steps() == [2]

@@ -1,4 +1,4 @@
-"""`python -m train.bench`: a tiny preset end to end (`python -m train` in a subprocess)."""
+"""`python -m benchmarks.training`: a tiny preset end to end (`python -m train` in a subprocess)."""
 
 import json
 import os
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from train import bench
+from benchmarks import training as bench
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,18 +1,21 @@
-"""Training throughput of the ~340M presets: `python -m train` on random tokens, one table.
+"""Training throughput of the ~340M presets beside their PyTorch anchors, in one run.
 
-    PYTHONPATH=. python3 -m train.bench          # gla_340m, mamba_370m, transformer_340m
-    PYTHONPATH=. python3 -m train.bench --presets gla_340m --steps 300
-    PYTHONPATH=. python3 -m train.bench --presets tiny_gla --batch_size 2 --seq_len 128 \
-        --steps 20 --warmup 5                    # CPU smoke
+    PYTHONPATH=. python3 -m benchmarks.training          # gla_340m, mamba_370m, transformer_340m
+    PYTHONPATH=. python3 -m benchmarks.training --presets gla_340m --anchors fla_gla_340m
+    PYTHONPATH=. python3 -m benchmarks.training --presets tiny_gla --batch_size 2 --seq_len 128 \
+        --steps 20 --warmup 5                            # CPU smoke
 
 Each preset runs in its own process (so its peak memory is its own):
 `python -m train --preset P --data random --batch_size 8 --seq_len 2048 --steps N --no-checkpoint
 --timing_warmup W` (FLA's benchmark setting: B=8, T=2048, random tokens). A run that fails with an
 out-of-memory error is retried once with `--remat`. Runs that would start after `--budget_s`
 are skipped, and each gets at most the budget left, so the command ends inside a 10-minute limit.
-The table (tokens/s after the warm-up steps, step ms, TFLOP/s per device, MFU from jaxla's FLOP
-formulas and from 6N, peak memory, ratio to FLA's GLA-340M anchor of 77,800 tokens/s) is printed
-last and, with OUT set, written to `$OUT/train_bench.md` with the logs and summaries beside it.
+`--anchors` names PyTorch models (`benchmarks.torch_training`) trained in the same call on the same
+batch shape, each in its own process: their tokens/s and peak memory stand in the same table, and
+every jaxla row carries its ratio to the first anchor that ran (no number measured elsewhere is
+used). The table (tokens/s after the warm-up steps, step ms, TFLOP/s per device, MFU from jaxla's
+FLOP formulas and from 6N, peak memory) is printed last and, with OUT set, written to
+`$OUT/train_bench.md` with the logs and summaries beside it.
 """
 
 from __future__ import annotations
@@ -24,10 +27,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-FLA_GLA_340M_TOKENS_PER_S = 77_800  # shared/anchors.md: H100, B=8, T=2048, bf16, 16.1 GiB peak
-FLA_GLA_340M_PEAK_GIB = 16.1
-
 
 def _is_oom(text: str) -> bool:
     low = text.lower()
@@ -90,11 +89,41 @@ def _fmt(v, spec, suffix=""):
     return "n/a" if v is None else format(v, spec) + suffix
 
 
+def run_anchor(name: str, args, timeout: float, out: Path | None) -> dict:
+    """A PyTorch anchor (`benchmarks.torch_training`) on the same batch shape, its own process."""
+    cmd = [sys.executable, "-m", "benchmarks.torch_training", "--model", name,
+           "--batch_size", str(args.batch_size), "--seq_len", str(args.seq_len),
+           "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    print("$ " + " ".join(cmd), flush=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        text, rc = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        text = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        text, rc = text + f"\n[timed out after {timeout:.0f} s]", -1
+    print("\n".join(text.splitlines()[-15:]), flush=True)
+    if out is not None:
+        (out / f"anchor_{name}.log").write_text(text)
+    row = {"preset": f"{name} (PyTorch)", "remat": False, "rc": rc, "anchor": True,
+           "oom": _is_oom(text)}
+    results = [line for line in text.splitlines() if line.startswith("RESULT ")]
+    if rc == 0 and results:
+        row.update(json.loads(results[-1][len("RESULT "):]))
+    return row
+
+
 def table(rows: list[dict]) -> str:
+    anchor = next((r for r in rows if r.get("anchor") and r.get("tokens_per_s")), None)
+    versus = f"vs {anchor['preset']} (same run)" if anchor else "vs anchor (none ran)"
     head = ("| preset | remat | params | tokens/s | step ms | TFLOP/s/dev | MFU | MFU (6N) | "
-            "peak GiB | compile s | vs FLA GLA-340M tokens/s |")
+            f"peak GiB | compile s | {versus} |")
     lines = [head, "| " + " | ".join(["---"] * (head.count("|") - 1)) + " |"]
     for r in rows:
+        if r.get("anchor") and r.get("tokens_per_s") is not None:
+            lines.append(f"| {r['preset']} | | {r['params'] / 1e6:.1f}M | "
+                         f"{r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | | | | "
+                         f"{r['peak_memory_bytes'] / 2**30:.2f} | | 1.00x |")
+            continue
         if r.get("tokens_per_s") is None:
             why = "out of memory" if r.get("oom") else f"failed (rc {r.get('rc')})"
             if r.get("skipped"):
@@ -109,12 +138,12 @@ def table(rows: list[dict]) -> str:
             f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f', '%')} | "
             f"{_fmt(None if r['mfu_6n'] is None else 100 * r['mfu_6n'], '.1f', '%')} | "
             f"{_fmt(None if peak is None else peak / 2**30, '.2f')} | {r['compile_s']:.0f} | "
-            f"{r['tokens_per_s'] / FLA_GLA_340M_TOKENS_PER_S:.2f}x |")
+            + (f"{r['tokens_per_s'] / anchor['tokens_per_s']:.2f}x |" if anchor else "n/a |"))
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.training", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="gla_340m,mamba_370m,transformer_340m")
     p.add_argument("--batch_size", type=int, default=8)
@@ -122,6 +151,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--warmup", type=int, default=20, help="steps left out of the timing")
     p.add_argument("--budget_s", type=float, default=560.0)
+    p.add_argument("--anchors", default="", help="PyTorch anchors to train in the same run, "
+                   "comma separated (benchmarks.torch_training: fla_gla_340m, mamba_ssm_370m)")
     p.add_argument("extra", nargs="*", help="more `python -m train` options (after --)")
     args = p.parse_args(argv)
     if not 0 <= args.warmup < args.steps:
@@ -132,6 +163,10 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows = []
+    for name in [s for s in args.anchors.split(",") if s]:
+        left = args.budget_s - (time.perf_counter() - start)
+        rows.append(run_anchor(name, args, left, out) if left >= 30
+                    else {"preset": f"{name} (PyTorch)", "anchor": True, "skipped": True})
     for preset in [s for s in args.presets.split(",") if s]:
         for remat in (False, True):
             left = args.budget_s - (time.perf_counter() - start)
@@ -144,14 +179,15 @@ def main(argv=None) -> int:
                 break
     text = table(rows)
     note = (f"B={args.batch_size}, T={args.seq_len}, {args.steps} steps, random tokens, tokens/s "
-            f"after {args.warmup} warm-up steps; FLA GLA-340M anchor: "
-            f"{FLA_GLA_340M_TOKENS_PER_S:,} tokens/s, {FLA_GLA_340M_PEAK_GIB} GiB peak (H100).")
+            f"after {args.warmup} warm-up steps; anchors trained in this run: "
+            f"{args.anchors or 'none'}.")
     if out is not None:
         (out / "train_bench.md").write_text(note + "\n\n" + text + "\n")
         (out / "train_bench.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     print("\n" + note)
     print(text)
-    return 0 if all(r.get("tokens_per_s") is not None for r in rows if not r.get("oom")) else 1
+    return 0 if all(r.get("tokens_per_s") is not None for r in rows
+                    if not r.get("oom") and not r.get("anchor")) else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,100 @@
+"""PyTorch anchors' training throughput, timed the way `benchmarks.training` times jaxla.
+
+    python3 -m benchmarks.torch_training --model fla_gla_340m --batch_size 8 --seq_len 2048
+
+Models (imported only when asked for; the GPU image has torch, triton and transformers, FLA and
+mamba_ssm come as carried wheels / a build):
+* `fla_gla_340m`: FLA's `GLAForCausalLM` at jaxla's `gla_340m` sizes (hidden 1024, 24 layers,
+  4 heads, expand_k 0.5, expand_v 1, SwiGLU x4, vocab 32000, tied embeddings, norm eps 1e-6).
+* `mamba_ssm_370m`: mamba_ssm's `MambaLMHeadModel` (d_model 1024, 48 layers, vocab 50280, tied)
+  with its CUDA kernels.
+The setting of FLA's `benchmark_training_throughput.py`: bf16 weights, fused AdamW (lr 3e-4,
+betas 0.9/0.95, weight decay 0.1), random tokens as inputs and labels, one synchronised step at a
+time; tokens/s over the steps after `--warmup` (the first compile and autotune Triton kernels).
+Prints `RESULT {json}` last: tokens_per_s, step_ms, params, peak_memory_bytes
+(`torch.cuda.max_memory_allocated`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def _fla_gla_340m(torch):
+    from fla.models import GLAConfig, GLAForCausalLM
+
+    config = GLAConfig(hidden_size=1024, num_hidden_layers=24, num_heads=4, expand_k=0.5,
+                       expand_v=1.0, hidden_ratio=4, vocab_size=32000, norm_eps=1e-6,
+                       tie_word_embeddings=True)
+    return GLAForCausalLM(config), config.vocab_size
+
+
+def _mamba_ssm_370m(torch):
+    from mamba_ssm.models.config_mamba import MambaConfig
+    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+
+    config = MambaConfig(d_model=1024, n_layer=48, vocab_size=50280, tie_embeddings=True)
+    return MambaLMHeadModel(config), config.vocab_size
+
+
+MODELS = {"fla_gla_340m": _fla_gla_340m, "mamba_ssm_370m": _mamba_ssm_370m}
+
+
+def _loss(name, model, tokens):
+    """The mean next-token cross-entropy (FLA's models shift the labels themselves)."""
+    if name == "fla_gla_340m":
+        return model(input_ids=tokens, labels=tokens).loss
+    import torch.nn.functional as F
+
+    logits = model(tokens).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.torch_training", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=list(MODELS), required=True)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--seq_len", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--warmup", type=int, default=10)
+    args = p.parse_args(argv)
+    if not 0 <= args.warmup < args.steps:
+        p.error(f"--warmup must be in [0, --steps), got {args.warmup}, {args.steps}")
+
+    import torch
+
+    model, vocab = MODELS[args.model](torch)
+    model = model.cuda().to(torch.bfloat16)
+    params = sum(x.numel() for x in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                            fused=True)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    torch.cuda.reset_peak_memory_stats()
+    start = None
+    for step in range(args.steps):
+        if step == args.warmup:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+        tokens = torch.randint(0, vocab, (args.batch_size, args.seq_len), device="cuda",
+                               generator=gen)
+        loss = _loss(args.model, model, tokens)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if step % 10 == 0:
+            print(f"step {step} loss {loss.item():.4f}", flush=True)
+    elapsed = time.perf_counter() - start
+    timed = args.steps - args.warmup
+    result = dict(tokens_per_s=timed * args.batch_size * args.seq_len / elapsed,
+                  step_ms=1e3 * elapsed / timed, params=params,
+                  peak_memory_bytes=int(torch.cuda.max_memory_allocated()))
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
