@@ -136,7 +136,7 @@ class CausalLM(nnx.Module):
     Token embedding (normal(0, initializer_range)), `num_layers` `Block`s whose mixers follow
     `config.layer_pattern`, a final RMSNorm and the LM head (the embedding's transpose when
     `tie_embeddings`, else its own `[D, vocab]` matrix). Compute in `config.dtype`, parameters in
-    `config.param_dtype`; logits are float32.
+    `config.param_dtype`; logits are float32 (float64 for a float64 model).
 
     `implementation` overrides `config.implementation` for every mixer's op.
 
@@ -206,7 +206,8 @@ class CausalLM(nnx.Module):
                     x = block(x, segment_ids=segment_ids)
         x = self.norm(x)
         head = self.embed.embedding[...].T if self.lm_head is None else self.lm_head[...]
-        logits = jnp.dot(x, head.astype(x.dtype), preferred_element_type=jnp.float32)
+        logits = jnp.dot(x, head.astype(x.dtype),
+                         preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
         return logits if cache is None else (logits, tuple(new_cache))
 
     def _scanned_blocks(self, x: jax.Array, groups, segment_ids) -> jax.Array:

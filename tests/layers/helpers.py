@@ -56,6 +56,16 @@ def randomize_params(module, rng: np.random.Generator, scale: float = 1.0):
     return module
 
 
+def float64_copy(make, module):
+    """`make()`'s module (built abstractly, under jax_enable_x64 and in float64) holding the
+    values of `module`'s variables, floating ones in float64: the float64 twin of `module`."""
+    twin = nnx.eval_shape(make)
+    nnx.update(twin, jax.tree.map(
+        lambda a: jnp.asarray(np.asarray(a, np.float64 if jnp.issubdtype(a.dtype, jnp.floating)
+                                         else a.dtype)), nnx.state(module)))
+    return twin
+
+
 def packed_documents(rng: np.random.Generator, B: int, T: int, max_docs: int = 5):
     """Random documents packed into `[B, T]` rows: `(segment_ids [B, T] int32, docs)`.
 
