@@ -172,7 +172,7 @@ def test_scanned_layers_equal_unrolled_layers(pattern, remat, rng):
             logp = jax.nn.log_softmax(logits)
             return -jnp.take_along_axis(logp, targets[..., None], -1).mean(), logits
 
-        (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
         return logits, jax.tree.leaves(grads)
 
     logits_scan, grads_scan = loss_and_grads(True)
