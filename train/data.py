@@ -6,6 +6,11 @@ The training batch of step k (1-based) is a pure function of `(seed, k)`, so a r
 exactly the batches an uninterrupted one would: the data-loader position is the step. The
 validation set is fixed (drawn once from its own seed).
 
+Several processes: each loads only the rows of the global batch that its devices hold
+(`train_batch(step, rows)`). The rows are the same rows a single process would load: windows are
+drawn for the whole batch and only those of `rows` are read; synthetic batches (MQAR, random) are
+generated whole and cut (`take_rows`).
+
 * stdlib: the bytes of every `*.py` file under `sysconfig.get_paths()["stdlib"]` (site-packages
   and dist-packages excluded), sorted by path; a file goes to validation when
   `crc32(relative path) % 10_000 < val_fraction * 10_000`. Batches are random windows.
@@ -170,16 +175,24 @@ def unigram_entropy(arr: np.ndarray, vocab_size: int, max_tokens: int = 50_000_0
 # Batches.
 
 
-def window_batch(arr: np.ndarray, rng: np.random.Generator, batch_size: int, seq_len: int
-                 ) -> Batch:
-    """`batch_size` random windows of `seq_len + 1` tokens: inputs, next-token targets."""
+def window_batch(arr: np.ndarray, rng: np.random.Generator, batch_size: int, seq_len: int,
+                 rows: np.ndarray | None = None) -> Batch:
+    """`batch_size` random windows of `seq_len + 1` tokens: inputs, next-token targets. With
+    `rows` (global row indices), only those windows of the batch are read: `[len(rows), ...]`."""
     n = len(arr) - seq_len
     if n < 1:
         raise ValueError(f"a split of {len(arr)} tokens is too short for seq_len={seq_len}")
     starts = np.sort(rng.integers(0, n, batch_size))  # sorted: friendlier reads of a memmap
+    if rows is not None:
+        starts = starts[rows]
     w = np.stack([np.asarray(arr[s:s + seq_len + 1]) for s in starts]).astype(np.int32)
     return {"inputs": w[:, :-1], "targets": w[:, 1:],
-            "weights": np.ones((batch_size, seq_len), np.float32)}
+            "weights": np.ones((len(starts), seq_len), np.float32)}
+
+
+def take_rows(batch: Batch, rows: np.ndarray | None) -> Batch:
+    """The rows `rows` of every array of `batch` (all of them for None)."""
+    return batch if rows is None else {name: x[rows] for name, x in batch.items()}
 
 
 def mqar_batch(rng: np.random.Generator, batch_size: int, seq_len: int, num_kv_pairs: int,
@@ -239,6 +252,7 @@ class Dataset:
     def __init__(self, kind: str, make: Callable[[np.random.Generator], Batch], *,
                  seed: int, vocab_size: int, eval_batches: int,
                  make_val: Callable[[np.random.Generator], Batch] | None = None,
+                 make_rows: Callable[[np.random.Generator, np.ndarray], Batch] | None = None,
                  entropy: float | None = None, info: dict | None = None):
         self.kind = kind
         self.seed = seed
@@ -247,6 +261,8 @@ class Dataset:
         self.info = info or {}
         self.has_accuracy = kind == "mqar"
         self._make = make
+        # Some rows of `make(rng)` without building the others (default: build all, cut).
+        self._make_rows = make_rows or (lambda rng, rows: take_rows(make(rng), rows))
         make_val = make_val or make
         val_rng = np.random.default_rng([seed, 1, 0x5EED])
         self.val_batches = [self._checked(make_val(val_rng)) for _ in range(eval_batches)]
@@ -256,9 +272,13 @@ class Dataset:
             check_token_range(batch[name], self.vocab_size)
         return batch
 
-    def train_batch(self, step: int) -> Batch:
-        """The batch of (1-based) optimizer step `step`: a pure function of (seed, step)."""
-        return self._checked(self._make(np.random.default_rng([self.seed, 0, step])))
+    def train_batch(self, step: int, rows: np.ndarray | None = None) -> Batch:
+        """The batch of (1-based) optimizer step `step`: a pure function of (seed, step); only
+        its rows `rows` (sorted global row indices) when given."""
+        rng = np.random.default_rng([self.seed, 0, step])
+        if rows is None:
+            return self._checked(self._make(rng))
+        return self._checked(self._make_rows(rng, rows))
 
 
 def make_dataset(config) -> Dataset:
@@ -285,6 +305,7 @@ def make_dataset(config) -> Dataset:
             check_token_range(split, V)  # every token, not only those the batches happen to hit
         return Dataset(kind, lambda rng: window_batch(train, rng, B, T),
                        make_val=lambda rng: window_batch(val, rng, B, T),
+                       make_rows=lambda rng, rows: window_batch(train, rng, B, T, rows),
                        entropy=unigram_entropy(train, max(V, 256)), info=info, **common)
     if kind == "mqar":
         mv = config.mqar_vocab_size or V
@@ -304,14 +325,15 @@ class Prefetcher:
     """Builds the batches of steps `first..last` on a background thread, `depth` ahead.
 
     `put` (e.g. `jax.device_put` with the batch sharding) runs on that thread too, so host work
-    and host-to-device copies overlap the step in flight. Errors surface on `next()`.
+    and host-to-device copies overlap the step in flight. Errors surface on `next()`. With
+    `rows`, only those rows of each batch are loaded (`Dataset.train_batch`).
     """
 
     def __init__(self, dataset: Dataset, first: int, last: int, put: Callable[[Batch], object],
-                 depth: int = 2):
+                 depth: int = 2, rows: np.ndarray | None = None):
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(dataset, first, last, put),
+        self._thread = threading.Thread(target=self._run, args=(dataset, first, last, put, rows),
                                         daemon=True, name="train-data")
         self._thread.start()
 
@@ -324,10 +346,10 @@ class Prefetcher:
                 continue
         return False
 
-    def _run(self, dataset, first, last, put):
+    def _run(self, dataset, first, last, put, rows):
         try:
             for step in range(first, last + 1):
-                if not self._put((step, put(dataset.train_batch(step)))):
+                if not self._put((step, put(dataset.train_batch(step, rows)))):
                     return
         except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
             self._put(("error", exc))
