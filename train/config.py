@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxla.models import LMConfig
-from train.distributed import add_launch_arguments
+from train.distributed import LaunchOptions, add_launch_arguments, launch_options
 
 PROG = "train"  # the program name in error lines: "train: error: ..."
 
@@ -557,13 +557,22 @@ def read_saved_config(run_dir: Path) -> TrainConfig | None:
         raise ConfigError(f"--resume: {path}: {exc}") from None
 
 
+def parse_launch_args(argv: list[str] | None = None) -> LaunchOptions:
+    """The launch options (`--distributed` ...) of a command line, read before anything touches
+    a device. Raises `ConfigError` for any bad option of the command line (the training options
+    are checked by `parse_args`), `LaunchError` for a bad launch option."""
+    ns = vars(build_parser().parse_args(argv))
+    return launch_options({k[len("launch."):]: v for k, v in ns.items()
+                           if k.startswith("launch.")})
+
+
 def parse_args(argv: list[str] | None = None, *, backend: str | None = None) -> TrainConfig:
     """The resolved config of a command line (`backend` picks the default compute dtype).
 
     With `--resume`, the run folder's `config.json` (when it has one) is the base and only the
     options given on the command line change it. Raises `ConfigError` for any bad option. The
-    launch options (`--distributed` ...) are not part of the config: `main` reads them with
-    `train.distributed.parse_launch_args`, and they are skipped here.
+    launch options (`--distributed` ...) are not part of the config: `main` reads them first with
+    `parse_launch_args`, and they are skipped here.
     """
     ns = {k: v for k, v in vars(build_parser().parse_args(argv)).items()
           if not k.startswith("launch.")}

@@ -89,17 +89,10 @@ def add_launch_arguments(parser: argparse.ArgumentParser, dest_prefix: str = "")
                            default=argparse.SUPPRESS, help=text)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise LaunchError(message)
-
-
-def parse_launch_args(argv: list[str]) -> LaunchOptions:
-    """The launch options of a command line (the other options are left to `parse_args`),
-    with the environment's where a flag is missing. Raises `LaunchError`."""
-    parser = _Parser(add_help=False, allow_abbrev=False)
-    add_launch_arguments(parser)
-    given = vars(parser.parse_known_args(argv)[0])
+def launch_options(given: dict) -> LaunchOptions:
+    """The launch options from the flags given (`{field: value}`, from the command line), with
+    the environment's where a flag is missing. Raises `LaunchError`."""
+    given = dict(given)
     if not given.pop("distributed", False):
         if given:
             name = next(iter(given))

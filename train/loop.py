@@ -47,9 +47,10 @@ from train.config import (
     check_run_dir_exists,
     model_differences,
     parse_args,
+    parse_launch_args,
 )
 from train.data import DataError, Dataset, Prefetcher, make_dataset, take_rows
-from train.distributed import LaunchError, initialize, is_main_process, parse_launch_args, sync
+from train.distributed import LaunchError, initialize, is_main_process, sync
 from train.guard import DivergenceGuard, TrainingDiverged
 from train.sharding import (
     batch_sharding,

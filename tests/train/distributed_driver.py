@@ -108,7 +108,8 @@ def kernel_case(seed: int, op: str):
 
 
 def kernels(seed: int, out: str, launch: list[str]) -> int:
-    from train.distributed import initialize, parse_launch_args, sync
+    from train.config import parse_launch_args
+    from train.distributed import initialize, sync
 
     initialize(parse_launch_args(launch))
 
