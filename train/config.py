@@ -61,6 +61,7 @@ class TrainConfig:
     # Data.
     data: str = "stdlib"
     data_path: str | None = None
+    tokenizer: str | None = None
     token_dtype: str = "uint16"
     val_fraction: float = 0.05
     mqar_num_kv_pairs: int = 8
@@ -129,7 +130,9 @@ class TrainConfig:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["model"] = dataclasses.asdict(self.model)
-        out["model"]["layer_pattern"] = list(self.model.layer_pattern)
+        for name, value in out["model"].items():  # as JSON reads them back
+            if isinstance(value, tuple):
+                out["model"][name] = list(value)
         return out
 
     def to_json(self) -> str:
@@ -317,7 +320,11 @@ TRAIN_HELP = {
             ".npy or raw .bin (--data_path, --token_dtype); mqar: multi-query associative recall "
             "(synthetic); random: uniform random tokens (for throughput)",
     "data_path": "file or folder for --data text / tokens",
-    "token_dtype": "element type of a raw .bin token file: uint16, uint32 or int32",
+    "tokenizer": "a tokenizers tokenizer.json for --data text / stdlib: each file is a document, "
+                 "its tokens followed by the tokenizer's EOS (default: UTF-8 bytes); its "
+                 "vocabulary must fit the model's vocab_size; copied into the run folder",
+    "token_dtype": "element type of a raw .bin token file: uint16, uint32 or int32 (a "
+                   "<file>.json beside it, as python -m train.tokenize writes, sets it)",
     "val_fraction": "share held out for validation: files (by a hash of their path) of stdlib and "
                     "text folders, the tail of a single text file or token array",
     "mqar_num_kv_pairs": "MQAR: key-value pairs per sequence (each queried once)",
@@ -368,6 +375,12 @@ MODEL_HELP = {
     "mlp": "a SwiGLU MLP after each mixer",
     "hidden_ratio": "MLP width rule: 256 * ceil(D * hidden_ratio * 2/3 / 256)",
     "intermediate_size": "MLP width (none: from hidden_ratio)",
+    "num_experts": "0: one SwiGLU MLP; E: a top-k routed mixture of E SwiGLU experts",
+    "num_experts_per_tok": "experts each token is routed to (top-k)",
+    "block_style": "prenorm (x + f(norm(x))) or minimax (the residual starts from norm(x))",
+    "attention_residual": "alpha,beta of alpha * residual + beta * attention(...)",
+    "linear_residual": "alpha,beta of alpha * residual + beta * mixer(...) for linear mixers",
+    "mlp_residual": "alpha,beta of alpha * residual + beta * mlp(...)",
     "expand_k": "GLA key width = D * expand_k",
     "expand_v": "GLA value width = D * expand_v",
     "gate_low_rank_dim": "GLA forget gate rank",
@@ -375,11 +388,18 @@ MODEL_HELP = {
     "use_output_gate": "GLA output gate",
     "use_short_conv": "GLA short convolutions on q, k, v",
     "conv_size": "GLA short convolution width",
+    "feature_map": "GLA feature map on q and k: relu, sigmoid, logsigmoid, silu, swish, sqrelu, "
+                   "gelu (none: identity)",
+    "clamp_min": "GLA: floor of the log forget gate (none: no floor)",
+    "gla_kv_heads": "GLA: heads of k, v and the forget gate, each serving num_heads / "
+                    "gla_kv_heads query heads (FLA's num_kv_heads; none: num_heads)",
     "lightning_decay": "lightning decay convention: minimax or fla",
+    "lightning_norm_eps": "epsilon of the lightning output norm (none: norm_eps)",
     "d_state": "Mamba state size N",
     "d_conv": "Mamba convolution width",
     "expand": "Mamba d_inner = expand * D",
     "dt_rank": "Mamba dt rank (none: ceil(D / 16))",
+    "mamba_init": "Mamba linear init: normal (initializer_range) or mamba_ssm (its own)",
     "rope_theta": "RoPE base of attention mixers",
     "norm_eps": "RMSNorm epsilon",
     "tie_embeddings": "LM head = embedding transpose",
@@ -430,6 +450,8 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16", "float16"),
     "model.lightning_decay": ("minimax", "fla"),
+    "model.block_style": ("prenorm", "minimax"),
+    "model.mamba_init": ("normal", "mamba_ssm"),
 }
 
 
@@ -601,4 +623,12 @@ def parse_args(argv: list[str] | None = None, *, backend: str | None = None) -> 
             backend = backend or jax.default_backend()
             model_over["dtype"] = "float32" if backend == "cpu" else "bfloat16"
     model = _with_model_options(model, model_over) if model_over else model
-    return base.replace(model=model, **train_over)
+    config = base.replace(model=model, **train_over)
+    if config.tokenizer:
+        from jaxla.tokenizer import check_vocab, load_tokenizer
+
+        try:
+            check_vocab(load_tokenizer(config.tokenizer), model.vocab_size)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"--tokenizer: {config.tokenizer}: {exc}") from None
+    return config

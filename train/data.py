@@ -130,10 +130,16 @@ def text_corpus(path: str | Path, val_fraction: float) -> tuple[np.ndarray, np.n
 
 
 def token_array(path: str | Path, token_dtype: str = "uint16") -> np.ndarray:
-    """A memory-mapped 1-D token array from `.npy` or raw `.bin` (`token_dtype` elements)."""
+    """A memory-mapped 1-D token array from `.npy` or raw `.bin` (`token_dtype` elements, or
+    the dtype its `<file>.json` sidecar from `python -m train.tokenize` records)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"--data_path: no such file: {str(path)!r}")
+    sidecar = path.with_name(path.name + ".json")
+    if path.suffix != ".npy" and sidecar.is_file():
+        import json
+
+        token_dtype = json.loads(sidecar.read_text()).get("dtype", token_dtype)
     if path.suffix == ".npy":
         try:
             arr = np.load(path, mmap_mode="r")
@@ -287,7 +293,9 @@ def make_dataset(config) -> Dataset:
     common = dict(seed=config.seed, vocab_size=V, eval_batches=config.eval_batches)
     kind = config.data
     if kind in ("stdlib", "text", "tokens"):
-        if kind == "stdlib":
+        if kind in ("stdlib", "text") and config.tokenizer:
+            train, val, info = tokenized_corpus(config, V)
+        elif kind == "stdlib":
             root = stdlib_root()
             train, val, info = split_files(root, stdlib_files(root), config.val_fraction)
             info = {"root": str(root), **info}
@@ -319,6 +327,39 @@ def make_dataset(config) -> Dataset:
         return Dataset(kind, lambda rng: random_batch(rng, B, T, V), entropy=math.log(V),
                        info={"vocab_size": V}, **common)
     raise ValueError(f"unknown data kind {kind!r}")
+
+
+def tokenized_corpus(config, vocab_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """--data text / stdlib through `--tokenizer`: the files (split by path hash as for bytes,
+    or a single file's tail) as documents, each followed by the tokenizer's EOS."""
+    from jaxla.tokenizer import check_vocab, load_tokenizer
+    from train.tokenize import encode_documents, read_documents, separator_of
+
+    tokenizer = load_tokenizer(config.tokenizer)
+    check_vocab(tokenizer, vocab_size)
+    sep = separator_of(tokenizer)
+
+    def encode(files):
+        return encode_documents(tokenizer, read_documents(files), sep)[0].astype(np.int32)
+
+    root = stdlib_root() if config.data == "stdlib" else Path(config.data_path)
+    if root.is_file():
+        train, val = split_tail(encode([root]), config.val_fraction)
+        return train, val, {"files": 1, "split": "tail", "tokenizer": tokenizer.name}
+    if not root.is_dir():
+        raise DataError(f"--data_path: no such file or folder: {str(root)!r}")
+    files = (stdlib_files(root) if config.data == "stdlib"
+             else sorted(p for p in root.rglob("*") if p.is_file() and why_not_text(p) is None))
+    if not files:
+        raise DataError(f"--data_path: no text files under {str(root)!r}")
+    val_files = [p for p in files if is_val_file(p.relative_to(root).as_posix(),
+                                                 config.val_fraction)]
+    train_files = [p for p in files if p not in set(val_files)]
+    info = {"files": len(files), "tokenizer": tokenizer.name}
+    if not train_files or not val_files:
+        train, val = split_tail(encode(files), config.val_fraction)
+        return train, val, {**info, "split": "tail"}
+    return encode(train_files), encode(val_files), {**info, "split": "file hash"}
 
 
 class Prefetcher:

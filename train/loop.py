@@ -219,6 +219,9 @@ def set_up(config: TrainConfig, echo=print) -> Run:
         raise
     if main:
         (run_dir / "config.json").write_text(config.to_json() + "\n")
+        if config.tokenizer and Path(config.tokenizer).resolve() != (run_dir / "tokenizer.json"
+                                                                     ).resolve():
+            shutil.copyfile(config.tokenizer, run_dir / "tokenizer.json")  # for jaxla.generate
     log = M.JsonlLog(run_dir / "metrics.jsonl", writer=main)
     log.truncate_after(start)
 

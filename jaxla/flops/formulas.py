@@ -583,8 +583,21 @@ class Conventions:
 XLA_PATH = Conventions(mask="masked", gla="xla", scan="associative")
 
 
+def check_covered(config: LMConfig) -> None:
+    """NotImplementedError for the options these formulas do not count: mixture-of-experts
+    MLPs and GLA with grouped KV heads (their projections are smaller). GLA's feature map and
+    the residual scales of `block_style="minimax"` are elementwise and left out."""
+    if config.num_experts:
+        raise NotImplementedError(f"FLOP formulas: num_experts={config.num_experts} (a "
+                                  f"mixture-of-experts MLP) is not counted")
+    if "gla" in config.layer_pattern and config.gla_kv_heads not in (None, config.num_heads):
+        raise NotImplementedError(f"FLOP formulas: GLA with gla_kv_heads={config.gla_kv_heads} "
+                                  f"< num_heads={config.num_heads} is not counted")
+
+
 def block_extras(config: LMConfig, tokens: int) -> Flops:
     """Per block around the mixer: pre-norm + residual add, and the MLP sub-block when present."""
+    check_covered(config)
     D = config.hidden_size
     out = rmsnorm(tokens, D) + Flops(other=tokens * D)
     if config.mlp:
@@ -732,11 +745,13 @@ def mixer_params(kind: str, config: LMConfig) -> int:
     D, H = config.hidden_size, config.num_heads
     if kind == "gla":
         Kd, Vd, r = config.key_dim, config.value_dim, config.gate_low_rank_dim
-        n = 2 * D * Kd + D * Vd + D * r + r * Kd + Kd + Vd * D + Vd // H
+        groups = H // (config.gla_kv_heads or H)  # k, v, forget gate: `groups` heads each
+        Kg, Vg = Kd // groups, Vd // groups
+        n = D * Kd + D * Kg + D * Vg + D * r + r * Kg + Kg + Vd * D + Vd // H
         if config.use_output_gate:
             n += D * Vd
         if config.use_short_conv:
-            n += (2 * Kd + Vd) * config.conv_size
+            n += (Kd + Kg + Vg) * config.conv_size
         return n
     if kind == "lightning":
         hd = H * config.attn_head_dim
@@ -752,12 +767,16 @@ def mixer_params(kind: str, config: LMConfig) -> int:
 
 
 def param_count(config: LMConfig) -> int:
-    """All parameters: embedding (+ untied head), mixers, MLPs, norms."""
+    """All parameters: embedding (+ untied head), mixers, MLPs (every expert and the router of a
+    mixture of experts), norms."""
     D = config.hidden_size
     n = config.vocab_size * D * (1 if config.tie_embeddings else 2)
     n += sum(mixer_params(kind, config) for kind in config.mixers)
     per_block_norms = 2 if config.mlp else 1
-    n += config.num_layers * (per_block_norms * D + (3 * D * config.mlp_size if config.mlp else 0))
+    mlp = 3 * D * config.mlp_size
+    if config.num_experts:
+        mlp = config.num_experts * (mlp + D)
+    n += config.num_layers * (per_block_norms * D + (mlp if config.mlp else 0))
     return n + D
 
 

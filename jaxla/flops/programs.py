@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 from jax import lax
 
-from jaxla.models import CausalLM, LMConfig, generate, make_mixer
+from jaxla.models import CausalLM, LMConfig, make_mixer
 
 
 def matmul(a, b):
@@ -138,13 +138,35 @@ def train_program(config: LMConfig, batch: int, seq_len: int, *, implementation:
 
 def generate_program(config: LMConfig, batch: int, prompt_len: int, new_tokens: int, *,
                      mode: str, implementation: str = "xla"):
-    """`jaxla.models.generate` itself, greedy, traced as one program: every pass of its Python
-    loop is unrolled into the HLO (mode="naive" with `naive_bucket=1`: pass k encodes exactly
-    P + k tokens; mode="cached": one prefill, then one step per token)."""
+    """The model passes of greedy `jaxla.models.generate`, unrolled into one program (XLA's
+    cost analysis counts a while_loop's body once, and generate runs its decode steps in one):
+    mode="naive": pass k encodes exactly P + k tokens (generate's `naive_bucket=1`);
+    mode="cached": one prefill of the prompt through caches of P + T slots (an argument of the
+    program, as it is of generate's compiled prefill), then one step per new token but the
+    last; an argmax after every pass."""
     graphdef, state = _model(config, implementation)
 
-    def run(st, prompt):
-        return generate(nnx.merge(graphdef, st), prompt, new_tokens, temperature=0.0, mode=mode,
-                        naive_bucket=1)
+    def argmax(logits):
+        return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
 
-    return run, (state, _ids(batch, prompt_len))
+    if mode == "naive":
+        def run(st, prompt):
+            model, seq = nnx.merge(graphdef, st), prompt
+            for _ in range(new_tokens):
+                seq = jnp.concatenate([seq, argmax(model(seq))[:, None]], axis=1)
+            return seq
+
+        return run, (state, _ids(batch, prompt_len))
+
+    def run_cached(st, prompt, cache):
+        model = nnx.merge(graphdef, st)
+        logits, cache = model(prompt, cache=cache)
+        tokens = [argmax(logits)]
+        for _ in range(new_tokens - 1):
+            logits, cache = model(tokens[-1][:, None], cache=cache)
+            tokens.append(argmax(logits))
+        return jnp.concatenate([prompt, jnp.stack(tokens, axis=1)], axis=1)
+
+    cache = jax.eval_shape(lambda st: nnx.merge(graphdef, st).init_cache(
+        batch, prompt_len + new_tokens), state)
+    return run_cached, (state, _ids(batch, prompt_len), cache)

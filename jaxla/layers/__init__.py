@@ -13,6 +13,7 @@ from jaxla.layers.gla import GatedLinearAttention, GLACache
 from jaxla.layers.lightning import LightningAttention, LightningCache
 from jaxla.layers.mamba import Mamba, MambaCache
 from jaxla.layers.mlp import SwiGLU
+from jaxla.layers.moe import SparseMoE
 from jaxla.layers.norm import RMSNorm, rms_norm
 from jaxla.layers.rope import apply_rope
 
@@ -27,6 +28,7 @@ __all__ = [
     "MambaCache",
     "RMSNorm",
     "ShortConvolution",
+    "SparseMoE",
     "SwiGLU",
     "apply_rope",
     "rms_norm",

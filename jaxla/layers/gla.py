@@ -31,12 +31,26 @@ class GLACache(NamedTuple):
     conv_v: jax.Array | None = None
 
 
+FEATURE_MAPS = {
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+    "logsigmoid": jax.nn.log_sigmoid,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "sqrelu": lambda x: jnp.square(jax.nn.relu(x)),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+
 class GatedLinearAttention(nnx.Module):
     """Gated linear attention, `x [B, T, D] -> [B, T, D]`, with FLA's defaults.
 
     q, k: `D -> key_dim = D * expand_k`; v and the output gate g: `D -> value_dim = D * expand_v`;
     the forget gate is low rank, `D -> gate_low_rank_dim -> key_dim` (+bias), through
-    `logsigmoid(.) / gate_logit_normalizer`; optional short convolutions (+silu) on q, k, v. The
+    `logsigmoid(.) / gate_logit_normalizer`; optional short convolutions (+silu) on q, k, v.
+    With `num_kv_heads` < num_heads (FLA's grouped form) k, v and the forget gate are projected
+    for num_kv_heads heads and each is repeated for `num_heads / num_kv_heads` consecutive query
+    heads; `feature_map` (a key of FEATURE_MAPS) is applied to q and k per head. The
     recurrence runs per head (K = key_dim / H, V = value_dim / H); its output is RMS-normalised
     per head (one learnable `[V]` scale shared by the heads), times `swish(g)`, then
     `o_proj: value_dim -> D`. Inputs of at most RECURRENT_MAX_LEN tokens use `gla_recurrent`,
@@ -50,7 +64,8 @@ class GatedLinearAttention(nnx.Module):
                  expand_v: float = 1.0, use_short_conv: bool = False, conv_size: int = 4,
                  conv_bias: bool = False, use_output_gate: bool = True, norm_eps: float = 1e-5,
                  gate_logit_normalizer: float = 16.0, gate_low_rank_dim: int = 16,
-                 clamp_min: float | None = None, implementation: str | None = None,
+                 clamp_min: float | None = None, num_kv_heads: int | None = None,
+                 feature_map: str | None = None, implementation: str | None = None,
                  initializer_range: float = 0.02, rngs: nnx.Rngs, dtype=None,
                  param_dtype=jnp.float32):
         name = "GatedLinearAttention"
@@ -59,6 +74,13 @@ class GatedLinearAttention(nnx.Module):
         self.value_dim = int(hidden_size * expand_v)
         check_divides(name, "num_heads", num_heads, "key_dim", self.key_dim)
         check_divides(name, "num_heads", num_heads, "value_dim", self.value_dim)
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        check_divides(name, "num_kv_heads", num_kv_heads, "num_heads", num_heads)
+        if feature_map is not None and feature_map not in FEATURE_MAPS:
+            raise ValueError(f"{name}: feature_map must be None or one of {tuple(FEATURE_MAPS)}, "
+                             f"got {feature_map!r}")
+        self.num_kv_heads = num_kv_heads
+        self.feature_map = feature_map
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.head_k_dim = self.key_dim // num_heads
@@ -76,13 +98,15 @@ class GatedLinearAttention(nnx.Module):
         self.dtype = dtype
 
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, stddev=initializer_range)
+        groups = num_heads // num_kv_heads
+        kv_key_dim, kv_value_dim = self.key_dim // groups, self.value_dim // groups
         self.q_proj = linear(hidden_size, self.key_dim, **kw)
-        self.k_proj = linear(hidden_size, self.key_dim, **kw)
-        self.v_proj = linear(hidden_size, self.value_dim, **kw)
+        self.k_proj = linear(hidden_size, kv_key_dim, **kw)
+        self.v_proj = linear(hidden_size, kv_value_dim, **kw)
         self.g_proj = linear(hidden_size, self.value_dim, **kw) if use_output_gate else None
         self.gk_proj = nnx.Sequential(
             linear(hidden_size, gate_low_rank_dim, **kw),
-            linear(gate_low_rank_dim, self.key_dim, use_bias=True, **kw),
+            linear(gate_low_rank_dim, kv_key_dim, use_bias=True, **kw),
         )
         self.o_proj = linear(self.value_dim, hidden_size, **kw)
         if use_short_conv:
@@ -90,8 +114,8 @@ class GatedLinearAttention(nnx.Module):
                 c, conv_size, use_bias=conv_bias, activation="silu", rngs=rngs, dtype=dtype,
                 param_dtype=param_dtype, kernel_init=nnx.initializers.normal(initializer_range))
             self.q_conv1d = conv(self.key_dim)
-            self.k_conv1d = conv(self.key_dim)
-            self.v_conv1d = conv(self.value_dim)
+            self.k_conv1d = conv(kv_key_dim)
+            self.v_conv1d = conv(kv_value_dim)
         else:
             self.q_conv1d = self.k_conv1d = self.v_conv1d = None
         self.g_norm = RMSNorm(self.head_v_dim, eps=norm_eps, param_dtype=param_dtype)
@@ -126,8 +150,14 @@ class GatedLinearAttention(nnx.Module):
             gk = jnp.maximum(gk, self.clamp_min)
 
         H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
-        q, k, gk = (a.reshape(B, T, H, K) for a in (q, k, gk))
-        v = v.reshape(B, T, H, V)
+        G = H // self.num_kv_heads
+        q, k, gk = (a.reshape(B, T, -1, K) for a in (q, k, gk))
+        v = v.reshape(B, T, -1, V)
+        if G > 1:  # each kv head serves G consecutive query heads
+            k, gk, v = (jnp.repeat(a, G, axis=2) for a in (k, gk, v))
+        if self.feature_map is not None:
+            fmap = FEATURE_MAPS[self.feature_map]
+            q, k = (fmap(a.astype(jnp.float32)).astype(cd) for a in (q, k))
         op = gla_recurrent if T <= RECURRENT_MAX_LEN else gla
         o, state = op(q.astype(cd), k.astype(cd), v.astype(cd), gk,
                       initial_state=None if cache is None else cache.state,

@@ -48,8 +48,11 @@ class Mamba(nnx.Module):
     `x_proj: d_inner -> dt_rank + 2 d_state` (dt, B, C), `dt_proj: dt_rank -> d_inner` whose bias
     is the scan's `delta_bias` (softplus inside the scan), `A = -exp(A_log)` with the S4D-real
     init `A_log[d, n] = log(n + 1)`, skip `D = 1`, gate `silu(z)`, `out_proj: d_inner -> D`.
-    Linear weights are normal(0, initializer_range); dt_proj's weight is
-    uniform(+-dt_rank^-0.5 dt_scale) and its bias the inverse softplus of a log-uniform dt.
+    dt_proj's weight is uniform(+-dt_rank^-0.5 dt_scale) and its bias the inverse softplus of a
+    log-uniform dt. `init="normal"`: the other linear weights are normal(0, initializer_range);
+    `init="mamba_ssm"`: mamba_ssm's `MambaLMHeadModel` init, PyTorch's default
+    uniform(+-fan_in^-0.5) for in_proj, x_proj and out_proj, then out_proj divided by
+    sqrt(num_layers) (its `rescale_prenorm_residual`, one residual per block).
 
     Decoding: `init_cache(batch_size)` -> `MambaCache`; `__call__(x, cache=c)` returns
     `(y, new_cache)`; one token uses `selective_state_update`, longer inputs `selective_scan`.
@@ -59,11 +62,14 @@ class Mamba(nnx.Module):
                  expand: int = 2, dt_rank: int | None = None, dt_min: float = 0.001,
                  dt_max: float = 0.1, dt_init: str = "random", dt_scale: float = 1.0,
                  dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
+                 init: str = "normal", num_layers: int = 1,
                  implementation: str | None = None, initializer_range: float = 0.02,
                  rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32):
         name = "Mamba"
         check_implementation(implementation)
         check_kernel_dim(name, "d_state", d_state, implementation)
+        if init not in ("normal", "mamba_ssm"):
+            raise ValueError(f"{name}: init must be 'normal' or 'mamba_ssm', got {init!r}")
         if dt_init not in ("random", "constant"):
             raise ValueError(f"{name}: dt_init must be 'random' or 'constant', got {dt_init!r}")
         self.hidden_size = hidden_size
@@ -74,13 +80,20 @@ class Mamba(nnx.Module):
         self.implementation = implementation
         self.dtype = dtype
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, stddev=initializer_range)
-        self.in_proj = linear(hidden_size, 2 * self.d_inner, use_bias=bias, **kw)
+
+        def kernel(fan_in, scale=1.0):  # mamba_ssm: PyTorch's nn.Linear default
+            return (dict(kernel_init=_uniform(scale / math.sqrt(fan_in)))
+                    if init == "mamba_ssm" else {})
+
+        self.in_proj = linear(hidden_size, 2 * self.d_inner, use_bias=bias, **kw,
+                              **kernel(hidden_size))
         # PyTorch's Conv1d default init (kept by mamba_ssm): U(+-1/sqrt(fan_in)), fan_in = d_conv.
         uniform = _uniform(1.0 / math.sqrt(d_conv))
         self.conv1d = ShortConvolution(self.d_inner, d_conv, use_bias=conv_bias, activation="silu",
                                        rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                                        kernel_init=uniform, bias_init=uniform)
-        self.x_proj = linear(self.d_inner, self.dt_rank + 2 * d_state, **kw)
+        self.x_proj = linear(self.d_inner, self.dt_rank + 2 * d_state, **kw,
+                             **kernel(self.d_inner))
         std = self.dt_rank**-0.5 * dt_scale
         if dt_init == "constant":
             dt_kernel = nnx.initializers.constant(std)
@@ -93,7 +106,8 @@ class Mamba(nnx.Module):
                              (self.d_inner, d_state))
         self.A_log = nnx.Param(jnp.log(A).astype(param_dtype))
         self.D = nnx.Param(jnp.ones((self.d_inner,), param_dtype))
-        self.out_proj = linear(self.d_inner, hidden_size, use_bias=bias, **kw)
+        self.out_proj = linear(self.d_inner, hidden_size, use_bias=bias, **kw,
+                               **kernel(self.d_inner, 1.0 / math.sqrt(num_layers)))
 
     def init_cache(self, batch_size: int, max_len: int | None = None) -> MambaCache:
         """Zero conv and SSM states (max_len is ignored: the state does not grow)."""

@@ -1,7 +1,7 @@
 """Language models over `jaxla.layers`: `LMConfig` presets, `CausalLM` and `generate`."""
 
 from jaxla.models.config import MIXER_KINDS, LMConfig
-from jaxla.models.generate import Sampling, generate, sample_logits
+from jaxla.models.generate import Sampling, generate, generate_stream, sample_logits
 from jaxla.models.lm import Block, CausalLM, make_mixer
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "LMConfig",
     "Sampling",
     "generate",
+    "generate_stream",
     "make_mixer",
     "sample_logits",
 ]

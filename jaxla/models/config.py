@@ -15,7 +15,13 @@ block i is `layer_pattern[i % len(layer_pattern)]`, one of:
 * "attention": softmax attention with RoPE and `num_kv_heads` grouped KV heads.
 
 The MLP is SwiGLU with `intermediate_size` (FLA's rule when None:
-`256 * ceil(int(D * hidden_ratio * 2 / 3) / 256)`); `mlp=False` drops it (pure Mamba stacks).
+`256 * ceil(int(D * hidden_ratio * 2 / 3) / 256)`); `mlp=False` drops it (pure Mamba stacks);
+`num_experts > 0` makes it a top-k routed mixture of SwiGLU experts of that width (Mixtral's,
+as in MiniMax-01).
+
+`block_style="minimax"` is MiniMax-01's block: the residual branch starts from the normalised
+input, `h = norm(x); x = alpha h + beta mixer(h)`, and likewise around the MLP; the
+`*_residual = (alpha, beta)` pairs scale the two terms in either style (default (1, 1)).
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from typing import Literal
 
 MixerKind = Literal["gla", "lightning", "mamba", "attention"]
 MIXER_KINDS: tuple[str, ...] = ("gla", "lightning", "mamba", "attention")
+BLOCK_STYLES: tuple[str, ...] = ("prenorm", "minimax")
+# Feature maps FLA's GLA may apply to q and k (fla.modules.activations.ACT2FN, less bias_gelu).
+FEATURE_MAPS: tuple[str, ...] = ("relu", "sigmoid", "logsigmoid", "silu", "swish", "sqrelu", "gelu")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -47,6 +56,17 @@ class LMConfig:
     mlp: bool = True
     hidden_ratio: int = 4
     intermediate_size: int | None = None
+    # Mixture of experts: 0 is one dense SwiGLU; E > 0 routes each token to its
+    # num_experts_per_tok best of E SwiGLU experts of width intermediate_size / the rule above.
+    num_experts: int = 0
+    num_experts_per_tok: int = 2
+
+    # Residual wiring of each block (module docstring): "prenorm" or "minimax", and the
+    # (alpha, beta) of `alpha * residual + beta * branch` after attention, linear mixers, MLP.
+    block_style: str = "prenorm"
+    attention_residual: tuple[float, float] = (1.0, 1.0)
+    linear_residual: tuple[float, float] = (1.0, 1.0)
+    mlp_residual: tuple[float, float] = (1.0, 1.0)
 
     # GLA (FLA defaults).
     expand_k: float = 0.5
@@ -56,15 +76,25 @@ class LMConfig:
     use_output_gate: bool = True
     use_short_conv: bool = False
     conv_size: int = 4
+    # FLA's options: grouped KV heads (None: num_heads), a feature map on q and k (FEATURE_MAPS)
+    # and a floor on the log forget gate.
+    gla_kv_heads: int | None = None
+    feature_map: str | None = None
+    clamp_min: float | None = None
 
     # Lightning: decay convention, "minimax" (MiniMax-01's code) or "fla".
     lightning_decay: str = "minimax"
+    # Epsilon of the lightning layers' output RMSNorm (None: norm_eps; MiniMax's is 1e-6).
+    lightning_norm_eps: float | None = None
 
     # Mamba (mamba_ssm defaults); dt_rank None means ceil(hidden_size / 16).
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
     dt_rank: int | None = None
+    # "normal": linear weights normal(0, initializer_range); "mamba_ssm": mamba_ssm's init
+    # (PyTorch-default uniform, out_proj / sqrt(num_layers); jaxla.layers.Mamba).
+    mamba_init: str = "normal"
 
     # Softmax attention.
     rope_theta: float = 10000.0
@@ -88,6 +118,11 @@ class LMConfig:
     def __post_init__(self):
         # Accept a list (e.g. read back from JSON); the config must stay hashable.
         object.__setattr__(self, "layer_pattern", tuple(self.layer_pattern))
+        for name in ("attention_residual", "linear_residual", "mlp_residual"):
+            pair = getattr(self, name)
+            if len(pair) != 2:
+                raise ValueError(f"{name} must be (alpha, beta), got {name}={pair!r}")
+            object.__setattr__(self, name, tuple(float(v) for v in pair))
         positive = ("vocab_size", "hidden_size", "num_layers", "num_heads", "hidden_ratio",
                     "gate_low_rank_dim", "conv_size", "d_state", "d_conv", "expand")
         for name in positive:
@@ -107,6 +142,23 @@ class LMConfig:
             raise ValueError(f"num_heads={self.num_heads} must divide hidden_size={self.hidden_size}")
         if self.num_heads % self.kv_heads:
             raise ValueError(f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}")
+        if self.mamba_init not in ("normal", "mamba_ssm"):
+            raise ValueError(f"mamba_init must be 'normal' or 'mamba_ssm', got {self.mamba_init!r}")
+        if self.gla_kv_heads is not None and (
+                self.gla_kv_heads < 1 or self.num_heads % self.gla_kv_heads):
+            raise ValueError(f"gla_kv_heads={self.gla_kv_heads} must divide "
+                             f"num_heads={self.num_heads}")
+        if self.block_style not in BLOCK_STYLES:
+            raise ValueError(f"block_style must be one of {BLOCK_STYLES}, got {self.block_style!r}")
+        if self.feature_map is not None and self.feature_map not in FEATURE_MAPS:
+            raise ValueError(f"feature_map must be None or one of {FEATURE_MAPS}, "
+                             f"got {self.feature_map!r}")
+        if self.num_experts < 0 or not 1 <= self.num_experts_per_tok:
+            raise ValueError(f"num_experts must be >= 0 and num_experts_per_tok >= 1, got "
+                             f"{self.num_experts=}, {self.num_experts_per_tok=}")
+        if self.num_experts and self.num_experts_per_tok > self.num_experts:
+            raise ValueError(f"num_experts_per_tok={self.num_experts_per_tok} exceeds "
+                             f"num_experts={self.num_experts}")
         if self.lightning_decay not in ("minimax", "fla"):
             raise ValueError(f"lightning_decay must be 'minimax' or 'fla', got {self.lightning_decay!r}")
         if self.implementation not in (None, "pallas", "xla", "naive"):
@@ -194,9 +246,11 @@ class LMConfig:
 
     @classmethod
     def mamba_370m(cls, **overrides) -> LMConfig:
-        """mamba_ssm's mamba-370m: d_model 1024, 48 Mamba blocks, no MLP, vocab 50280, tied."""
+        """mamba_ssm's mamba-370m: d_model 1024, 48 Mamba blocks, no MLP, vocab 50280, tied;
+        mamba_ssm's initialisation."""
         return cls(**{**dict(vocab_size=50280, hidden_size=1024, num_layers=48,
                              layer_pattern=("mamba",), mlp=False, norm_eps=1e-5,
+                             mamba_init="mamba_ssm",
                              tie_embeddings=True), **overrides})
 
     @classmethod

@@ -8,7 +8,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxla.layers import Attention, GatedLinearAttention, LightningAttention, Mamba, RMSNorm, SwiGLU
+from jaxla.layers import (
+    Attention,
+    GatedLinearAttention,
+    LightningAttention,
+    Mamba,
+    RMSNorm,
+    SparseMoE,
+    SwiGLU,
+)
 from jaxla.models.config import LMConfig
 
 
@@ -24,15 +32,18 @@ def make_mixer(config: LMConfig, layer_idx: int, *, rngs: nnx.Rngs, implementati
             use_short_conv=config.use_short_conv, conv_size=config.conv_size,
             use_output_gate=config.use_output_gate, norm_eps=config.norm_eps,
             gate_logit_normalizer=config.gate_logit_normalizer,
-            gate_low_rank_dim=config.gate_low_rank_dim, **kw)
+            gate_low_rank_dim=config.gate_low_rank_dim, clamp_min=config.clamp_min,
+            num_kv_heads=config.gla_kv_heads, feature_map=config.feature_map, **kw)
     if kind == "lightning":
         return LightningAttention(
             D, num_heads=config.num_heads, head_dim=config.attn_head_dim, layer_idx=layer_idx,
-            num_layers=config.num_layers, decay=config.lightning_decay, norm_eps=config.norm_eps,
-            **kw)
+            num_layers=config.num_layers, decay=config.lightning_decay,
+            norm_eps=(config.norm_eps if config.lightning_norm_eps is None
+                      else config.lightning_norm_eps), **kw)
     if kind == "mamba":
         return Mamba(D, d_state=config.d_state, d_conv=config.d_conv, expand=config.expand,
-                     dt_rank=config.mamba_dt_rank, **kw)
+                     dt_rank=config.mamba_dt_rank, init=config.mamba_init,
+                     num_layers=config.num_layers, **kw)
     if kind == "attention":
         return Attention(D, num_heads=config.num_heads, num_kv_heads=config.kv_heads,
                          head_dim=config.attn_head_dim, rope_theta=config.rope_theta, **kw)
@@ -40,7 +51,11 @@ def make_mixer(config: LMConfig, layer_idx: int, *, rngs: nnx.Rngs, implementati
 
 
 class Block(nnx.Module):
-    """`x + mixer(norm(x))`, then `x + mlp(norm(x))` when the config has an MLP; `[B, T, D]`."""
+    """`x + mixer(norm(x))`, then `x + mlp(norm(x))` when the config has an MLP; `[B, T, D]`.
+
+    In general `a r + b branch(norm(x))` with `(a, b)` from the config's `*_residual` pairs, and
+    the residual `r` is `x` ("prenorm") or `norm(x)` ("minimax", MiniMax-01's blocks).
+    """
 
     def __init__(self, config: LMConfig, layer_idx: int, *, rngs: nnx.Rngs, implementation=None):
         dtype, param_dtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
@@ -48,21 +63,43 @@ class Block(nnx.Module):
         self.kind = config.mixers[layer_idx]
         self.attn_norm = RMSNorm(D, eps=config.norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.mixer = make_mixer(config, layer_idx, rngs=rngs, implementation=implementation)
+        self.residual_from_norm = config.block_style == "minimax"
+        self.mixer_residual = (config.attention_residual if self.kind == "attention"
+                               else config.linear_residual)
+        self.mlp_residual = config.mlp_residual
         if config.mlp:
             self.mlp_norm = RMSNorm(D, eps=config.norm_eps, dtype=dtype, param_dtype=param_dtype)
-            self.mlp = SwiGLU(D, config.mlp_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                              initializer_range=config.initializer_range)
+            if config.num_experts:
+                self.mlp = SparseMoE(D, config.mlp_size, num_experts=config.num_experts,
+                                     top_k=config.num_experts_per_tok, rngs=rngs, dtype=dtype,
+                                     param_dtype=param_dtype,
+                                     initializer_range=config.initializer_range)
+            else:
+                self.mlp = SwiGLU(D, config.mlp_size, rngs=rngs, dtype=dtype,
+                                  param_dtype=param_dtype,
+                                  initializer_range=config.initializer_range)
         else:
             self.mlp_norm = self.mlp = None
 
+    def _add(self, x, h, y, scales):
+        residual = h if self.residual_from_norm else x
+        alpha, beta = scales
+        if alpha != 1.0:
+            residual = residual * jnp.asarray(alpha, residual.dtype)
+        if beta != 1.0:
+            y = y * jnp.asarray(beta, y.dtype)
+        return residual + y
+
     def __call__(self, x: jax.Array, cache=None):
+        h = self.attn_norm(x)
         if cache is None:
-            x = x + self.mixer(self.attn_norm(x))
+            y = self.mixer(h)
         else:
-            y, cache = self.mixer(self.attn_norm(x), cache=cache)
-            x = x + y
+            y, cache = self.mixer(h, cache=cache)
+        x = self._add(x, h, y, self.mixer_residual)
         if self.mlp is not None:
-            x = x + self.mlp(self.mlp_norm(x))
+            h = self.mlp_norm(x)
+            x = self._add(x, h, self.mlp(h), self.mlp_residual)
         return x if cache is None else (x, cache)
 
 

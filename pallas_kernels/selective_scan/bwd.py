@@ -49,6 +49,16 @@ checkpoint 8, sub 4, 1 warp):
   chunk_bwd comes from the shape: the one that leaves ~4096 programs (`BlockSizes.get_default`).
 - dA, dD, d delta_bias are per-program partials summed by XLA (deterministic, no atomics).
   Grid programs run concurrently; nothing depends on their order.
+
+Packed documents (`Flags.resets`, `Flags.num_docs`; see `fwd.py`): a start at step t means that
+step read zero or its document's initial state S0 instead of h_{t-1}. So the reverse carry out
+of step t, a_t dh_t, is dropped there (per-document mode: it is d S0 of that document, stored
+by the program holding the start), a chunk that holds a start passes no carry through it
+(`keep`, as in the forward), and every recomputation (`advance`) restarts as the forward did.
+In dA and ddt the term a_t h_{t-1} becomes 0 or a_t S0, which mamba_ssm's identity
+h_t - dt_t u_t B_t gives in both cases (used at starts when h_{t-1} is in registers). In
+per-document mode the final state's cotangent of a document enters dh at its last step (both
+passes load `ends[t]`; the walk of pass 2 starts from zero).
 """
 
 from __future__ import annotations
@@ -67,10 +77,16 @@ from pallas_kernels.selective_scan.fwd import (
     LOG2E,
     Flags,
     _cost,
+    chunk_keeps,
     chunk_steps,
     discretize,
+    documents_present,
+    fori,
+    i32,
     n_chunks,
+    restart,
     sigmoid,
+    step_flag,
 )
 
 
@@ -122,19 +138,29 @@ def _dstate_kernel(*refs, T, chunk, unroll, flags: Flags, prefetch, ftz):
     rest = refs[3:]
     z_ref = rest.pop(0) if flags.has_z else None
     bias_ref = rest.pop(0) if flags.has_bias else None
-    dout_ref, dloc_ref, dtsum_ref = rest
+    dout_ref = rest.pop(0)
+    starts_ref = rest.pop(0) if flags.packed else None
+    ends_ref, dlast_ref = (rest.pop(0), rest.pop(0)) if flags.per_doc else (None, None)
+    dloc_ref, dtsum_ref = rest
     base = (pl.program_id(2) + 1) * chunk
     A2 = At_ref[...].astype(F32) * LOG2E
     bias = bias_ref[...].astype(F32) if flags.has_bias else None
     masked = T % unroll != 0
-    n_iter = (jnp.minimum(chunk, T - base) + (unroll - 1)) // unroll
+    n_iter = (jnp.minimum(chunk, T - base) + (unroll - 1)) // i32(unroll)
+
+    def enter_final(dh, end):
+        """At a document's last step (end >= 0) its final state's cotangent enters."""
+        return lax.cond(end >= 0, lambda d: d + dlast_ref[end], lambda d: d, dh)
 
     def load_block(t0):
         rows = []
         for k in range(unroll):
             t = jnp.minimum(t0 + k, T - 1) if masked else t0 + k
             row = (delta_ref[t, :], C_ref[t, :], dout_ref[t, :])
-            rows.append(row + ((z_ref[t, :],) if flags.has_z else ()))
+            row += (z_ref[t, :],) if flags.has_z else (None,)
+            row += (step_flag(starts_ref, t, t0 + k, T, masked),) if flags.packed else (None,)
+            row += (step_flag(ends_ref, t, t0 + k, T, masked),) if flags.per_doc else (None,)
+            rows.append(row)
         return tuple(rows)
 
     def body(i, carry):
@@ -154,15 +180,19 @@ def _dstate_kernel(*refs, T, chunk, unroll, flags: Flags, prefetch, ftz):
             if masked:
                 valid = t0 + k < T
                 dt, g = jnp.where(valid, dt, 0.0), jnp.where(valid, g, 0.0)
-            dh = exp2(A2 * dt[None, :], ftz=ftz) * fma(row[1].astype(F32)[:, None], g[None, :], dh,
-                                                       asm=ftz)
+            if flags.per_doc:
+                dh = enter_final(dh, row[5])
+            a = exp2(A2 * dt[None, :], ftz=ftz)
+            if flags.packed:  # nothing flows back past a document start
+                a = jnp.where(row[4] >= 0, 0.0, a)
+            dh = a * fma(row[1].astype(F32)[:, None], g[None, :], dh, asm=ftz)
             s = s + dt
         return (dh, s, nxt) if prefetch else (dh, s)
 
     init = (jnp.zeros(A2.shape, F32), jnp.zeros(A2.shape[1:], F32))
     if prefetch:
         init = init + (load_block(base + (n_iter - 1) * unroll),)
-    carry = lax.fori_loop(0, n_iter, body, init)
+    carry = fori(n_iter, body, init)
     dloc_ref[...] = carry[0]
     dtsum_ref[...] = carry[1]
 
@@ -177,6 +207,10 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, butterf
     hs_ref, dout_ref, dlast_ref = rest.pop(0), rest.pop(0), rest.pop(0)
     if n_total > 1:
         dloc_ref, dtsum_ref = rest.pop(0), rest.pop(0)
+        keep_ref = rest.pop(0) if flags.packed else None
+    starts_ref = rest.pop(0) if flags.packed else None
+    ends_ref = rest.pop(0) if flags.per_doc else None
+    doc_h0_ref = rest.pop(0) if flags.doc_h0 else None
     du_ref, ddelta_ref = rest.pop(0), rest.pop(0)
     dz_ref = rest.pop(0) if flags.has_z else None
     if butterfly:
@@ -211,20 +245,33 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, butterf
         return jnp.minimum(t, T - 1) if masked else t
 
     def step_rows(t):
-        """u, delta + bias, dt, B_t at step t (dt = 0 past T: an identity step)."""
+        """u, delta + bias, dt, B_t and (packed) the document starting at step t (dt = 0 and no
+        start past T: an identity step)."""
         r = row_index(t)
         dl, dt = discretize(delta_ref[r, :], bias, flags)
         if masked:
             dt = jnp.where(t < T, dt, 0.0)
-        return u_ref[r, :].astype(F32), dl, dt, B_ref[r, :].astype(F32)
+        start = step_flag(starts_ref, r, t, T, masked) if flags.packed else None
+        return u_ref[r, :].astype(F32), dl, dt, B_ref[r, :].astype(F32), start
 
-    def advance(h, u, dt, B_t):
+    def initial(doc):  # a document's initial state, as N row loads
+        return tile_in(lambda n: doc_h0_ref[doc, n, :])
+
+    def advance(h, u, dt, B_t, start):
+        if flags.packed:
+            h = restart(h, start, initial if flags.doc_h0 else None)
         return fma(exp2(A2 * dt[None, :], ftz=ftz), h, B_t[:, None] * (dt * u)[None, :], asm=ftz)
 
     def saved_state(k):
         return tile_in(lambda n: hs_ref[k, n, :])
 
-    def step_back(carry, t, u, dl, dt, h, h_prev):
+    def enter_final(dh, t):
+        """At a document's last step its final state's cotangent enters (per-document mode)."""
+        end = step_flag(ends_ref, row_index(t), t, T, masked)
+        return lax.cond(end >= 0, lambda d: d + tile_in(lambda n: dlast_ref[end, n, :]),
+                        lambda d: d, dh)
+
+    def step_back(carry, t, u, dl, dt, start, h, h_prev):
         """Step t backwards from the state after it (h) and, when still in registers, before it."""
         dh, dA, dD, dbias = carry
         r = row_index(t)
@@ -244,6 +291,8 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, butterf
             g = do
         if masked:
             g = jnp.where(valid, g, 0.0)
+        if flags.per_doc:
+            dh = enter_final(dh, t)
         dh = fma(C_t[:, None], g[None, :], dh, asm=ftz)
         s_B = jnp.sum(dh * B_t[:, None], axis=0)
         du = dt * s_B
@@ -253,8 +302,14 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, butterf
         dtu = dt * u
         a = exp2(A2 * dt[None, :], ftz=ftz)  # recomputed: cheaper than keeping sub decays live
         a_dh = a * dh  # the carry into step t - 1
+        # q = dh a_t h_{t-1}, with h_{t-1} the state the step read (packed: zero or the
+        # document's initial state at a start, which the identity below gives).
         if h_prev is None:  # a_t h_{t-1} = h_t - dt_t u_t B_t (mamba_ssm's identity)
             q = dh * (h - B_t[:, None] * dtu[None, :])
+        elif flags.doc_h0:
+            q = jnp.where(start >= 0, dh * (h - B_t[:, None] * dtu[None, :]), a_dh * h_prev)
+        elif flags.packed:
+            q = a_dh * jnp.where(start >= 0, 0.0, h_prev)
         else:
             q = a_dh * h_prev
         dA = fma(q, dt[None, :], dA, asm=ftz)
@@ -281,30 +336,44 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, butterf
             pl.when(valid)(store)
         else:
             store()
+        if flags.packed:  # nothing flows back past a document start: it goes to its h0
+            if flags.doc_h0:
+
+                @pl.when(start >= 0)
+                def _():
+                    for n in range(Np):
+                        dh0_ref[start, n, :] = jnp.sum(jnp.where(row_of == n, a_dh, 0.0), axis=0)
+
+            a_dh = jnp.where(start >= 0, 0.0, a_dh)
         return a_dh, dA, dD, dbias
 
     def sub_chunk(carry, h, t0, n):
         """Recompute the n states of steps t0.. from h (registers), then walk them backwards."""
         states, rows = [], []
         for k in range(n):
-            u, dl, dt, B_t = step_rows(t0 + k)
-            h = advance(h, u, dt, B_t)
-            rows.append((u, dl, dt))
+            u, dl, dt, B_t, start = step_rows(t0 + k)
+            h = advance(h, u, dt, B_t, start)
+            rows.append((u, dl, dt, start))
             states.append(h)
         for k in reversed(range(n)):
             # the state before step t0 (the sub-chunk's start) is not kept: 16 more registers
             carry = step_back(carry, t0 + k, *rows[k], states[k], states[k - 1] if k else None)
         return carry
 
-    dh = tile_in(lambda n: dlast_ref[n, :])
+    if flags.per_doc:  # the final states' cotangents enter at each document's last step
+        dh = jnp.zeros((Np, bd), F32)
+    else:
+        dh = tile_in(lambda n: dlast_ref[n, :])
     if n_total > 1:
         # The carry entering this chunk from the chunks after it (pass 1 holds chunk k at k - 1).
         def walk(i, dh):
             k = n_total - 2 - i
             decay = exp2(A2 * dtsum_ref[k][None, :], ftz=ftz)
+            if flags.packed:
+                decay = jnp.where(keep_ref[k] != 0, decay, 0.0)
             return fma(decay, dh, tile_in(lambda n: dloc_ref[k, n, :]), asm=ftz)
 
-        dh = lax.fori_loop(0, n_total - 1 - c, walk, dh)
+        dh = fori(n_total - 1 - c, walk, dh)
     carry = (
         dh,
         jnp.zeros((Np, bd), F32),
@@ -312,49 +381,54 @@ def _bwd_kernel(*refs, T, checkpoint, chunk, sub, n_total, flags: Flags, butterf
         jnp.zeros((bd,), F32) if flags.has_bias else None,
     )
     n_sub = chunk_steps(base, T, chunk, n_total, sub)
-    first_interval = lax.div(base, checkpoint)
+    first_interval = lax.div(base, i32(checkpoint))
 
     def body(j, carry):
         m = n_sub - 1 - j
-        interval = first_interval + lax.div(m, per_chunk)
+        interval = first_interval + lax.div(m, i32(per_chunk))
         h = saved_state(interval)
         if per_chunk > 1:  # advance from the checkpoint to the start of this sub-chunk
 
             def skip(i, h):
                 for s in range(sub):
-                    u, _, dt, B_t = step_rows(interval * checkpoint + i * sub + s)
-                    h = advance(h, u, dt, B_t)
+                    u, _, dt, B_t, start = step_rows(interval * checkpoint + i * sub + s)
+                    h = advance(h, u, dt, B_t, start)
                 return h
 
-            h = lax.fori_loop(0, lax.rem(m, per_chunk), skip, h)
+            h = fori(lax.rem(m, i32(per_chunk)), skip, h)
         return sub_chunk(carry, h, base + m * sub, sub)
 
-    dh, dA, dD, dbias = lax.fori_loop(0, n_sub, body, carry)
+    dh, dA, dD, dbias = fori(n_sub, body, carry)
     tile_out(dA_ref, dA)
     if flags.has_D:
         dD_ref[...] = dD
     if flags.has_bias:
         dbias_ref[...] = dbias
-    if flags.has_h0:
+    if flags.row_h0:
 
         @pl.when(c == 0)
         def _():
             tile_out(dh0_ref, dh)
 
 
-def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flags, block_sizes,
-             interpret: bool):
+def backward(u, delta, At, B, C, D, z, bias, h0, states, dout, dlast, starts=None, ends=None, *,
+             flags: Flags, block_sizes, interpret: bool):
     """Run the backward kernels on padded inputs (shapes as in `fwd.forward`).
 
     Args:
       At: `[Np, Dp]`, A transposed.
+      h0: the per-document initial states `[num_docs, Np, Dp]` (read at document starts) when
+        `flags.doc_h0`, else unused (a row's initial state is in `states`).
       states: the forward's states every `checkpoint` steps, `[Bt, ceil(T / checkpoint), Np,
         Dp]` float32.
-      dout: `[Bt, T, Dp]` cotangent of the output; dlast: `[Bt, Np, Dp]` of the final state.
+      dout: `[Bt, T, Dp]` cotangent of the output; dlast: `[Bt, Np, Dp]` of the final state
+        (`[num_docs, Np, Dp]` in per-document mode).
+      starts, ends: as in `fwd.forward`.
 
     Returns:
       `du, ddelta, dz | None, dB [Bt, T, G, Np] f32, dC, dA [Np, Dp] f32, dD | None,
-      dbias | None, dh0 [Bt, Np, Dp] | None` (dB, dC, dA, dD, dbias summed over programs).
+      dbias | None, dh0 [Bt | num_docs, Np, Dp] | None` (dB, dC, dA, dD, dbias summed over
+      programs).
     """
     Bt, T, Dp = u.shape
     G, Np = B.shape[2], B.shape[3]
@@ -364,15 +438,18 @@ def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flag
     n_blocks = Dp // bd
     nc = n_chunks(T, chunk)
     ns = states.shape[1]
+    n_docs = flags.num_docs
     sds = jax.ShapeDtypeStruct
     elems = Bt * T * Dp * Np
+    flag = pl.BlockSpec((None, T), lambda b, j, c: (b, 0))
 
     extra_args, extra_specs = [], []
     if nc > 1:  # pass 1: the reverse carries out of chunks 1 .. nc-1
         bd1 = bs.block_d
         pg1 = (Dp // G) // bd1
         seq1 = pl.BlockSpec((None, T, bd1), lambda b, j, c: (b, 0, j))
-        bc1 = pl.BlockSpec((None, T, None, Np), lambda b, j, c: (b, 0, lax.div(j, pg1), 0))
+        bc1 = pl.BlockSpec((None, T, None, Np),
+                           lambda b, j, c: (b, 0, lax.div(j, i32(pg1)), 0))
         args = [delta, At, C]
         specs = [seq1, pl.BlockSpec((Np, bd1), lambda b, j, c: (0, j)), bc1]
         if flags.has_z:
@@ -383,6 +460,12 @@ def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flag
             specs.append(pl.BlockSpec((bd1,), lambda b, j, c: (j,)))
         args.append(dout)
         specs.append(seq1)
+        if flags.packed:
+            args.append(starts)
+            specs.append(flag)
+        if flags.per_doc:
+            args += [ends, dlast]
+            specs += [flag, pl.BlockSpec((n_docs, Np, bd1), lambda b, j, c: (0, 0, j))]
         out_shape = [sds((Bt, nc - 1, Np, Dp), F32), sds((Bt, nc - 1, Dp), F32)]
         extra_args = pl.pallas_call(
             functools.partial(_dstate_kernel, T=T, chunk=chunk, unroll=bs.unroll, flags=flags,
@@ -400,11 +483,16 @@ def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flag
         )(*args)
         extra_specs = [pl.BlockSpec((None, nc - 1, Np, bd), lambda b, j, c: (b, 0, 0, j)),
                        pl.BlockSpec((None, nc - 1, bd), lambda b, j, c: (b, 0, j))]
+        if flags.packed:  # chunk k + 1's keep flag beside its carry at k
+            extra_args = list(extra_args) + [chunk_keeps(starts, chunk)[:, 1:]]
+            extra_specs.append(pl.BlockSpec((None, nc - 1), lambda b, j, c: (b, 0)))
 
     seq = pl.BlockSpec((None, T, bd), lambda b, j, c: (b, 0, j))
-    bc = pl.BlockSpec((None, T, None, Np), lambda b, j, c: (b, 0, lax.div(j, per_group), 0))
+    bc = pl.BlockSpec((None, T, None, Np),
+                      lambda b, j, c: (b, 0, lax.div(j, i32(per_group)), 0))
     chan = pl.BlockSpec((bd,), lambda b, j, c: (j,))
     state = pl.BlockSpec((None, Np, bd), lambda b, j, c: (b, 0, j))
+    doc_states = pl.BlockSpec((n_docs, Np, bd), lambda b, j, c: (0, 0, j))
 
     def part_seq(width):  # per-program partial sums over the block's channels, [Bt, nb, T, width]
         return pl.BlockSpec((None, None, T, width), lambda b, j, c: (b, j, 0, 0))
@@ -419,8 +507,14 @@ def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flag
             args.append(x)
             specs.append(spec)
     args += [states, dout, dlast] + list(extra_args)
-    specs += [pl.BlockSpec((None, ns, Np, bd), lambda b, j, c: (b, 0, 0, j)), seq, state]
+    specs += [pl.BlockSpec((None, ns, Np, bd), lambda b, j, c: (b, 0, 0, j)), seq,
+              doc_states if flags.per_doc else state]
     specs += extra_specs
+    for present, x, spec in ((flags.packed, starts, flag), (flags.per_doc, ends, flag),
+                             (flags.doc_h0, h0, doc_states)):
+        if present:
+            args.append(x)
+            specs.append(spec)
 
     outs = [(sds(u.shape, u.dtype), seq), (sds(delta.shape, delta.dtype), seq)]
     if flags.has_z:
@@ -436,8 +530,10 @@ def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flag
         outs.append((sds((Bt, nc, Dp), F32), part_chan))
     if flags.has_bias:
         outs.append((sds((Bt, nc, Dp), F32), part_chan))
-    if flags.has_h0:
+    if flags.row_h0:
         outs.append((sds((Bt, Np, Dp), F32), state))
+    elif flags.doc_h0:  # written at each document's start
+        outs.append((sds((n_docs, Np, Dp), F32), doc_states))
 
     kernel = functools.partial(
         _bwd_kernel, T=T, checkpoint=bs.checkpoint, chunk=chunk, sub=sub, n_total=nc,
@@ -468,6 +564,8 @@ def backward(u, delta, At, B, C, D, z, bias, states, dout, dlast, *, flags: Flag
     dD = res.pop(0).sum((0, 1)) if flags.has_D else None
     dbias = res.pop(0).sum((0, 1)) if flags.has_bias else None
     dh0 = res.pop(0) if flags.has_h0 else None
+    if flags.doc_h0:  # a document without steps (possible only in unchecked input) gets zero
+        dh0 = jnp.where(documents_present(starts, n_docs)[:, None, None], dh0, 0.0)
 
     def group_sum(part):  # [Bt, n_blocks, T, Np] -> [Bt, T, G, Np]
         part = part.reshape(Bt, G, per_group, T, Np).sum(2)

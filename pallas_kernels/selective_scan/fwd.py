@@ -43,6 +43,19 @@ Layout: u, delta, z, y `[B, T, D]`; B, C `[B, T, G, N]` (the program's channel b
 group); `At` is A transposed, `[N, D]`; D, delta_bias `[D]`; states `[B, N, D]` (transposed).
 All dims the kernels see are padded by `api.py`: D to a multiple of the blocks within each
 group, N to a power of two. Steps past T in the last chunk are identities (dt = 0, no store).
+Index arithmetic is int32 (grid ids, loop counters, constants), also under `jax_enable_x64`.
+
+Packed documents (`Flags.resets`, `Flags.num_docs`; absent, the kernels are the dense ones):
+a document start at step t replaces the state before the step, `h_{t-1}`, by zero (resets) or
+by the document's initial state (per-document mode, `h0 [num_docs, N, D]`, or zero without
+one). Every program loads one int32 per step, `starts[t]` (the document starting at t, else
+-1), and restarts there (`restart`: a select, or for an initial state a tile load under a
+branch taken only at starts). So pass 1's end state of a chunk already holds everything after
+the chunk's last start (with that document's decayed initial state); a chunk that contains a
+start passes nothing through it: the carry multiplies its decay by `keep` (0 for such chunks,
+`chunk_keeps`). In per-document mode pass 2 also loads `ends[t]` (the document ending at t, else
+-1) and writes the state after that step as the document's final state `[num_docs, N, D]`.
+The checkpoints hold the state before a step, before any restart (the backward restarts too).
 """
 
 from __future__ import annotations
@@ -52,6 +65,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
@@ -64,13 +78,39 @@ F32 = jnp.float32
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Flags:
-    """Which optional inputs are present (static)."""
+    """Which optional inputs are present and how documents are packed (static).
+
+    resets: documents restart from a zero state (`starts [B, T]`: 0 where one starts, else -1).
+    num_docs: per-document mode when > 0 (B = 1; `starts`, `ends [1, T]`: the document that
+      starts / ends at t, else -1); `has_h0` then says that the initial state is one per
+      document, `[num_docs, N, D]`, and the final state is one per document.
+    """
 
     has_D: bool
     has_z: bool
     has_bias: bool
     has_h0: bool
     softplus: bool
+    resets: bool = False
+    num_docs: int = 0
+
+    @property
+    def packed(self) -> bool:
+        return self.resets or self.num_docs > 0
+
+    @property
+    def per_doc(self) -> bool:
+        return self.num_docs > 0
+
+    @property
+    def row_h0(self) -> bool:
+        """An initial state per batch row (fed to step 0)."""
+        return self.has_h0 and not self.per_doc
+
+    @property
+    def doc_h0(self) -> bool:
+        """An initial state per document (fed at each document's start)."""
+        return self.has_h0 and self.per_doc
 
 
 def softplus(x):
@@ -94,11 +134,53 @@ def n_chunks(T: int, chunk: int) -> int:
     return -(-T // chunk)
 
 
+def i32(x):
+    """A static int as an int32 scalar (Python ints become int64 under `jax_enable_x64`)."""
+    return np.int32(x)
+
+
+def fori(n, body, init):
+    """`lax.fori_loop(0, n, body, init)` with an int32 counter, also under `jax_enable_x64`
+    (a static-length `fori_loop` counts in a Python int: int64 there). `n`: int or int32."""
+    if not isinstance(n, int):
+        return lax.fori_loop(i32(0), n, body, init)
+
+    def step(carry, _):
+        i, x = carry
+        return (i + 1, body(i, x)), None
+
+    (_, out), _ = lax.scan(step, (i32(0), init), None, length=n)
+    return out
+
+
+def chunk_keeps(starts, chunk: int):
+    """`[B, NC]` int32: 1 where chunk c (of `chunk` steps) holds no document start, so that the
+    state (or the backward's carry) passes through it, 0 where it does not."""
+    Bt, T = starts.shape
+    nc = n_chunks(T, chunk)
+    start = jnp.pad(starts >= 0, ((0, 0), (0, nc * chunk - T)))
+    return jnp.logical_not(start.reshape(Bt, nc, chunk).any(-1)).astype(jnp.int32)
+
+
+def restart(h, doc, initial=None):
+    """The state entering a step: `h`, or at a document start (`doc >= 0`) zero or, with
+    per-document initial states, `initial(doc)` (a float32 tile like h, loaded only there)."""
+    if initial is None:
+        return jnp.where(doc >= 0, 0.0, h)
+    return lax.cond(doc >= 0, lambda h: initial(doc), lambda h: h, h)
+
+
+def step_flag(ref, r, t, T: int, masked: bool):
+    """`ref[r]` (a document index or -1) at step t; -1 past T (a masked identity step)."""
+    flag = ref[r]
+    return jnp.where(t < T, flag, i32(-1)) if masked else flag
+
+
 def chunk_steps(base, T: int, chunk: int, n_total: int, step: int):
     """Loop iterations of `step` steps covering the chunk starting at `base` (static if one)."""
     if n_total == 1:
         return -(-min(chunk, T) // step)
-    return (jnp.minimum(chunk, T - base) + (step - 1)) // step
+    return (jnp.minimum(chunk, T - base) + (step - 1)) // i32(step)
 
 
 def _state_kernel(*refs, chunk, unroll, flags: Flags, prefetch, ftz):
@@ -107,13 +189,17 @@ def _state_kernel(*refs, chunk, unroll, flags: Flags, prefetch, ftz):
     u_ref, delta_ref, At_ref, B_ref = refs[:4]
     rest = refs[4:]
     bias_ref = rest.pop(0) if flags.has_bias else None
+    starts_ref = rest.pop(0) if flags.packed else None
+    h0_ref = rest.pop(0) if flags.doc_h0 else None
     hloc_ref, dtsum_ref = rest
+    initial = (lambda doc: h0_ref[doc].astype(F32)) if flags.doc_h0 else None
     base = pl.program_id(2) * chunk  # every chunk this kernel sees is full
     A2 = At_ref[...].astype(F32) * LOG2E  # exp(dt A) = exp2(dt A log2 e)
     bias = bias_ref[...].astype(F32) if flags.has_bias else None
 
     def load_block(t0):
         return tuple((u_ref[t, :], delta_ref[t, :], B_ref[t, :])
+                     + ((starts_ref[t],) if flags.packed else ())
                      for t in (t0 + k for k in range(unroll)))
 
     n_iter = chunk // unroll
@@ -124,8 +210,10 @@ def _state_kernel(*refs, chunk, unroll, flags: Flags, prefetch, ftz):
             nxt = load_block(base + jnp.minimum(i + 1, n_iter - 1) * unroll)
         else:
             rows = load_block(base + i * unroll)
-        for u, dl, B_t in rows:
+        for u, dl, B_t, *start in rows:
             _, dt = discretize(dl, bias, flags)
+            if flags.packed:
+                h = restart(h, start[0], initial)
             h = fma(exp2(A2 * dt[None, :], ftz=ftz), h,
                     B_t.astype(F32)[:, None] * (dt * u.astype(F32))[None, :], asm=ftz)
             s = s + dt
@@ -134,27 +222,34 @@ def _state_kernel(*refs, chunk, unroll, flags: Flags, prefetch, ftz):
     init = (jnp.zeros(A2.shape, F32), jnp.zeros(A2.shape[1:], F32))
     if prefetch:
         init = init + (load_block(base),)
-    carry = lax.fori_loop(0, n_iter, body, init)
+    carry = fori(n_iter, body, init)
     hloc_ref[...] = carry[0]
     dtsum_ref[...] = carry[1]
 
 
-def _carry_kernel(*refs, n_total, unroll, has_h0, ftz):
-    """The state entering every chunk: `h_in[0] = h0`, `h_in[k+1] = exp(A S_k) h_in[k] + h_loc[k]`.
+def _carry_kernel(*refs, n_total, unroll, flags: Flags, ftz):
+    """The state entering every chunk: `h_in[0] = h0`, `h_in[k+1] = exp(A S_k) h_in[k] + h_loc[k]`
+    (packed: `keep_k exp(A S_k) h_in[k] + h_loc[k]`, nothing passing through a chunk that holds a
+    document start).
 
     One program per (batch, channel block) walks the NC chunks in order; the loads of `h_loc[k]`
     and `S_k` do not depend on the carry, so the `unroll` of them in one iteration are in flight
     together and the walk is a chain of `n_total` fused multiply-adds per state element.
     """
     At_ref, *rest = refs
-    h0_ref = rest.pop(0) if has_h0 else None
-    hloc_ref, dtsum_ref, hin_ref = rest
+    h0_ref = rest.pop(0) if flags.row_h0 else None
+    hloc_ref, dtsum_ref = rest.pop(0), rest.pop(0)
+    keep_ref = rest.pop(0) if flags.packed else None
+    (hin_ref,) = rest
     A2 = At_ref[...].astype(F32) * LOG2E
-    h = h0_ref[...].astype(F32) if has_h0 else jnp.zeros(A2.shape, F32)
+    h = h0_ref[...].astype(F32) if flags.row_h0 else jnp.zeros(A2.shape, F32)
     hin_ref[0] = h
 
     def step(k, h):
-        h = fma(exp2(A2 * dtsum_ref[k][None, :], ftz=ftz), h, hloc_ref[k], asm=ftz)
+        decay = exp2(A2 * dtsum_ref[k][None, :], ftz=ftz)
+        if flags.packed:
+            decay = jnp.where(keep_ref[k] != 0, decay, 0.0)
+        h = fma(decay, h, hloc_ref[k], asm=ftz)
         hin_ref[k + 1] = h
         return h
 
@@ -164,7 +259,7 @@ def _carry_kernel(*refs, n_total, unroll, has_h0, ftz):
         return h
 
     n_walk = n_total - 1
-    h = lax.fori_loop(0, n_walk // unroll, body, h)
+    h = fori(n_walk // unroll, body, h)
     for k in range(n_walk - n_walk % unroll, n_walk):
         h = step(k, h)
 
@@ -172,16 +267,20 @@ def _carry_kernel(*refs, n_total, unroll, has_h0, ftz):
 def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save, prefetch,
                 ftz):
     """Pass 2: chunk c's outputs (and checkpoints) from the state entering it (`_carry_kernel`,
-    or h0 / zero when there is one chunk)."""
+    or h0 / zero when there is one chunk); the final state (per document: after its last step)."""
     refs = list(refs)
     u_ref, delta_ref, At_ref, B_ref, C_ref = refs[:5]
     rest = refs[5:]
     D_ref = rest.pop(0) if flags.has_D else None
     z_ref = rest.pop(0) if flags.has_z else None
     bias_ref = rest.pop(0) if flags.has_bias else None
-    h0_ref = rest.pop(0) if flags.has_h0 and n_total == 1 else None
+    h0_ref = rest.pop(0) if flags.row_h0 and n_total == 1 else None
     hin_ref = rest.pop(0) if n_total > 1 else None
+    starts_ref = rest.pop(0) if flags.packed else None
+    ends_ref = rest.pop(0) if flags.per_doc else None
+    doc_h0_ref = rest.pop(0) if flags.doc_h0 else None
     out_ref, last_ref = rest.pop(0), rest.pop(0)
+    initial = (lambda doc: doc_h0_ref[doc].astype(F32)) if flags.doc_h0 else None
     states_ref = rest.pop(0) if save else None
 
     c = pl.program_id(2)
@@ -191,7 +290,7 @@ def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save
     bias = bias_ref[...].astype(F32) if flags.has_bias else None
     if n_total > 1:
         h = hin_ref[...]  # the state entering chunk c (`_carry_kernel`)
-    elif flags.has_h0:
+    elif flags.row_h0:
         h = h0_ref[...].astype(F32)
     else:
         h = jnp.zeros(A2.shape, F32)
@@ -203,7 +302,10 @@ def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save
         for k in range(unroll):
             t = jnp.minimum(t0 + k, T - 1) if masked else t0 + k
             row = (u_ref[t, :], delta_ref[t, :], B_ref[t, :], C_ref[t, :])
-            rows.append(row + ((z_ref[t, :],) if flags.has_z else ()))
+            row += (z_ref[t, :],) if flags.has_z else (None,)
+            row += (step_flag(starts_ref, t, t0 + k, T, masked),) if flags.packed else (None,)
+            row += (step_flag(ends_ref, t, t0 + k, T, masked),) if flags.per_doc else (None,)
+            rows.append(row)
         return tuple(rows)
 
     def step(h, raw, t):
@@ -211,6 +313,8 @@ def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save
         _, dt = discretize(raw[1], bias, flags)
         if masked:
             dt = jnp.where(t < T, dt, 0.0)
+        if flags.packed:
+            h = restart(h, raw[5], initial)
         h = fma(exp2(A2 * dt[None, :], ftz=ftz), h, raw[2].astype(F32)[:, None] * (dt * u)[None, :],
                 asm=ftz)
         y = jnp.sum(h * raw[3].astype(F32)[:, None], axis=0)
@@ -227,6 +331,13 @@ def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save
             pl.when(t < T)(store)
         else:
             store()
+        if flags.per_doc:
+            end = raw[6]
+
+            @pl.when(end >= 0)
+            def _():
+                last_ref[end] = h
+
         return h
 
     n_iter = chunk_steps(base, T, chunk, n_total, unroll)
@@ -236,9 +347,9 @@ def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save
         t0 = base + i * unroll
         if save:
 
-            @pl.when(lax.rem(t0, checkpoint) == 0)
+            @pl.when(lax.rem(t0, i32(checkpoint)) == 0)
             def _():
-                states_ref[lax.div(t0, checkpoint)] = h
+                states_ref[lax.div(t0, i32(checkpoint))] = h
 
         if prefetch:
             nxt = load_block(base + jnp.minimum(i + 1, n_iter - 1) * unroll)
@@ -248,13 +359,15 @@ def _out_kernel(*refs, T, chunk, unroll, checkpoint, n_total, flags: Flags, save
             h = step(h, rows[k], t0 + k)
         return (h, nxt) if prefetch else h
 
-    h = lax.fori_loop(0, n_iter, body, (h, load_block(base)) if prefetch else h)
+    h = fori(n_iter, body, (h, load_block(base)) if prefetch else h)
     if prefetch:
         h = h[0]
 
-    @pl.when(c == n_total - 1)
-    def _():
-        last_ref[...] = h
+    if not flags.per_doc:
+
+        @pl.when(c == n_total - 1)
+        def _():
+            last_ref[...] = h
 
 
 def _cost(args, out_shape, flops, transcendentals):
@@ -264,19 +377,21 @@ def _cost(args, out_shape, flops, transcendentals):
                            bytes_accessed=int(io))
 
 
-def forward(u, delta, At, B, C, D, z, bias, h0, *, flags: Flags, block_sizes, save: bool,
-            interpret: bool):
+def forward(u, delta, At, B, C, D, z, bias, h0, starts=None, ends=None, *, flags: Flags,
+            block_sizes, save: bool, interpret: bool):
     """Run the forward kernels on padded inputs.
 
     Args:
       u, delta, z: `[Bt, T, Dp]`; At `[Np, Dp]` (A transposed); B, C `[Bt, T, G, Np]`;
-        D, bias `[Dp]`; h0 `[Bt, Np, Dp]` float32 (None entries for absent options, matching
-        `flags`).
+        D, bias `[Dp]`; h0 `[Bt, Np, Dp]` float32, `[num_docs, Np, Dp]` in per-document mode
+        (None entries for absent options, matching `flags`).
+      starts: `[Bt, T]` int32 when packed: the document starting at t (0 with resets), else -1.
+      ends: `[1, T]` int32 in per-document mode: the document ending at t, else -1.
       save: also return the states every `checkpoint` steps, `[Bt, ceil(T / checkpoint), Np,
         Dp]` float32 (state before step k * checkpoint).
 
     Returns:
-      `(out [Bt, T, Dp] in u.dtype, last [Bt, Np, Dp] float32, states or None)`.
+      `(out [Bt, T, Dp] in u.dtype, last [Bt | num_docs, Np, Dp] float32, states or None)`.
     """
     Bt, T, Dp = u.shape
     G, Np = B.shape[2], B.shape[3]
@@ -286,18 +401,26 @@ def forward(u, delta, At, B, C, D, z, bias, h0, *, flags: Flags, block_sizes, sa
     nc = n_chunks(T, chunk)
     params = pltriton.CompilerParams(num_warps=bs.num_warps, num_stages=bs.num_stages)
     elems = Bt * T * Dp * Np
+    n_docs = flags.num_docs
 
     seq = pl.BlockSpec((None, T, bd), lambda b, j, c: (b, 0, j))
-    bc = pl.BlockSpec((None, T, None, Np), lambda b, j, c: (b, 0, lax.div(j, per_group), 0))
+    bc = pl.BlockSpec((None, T, None, Np),
+                      lambda b, j, c: (b, 0, lax.div(j, i32(per_group)), 0))
     chan = pl.BlockSpec((bd,), lambda b, j, c: (j,))
     tile = pl.BlockSpec((Np, bd), lambda b, j, c: (0, j))
     state = pl.BlockSpec((None, Np, bd), lambda b, j, c: (b, 0, j))
+    flag = pl.BlockSpec((None, T), lambda b, j, c: (b, 0))
+    doc_states = pl.BlockSpec((n_docs, Np, bd), lambda b, j, c: (0, 0, j))
     sds = jax.ShapeDtypeStruct
 
     hin = None
     if nc > 1:  # pass 1: the end states of chunks 0 .. nc-2
-        args = [u, delta, At, B] + ([bias] if flags.has_bias else [])
-        specs = [seq, seq, tile, bc] + ([chan] if flags.has_bias else [])
+        args, specs = [u, delta, At, B], [seq, seq, tile, bc]
+        for present, x, spec in ((flags.has_bias, bias, chan), (flags.packed, starts, flag),
+                                 (flags.doc_h0, h0, doc_states)):
+            if present:
+                args.append(x)
+                specs.append(spec)
         out_shape = [sds((Bt, nc - 1, Np, Dp), F32), sds((Bt, nc - 1, Dp), F32)]
         hloc, dtsum = pl.pallas_call(
             functools.partial(_state_kernel, chunk=chunk, unroll=unroll, flags=flags,
@@ -314,15 +437,18 @@ def forward(u, delta, At, B, C, D, z, bias, h0, *, flags: Flags, block_sizes, sa
         )(*args)
         # the state entering each chunk, from h0 and the chunks' end states
         bdc = min(bs.block_d_carry, bd)
-        args = [At] + ([h0] if flags.has_h0 else []) + [hloc, dtsum]
+        args = [At] + ([h0] if flags.row_h0 else []) + [hloc, dtsum]
         carry_state = pl.BlockSpec((None, Np, bdc), lambda b, j: (b, 0, j))
         specs = ([pl.BlockSpec((Np, bdc), lambda b, j: (0, j))]
-                 + ([carry_state] if flags.has_h0 else [])
+                 + ([carry_state] if flags.row_h0 else [])
                  + [pl.BlockSpec((None, nc - 1, Np, bdc), lambda b, j: (b, 0, 0, j)),
                     pl.BlockSpec((None, nc - 1, bdc), lambda b, j: (b, 0, j))])
+        if flags.packed:
+            args.append(chunk_keeps(starts, chunk)[:, :nc - 1])
+            specs.append(pl.BlockSpec((None, nc - 1), lambda b, j: (b, 0)))
         out_shape = sds((Bt, nc, Np, Dp), F32)
         hin = pl.pallas_call(
-            functools.partial(_carry_kernel, n_total=nc, unroll=8, has_h0=flags.has_h0,
+            functools.partial(_carry_kernel, n_total=nc, unroll=8, flags=flags,
                               ftz=not interpret),
             grid=(Bt, Dp // bdc),
             in_specs=specs,
@@ -339,15 +465,21 @@ def forward(u, delta, At, B, C, D, z, bias, h0, *, flags: Flags, block_sizes, sa
     specs = [seq, seq, tile, bc, bc]
     for present, x, spec in ((flags.has_D, D, chan), (flags.has_z, z, seq),
                              (flags.has_bias, bias, chan),
-                             (flags.has_h0 and nc == 1, h0, state),
+                             (flags.row_h0 and nc == 1, h0, state),
                              (nc > 1, hin, pl.BlockSpec((None, None, Np, bd),
-                                                        lambda b, j, c: (b, c, 0, j)))):
+                                                        lambda b, j, c: (b, c, 0, j))),
+                             (flags.packed, starts, flag), (flags.per_doc, ends, flag),
+                             (flags.doc_h0, h0, doc_states)):
         if present:
             args.append(x)
             specs.append(spec)
 
-    out_shape = [sds(u.shape, u.dtype), sds((Bt, Np, Dp), F32)]
-    out_specs = [seq, state]
+    if flags.per_doc:  # written at each document's last step
+        out_shape = [sds(u.shape, u.dtype), sds((n_docs, Np, Dp), F32)]
+        out_specs = [seq, doc_states]
+    else:
+        out_shape = [sds(u.shape, u.dtype), sds((Bt, Np, Dp), F32)]
+        out_specs = [seq, state]
     ns = n_chunks(T, bs.checkpoint)
     if save:
         out_shape.append(sds((Bt, ns, Np, Dp), F32))
@@ -369,4 +501,13 @@ def forward(u, delta, At, B, C, D, z, bias, h0, *, flags: Flags, block_sizes, sa
         interpret=interpret,
         name="selective_scan_fwd",
     )(*args)
-    return outs[0], outs[1], (outs[2] if save else None)
+    last = outs[1]
+    if flags.per_doc:  # a document without steps (possible only in unchecked input) keeps zero
+        last = jnp.where(documents_present(starts, n_docs)[:, None, None], last, 0.0)
+    return outs[0], last, (outs[2] if save else None)
+
+
+def documents_present(starts, num_docs: int):
+    """`[num_docs]` bool: which documents start somewhere in `starts [1, T]`."""
+    index = jnp.where(starts[0] >= 0, starts[0], num_docs)
+    return jnp.zeros((num_docs,), bool).at[index].set(True, mode="drop")

@@ -36,6 +36,26 @@ C x bk x V dots per chunk in each of the dq and dk sweeps (below); the backward 
 gradients (no decay, or a constant g_gamma as in lightning attention) runs the same dots as
 before.
 
+Packed documents (common.py). resets: with the masked gates every formula above holds as it
+stands (a term the forward drops has a factor exp2(-inf) = 0 here too). For the gate gradient,
+let e_i count the starts in s's chunk up to row i. The state before step s is zero at a start
+and otherwise holds only its own document, so
+  exp(g_s) S_{s-1} = [e_s == 0] exp(G_s) S_n + sum_{j < s, e_j == e_s} exp(G_s - G_j) k_j^T v_j,
+  dS_s = sum_{i >= s, e_i == e_s} scale exp(G_i - G_s) q_i^T do_i
+         + [e_s == e_last] exp(G_last - G_s) dS_n,
+and dg_s (zero at a start) expands into the same four terms with the forward's masks: a_i is
+zero unless e_i == 0 (dq^inter reads S_n only there), b_j unless e_j == e_last (dk^inter),
+M_ij unless e_i == e_j (dA), P_n unless the chunk holds no start (G_last = -inf). Because e is
+non-decreasing, the unmasked sums over i >= s and j < s then reach only s's own document: at a
+start every term vanishes (i >= s has e_i > 0; j < s has e_j < e_s <= e_last; no pair straddles
+it), and for s with e_s > 0 the a's after it and, for e_s < e_last, the b's before it are all
+zero. So the kernels and the assembly in api.py are unchanged; only the gates carry masks.
+docs (chunks aligned to documents): the dq sweep enters a document's first chunk with its
+initial state S0 (which it stores as S_n), the dk and dv sweeps enter a document's last chunk
+with d final[doc] and store dS after its first chunk as d initial[doc]. With S_{s-1} = S0 at a
+document's first step, dL/dg_s = <exp(g_s) S0, dS_s> is the same expansion (no mask inside a
+chunk). The hi/lo splits apply to the same operands in every packing.
+
 Design (B=4, T=4096, H=16, K=V=128, bf16, C=64, tiles of 64 on an H100):
 * dq sweep: grid (K/bk, B, H), float32 state tile [bk, V] (recomputes the forward states).
   dk sweep: grid (K/bk, B, H), float32 tile of dS [bk, V] (the K split keeps dk's V-contraction
@@ -62,6 +82,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels.simple_gla.common import (
+    FIRST,
+    LAST,
     chunk_gates,
     compiler_params,
     cost,
@@ -69,6 +91,9 @@ from pallas_kernels.simple_gla.common import (
     dot_precision,
     dot_state,
     itemsize,
+    loop,
+    replace_state,
+    store_state,
 )
 
 ROLES = ("dq", "dk", "dv")
@@ -79,9 +104,11 @@ def _state(ref, index, shape):
     return jnp.zeros(shape, jnp.float32) if ref is None else ref[index].astype(jnp.float32)
 
 
-def _gates(gate_ref, n, cfg, dtype):
+def _gates(gate_ref, starts_ref, n, cfg, dtype):
+    starts = None if starts_ref is None else starts_ref[pl.ds(n * cfg["chunk"], cfg["chunk"])]
     return chunk_gates(gate_ref, n, mode=cfg["gate_mode"], chunk=cfg["chunk"],
-                       seq_len=cfg["seq_len"], exact=jnp.dtype(dtype) == jnp.float32)
+                       seq_len=cfg["seq_len"], exact=jnp.dtype(dtype) == jnp.float32,
+                       starts=starts)
 
 
 def _crossing(qk, dA, *, chunk, dtype):
@@ -94,19 +121,20 @@ def _crossing(qk, dA, *, chunk, dtype):
     C = chunk
     row = lax.broadcasted_iota(jnp.int32, (C, C), 0)
     col = lax.broadcasted_iota(jnp.int32, (C, C), 1)
-    M = jnp.where(row > col, qk * dA, 0.0)
+    zero, one = jnp.float32(0.0), jnp.float32(1.0)
+    M = jnp.where(row > col, qk * dA, zero)
     if jnp.dtype(dtype) == jnp.float32:
-        UM = dot(jnp.where(col >= row, 1.0, 0.0), M, precision=lax.Precision.HIGHEST)
+        UM = dot(jnp.where(col >= row, one, zero), M, precision=lax.Precision.HIGHEST)
     else:
-        U = jnp.where(col >= row, 1.0, 0.0).astype(jnp.bfloat16)
+        U = jnp.where(col >= row, one, zero).astype(jnp.bfloat16)
         hi = M.astype(jnp.bfloat16)
         lo = (M - hi.astype(jnp.float32)).astype(jnp.bfloat16)
         UM = dot(U, hi) + dot(U, lo)
-    return jnp.sum(jnp.where(col < row, UM, 0.0), axis=1)
+    return jnp.sum(jnp.where(col < row, UM, zero), axis=1)
 
 
-def _dq_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, h0_ref, dq_ref, ga_ref, gc_ref,
-              states_ref, *, cfg):
+def _dq_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, starts_ref, edges_ref, h0_ref, dq_ref,
+              ga_ref, gc_ref, states_ref, *, cfg):
     C, bk, dtype = cfg["chunk"], cfg["block_k_dq"], q_ref.dtype
     precision = dot_precision(dtype)
     cols = pl.ds(ik * bk, bk)
@@ -114,10 +142,15 @@ def _dq_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, h0_ref, dq_ref, ga_ref,
     gate_grad = states_ref is not None
     split = "b" if gate_grad else None  # S and v * exp(G_rev): hi + lo for the gate gradient
 
+    def load_initial(d):
+        return h0_ref[d, cols, :]
+
     def body(n, S):
         rows = pl.ds(n * C, C)
+        if edges_ref is not None:  # a document's first chunk enters with its initial state
+            S = replace_state(edges_ref, FIRST, n, S, None if h0_ref is None else load_initial)
         k, v, do = k_ref[rows, cols], v_ref[rows, :], do_ref[rows, :]
-        G, G_last, G_rev, diff = _gates(gate_ref, n, cfg, dtype)
+        G, G_last, G_rev, diff = _gates(gate_ref, starts_ref, n, cfg, dtype)
         dA = dot(do, v, tb=True, precision=precision) * (jnp.exp2(diff) * cfg["scale"])
         dq_inter = dot_state(do, S, dtype=dtype, split=split, tb=True) * (
             cfg["scale"] * jnp.exp2(G))[:, None]
@@ -132,23 +165,34 @@ def _dq_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, h0_ref, dq_ref, ga_ref,
         v_decayed = v.astype(jnp.float32) * jnp.exp2(G_rev)[:, None]
         return S * jnp.exp2(G_last) + dot_state(k, v_decayed, dtype=dtype, split=split, ta=True)
 
-    S = _state(h0_ref, (cols, slice(None)), (bk, Vp))
-    lax.fori_loop(0, cfg["num_chunks"], body, S)
+    if edges_ref is not None:
+        S = jnp.zeros((bk, Vp), jnp.float32)
+    else:
+        S = _state(h0_ref, (cols, slice(None)), (bk, Vp))
+    loop(cfg["num_chunks"], body, S)
 
 
-def _dk_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, dht_ref, states_ref, dk_ref, dh0_ref,
-              gb_ref, gp_ref, *, cfg):
+def _dk_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, starts_ref, edges_ref, dht_ref,
+              states_ref, dk_ref, dh0_ref, gb_ref, gp_ref, *, cfg):
     C, bk, dtype, N = cfg["chunk"], cfg["block_k_dk"], q_ref.dtype, cfg["num_chunks"]
     precision = dot_precision(dtype)
     cols = pl.ds(ik * bk, bk)
     Vp = v_ref.shape[-1]
     gate_grad = states_ref is not None  # dS and q * exp(G): hi + lo for the gate gradient
 
+    def load_final(d):
+        return dht_ref[d, cols, :]
+
+    def store_initial(d, dS):
+        dh0_ref[d, cols, :] = dS
+
     def body(i, dS):
         n = N - 1 - i
         rows = pl.ds(n * C, C)
+        if edges_ref is not None:  # a document's last chunk: d final state of the document
+            dS = replace_state(edges_ref, LAST, n, dS, None if dht_ref is None else load_final)
         q, v, do = q_ref[rows, cols], v_ref[rows, :], do_ref[rows, :]
-        G, G_last, G_rev, diff = _gates(gate_ref, n, cfg, dtype)
+        G, G_last, G_rev, diff = _gates(gate_ref, starts_ref, n, cfg, dtype)
         dA = dot(do, v, tb=True, precision=precision) * (jnp.exp2(diff) * cfg["scale"])
         dk_inter = dot_state(v, dS, dtype=dtype, split="b" if gate_grad else None, tb=True) * (
             jnp.exp2(G_rev)[:, None])
@@ -161,24 +205,36 @@ def _dk_sweep(ik, q_ref, k_ref, v_ref, do_ref, gate_ref, dht_ref, states_ref, dk
             P = jnp.exp2(G_last) * jnp.sum(jnp.sum(states_ref[n, cols, :] * dS, axis=1), axis=0)
             gp_ref[ik, rows] = jnp.full((C,), P, jnp.float32)
         q_decayed = q.astype(jnp.float32) * (cfg["scale"] * jnp.exp2(G))[:, None]
-        return dS * jnp.exp2(G_last) + dot_state(q_decayed, do, dtype=dtype,
-                                                 split="a" if gate_grad else None, ta=True)
+        dS = dS * jnp.exp2(G_last) + dot_state(q_decayed, do, dtype=dtype,
+                                               split="a" if gate_grad else None, ta=True)
+        if edges_ref is not None:  # a document's first chunk: d initial state of the document
+            store_state(edges_ref, FIRST, n, dS, store_initial)
+        return dS
 
+    if edges_ref is not None:
+        loop(N, body, jnp.zeros((bk, Vp), jnp.float32))
+        return
     dS = _state(dht_ref, (cols, slice(None)), (bk, Vp))
-    dh0_ref[cols, :] = lax.fori_loop(0, N, body, dS)
+    dh0_ref[cols, :] = loop(N, body, dS)
 
 
-def _dv_sweep(iv, q_ref, k_ref, do_ref, gate_ref, dht_ref, dv_ref, *, cfg):
+def _dv_sweep(iv, q_ref, k_ref, do_ref, gate_ref, starts_ref, edges_ref, dht_ref, dv_ref, *,
+              cfg):
     C, bv, dtype, N = cfg["chunk"], cfg["block_v_dv"], q_ref.dtype, cfg["num_chunks"]
     precision = dot_precision(dtype)
     cols = pl.ds(iv * bv, bv)
     Kp = q_ref.shape[-1]
 
+    def load_final(d):
+        return dht_ref[d, :, cols]
+
     def body(i, dS):
         n = N - 1 - i
         rows = pl.ds(n * C, C)
+        if edges_ref is not None:  # a document's last chunk: d final state of the document
+            dS = replace_state(edges_ref, LAST, n, dS, None if dht_ref is None else load_final)
         q, k, do = q_ref[rows, :], k_ref[rows, :], do_ref[rows, cols]
-        G, G_last, G_rev, diff = _gates(gate_ref, n, cfg, dtype)
+        G, G_last, G_rev, diff = _gates(gate_ref, starts_ref, n, cfg, dtype)
         A = dot(q, k, tb=True, precision=precision) * (jnp.exp2(diff) * cfg["scale"])
         dv = dot(A.astype(dtype), do, ta=True, precision=precision)
         dv += dot(k, dS.astype(dtype), precision=precision) * jnp.exp2(G_rev)[:, None]
@@ -186,14 +242,19 @@ def _dv_sweep(iv, q_ref, k_ref, do_ref, gate_ref, dht_ref, dv_ref, *, cfg):
         do_decayed = (do.astype(jnp.float32) * (cfg["scale"] * jnp.exp2(G))[:, None]).astype(dtype)
         return dS * jnp.exp2(G_last) + dot(q, do_decayed, ta=True, precision=precision)
 
-    dS = _state(dht_ref, (slice(None), cols), (Kp, bv))
-    lax.fori_loop(0, N, body, dS)
+    if edges_ref is not None:
+        dS = jnp.zeros((Kp, bv), jnp.float32)
+    else:
+        dS = _state(dht_ref, (slice(None), cols), (Kp, bv))
+    loop(N, body, dS)
 
 
 def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, *refs, roles, tiles, cfg):
     """Runs the sweeps in `roles`; grid axis 0 enumerates their tiles one role after another."""
     refs = list(refs)
     gate_ref = refs.pop(0) if cfg["gate_mode"] != "none" else None
+    starts_ref = refs.pop(0) if cfg["packing"] == "resets" else None
+    edges_ref = refs.pop(0) if cfg["packing"] == "docs" else None
     h0_ref = refs.pop(0) if cfg["has_h0"] else None
     dht_ref = refs.pop(0) if cfg["has_dht"] else None
     states_in = refs.pop(0) if (cfg["gate_grad"] and "dk" in roles and "dq" not in roles) else None
@@ -210,16 +271,17 @@ def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, *refs, roles, tiles, cfg):
         else:
             outs["dv"] = refs.pop(0)
     assert not refs, refs
+    packed = (gate_ref, starts_ref, edges_ref)
 
     def run(role, i):
         if role == "dq":
-            _dq_sweep(i, q_ref, k_ref, v_ref, do_ref, gate_ref, h0_ref, outs["dq"], outs["ga"],
+            _dq_sweep(i, q_ref, k_ref, v_ref, do_ref, *packed, h0_ref, outs["dq"], outs["ga"],
                       outs["gc"], outs["states"], cfg=cfg)
         elif role == "dk":
-            _dk_sweep(i, q_ref, k_ref, v_ref, do_ref, gate_ref, dht_ref, states_in, outs["dk"],
+            _dk_sweep(i, q_ref, k_ref, v_ref, do_ref, *packed, dht_ref, states_in, outs["dk"],
                       outs["dh0"], outs["gb"], outs["gp"], cfg=cfg)
         else:
-            _dv_sweep(i, q_ref, k_ref, do_ref, gate_ref, dht_ref, outs["dv"], cfg=cfg)
+            _dv_sweep(i, q_ref, k_ref, do_ref, *packed, dht_ref, outs["dv"], cfg=cfg)
 
     pid = pl.program_id(0)
     if len(roles) == 1:
@@ -232,7 +294,7 @@ def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, *refs, roles, tiles, cfg):
 
 
 def _bwd_call(roles, q, k, v, do, gate, h0, dht, states, *, scale, seq_len, gate_mode, gate_grad,
-              block_sizes, interpret):
+              block_sizes, interpret, starts, edges, num_docs):
     B, Tp, H, Kp = q.shape
     Vp = v.shape[-1]
     bs = block_sizes
@@ -240,14 +302,19 @@ def _bwd_call(roles, q, k, v, do, gate, h0, dht, states, *, scale, seq_len, gate
     N = Tp // C
     n_tiles = {"dq": Kp // bs.block_k_dq, "dk": Kp // bs.block_k_dk, "dv": Vp // bs.block_v_dv}
     tiles = tuple(n_tiles[r] for r in roles)
+    packing = "resets" if starts is not None else "docs" if edges is not None else "none"
     cfg = dict(chunk=C, seq_len=seq_len, num_chunks=N, scale=scale, gate_mode=gate_mode,
-               has_h0=h0 is not None, has_dht=dht is not None, gate_grad=gate_grad,
+               packing=packing, has_h0=h0 is not None, has_dht=dht is not None, gate_grad=gate_grad,
                block_k_dq=bs.block_k_dq, block_k_dk=bs.block_k_dk, block_v_dv=bs.block_v_dv)
     # Every program sees the whole [Tp, K] / [Tp, V] rows of its (b, h) and slices its tile.
     def seq_spec(width):
         return pl.BlockSpec((None, Tp, None, width), lambda i, b, h: (b, 0, h, 0))
 
     state_spec = pl.BlockSpec((None, None, Kp, Vp), lambda i, b, h: (b, h, 0, 0))
+    n_states = B
+    if packing == "docs":  # every program holds all documents' states (B = 1)
+        n_states = num_docs
+        state_spec = pl.BlockSpec((num_docs, None, Kp, Vp), lambda i, b, h: (0, h, 0, 0))
     in_specs = [seq_spec(Kp), seq_spec(Kp), seq_spec(Vp), seq_spec(Vp)]
     args = [q, k, v, do]
     if gate_mode == "g":
@@ -256,6 +323,12 @@ def _bwd_call(roles, q, k, v, do, gate, h0, dht, states, *, scale, seq_len, gate
     elif gate_mode == "gamma":
         in_specs.append(pl.BlockSpec((None, C), lambda i, b, h: (h, 0)))
         args.append(gate)
+    if packing == "resets":
+        in_specs.append(pl.BlockSpec((None, Tp), lambda i, b, h: (b, 0)))
+        args.append(starts)
+    elif packing == "docs":
+        in_specs.append(pl.BlockSpec((2, N), lambda i, b, h: (0, 0)))
+        args.append(edges)
     for x in (h0, dht):
         if x is not None:
             in_specs.append(state_spec)
@@ -271,7 +344,7 @@ def _bwd_call(roles, q, k, v, do, gate, h0, dht, states, *, scale, seq_len, gate
         out_shape.append(jax.ShapeDtypeStruct((B, Tp, H, width), q.dtype))
         out_specs.append(seq_spec(width))
         if role == "dk":
-            out_shape.append(jax.ShapeDtypeStruct((B, H, Kp, Vp), jnp.float32))
+            out_shape.append(jax.ShapeDtypeStruct((n_states, H, Kp, Vp), jnp.float32))
             out_specs.append(state_spec)
         if role in ("dq", "dk") and gate_grad:
             for _ in range(2):  # per K tile: (a, crossing) from dq, (b, P) from dk
@@ -296,6 +369,7 @@ def _bwd_call(roles, q, k, v, do, gate, h0, dht, states, *, scale, seq_len, gate
         flops += n * 2 * C * per_chunk
     flops *= B * H * N
     nbytes = itemsize(q) * B * Tp * H * (2 * Kp + 2 * Vp) * (1 + len(roles))
+    nbytes += 0 if packing == "none" else 4 * (B * Tp if packing == "resets" else 2 * N)
     if gate_grad:  # the float32 states (written by dq, read by dk) and the per-tile gate terms
         for role, n in zip(roles, tiles, strict=True):
             if role in ("dq", "dk"):
@@ -315,16 +389,18 @@ def _bwd_call(roles, q, k, v, do, gate, h0, dht, states, *, scale, seq_len, gate
 
 
 def chunk_bwd(q, k, v, do, gate, h0, dht, *, scale, seq_len, gate_mode, gate_grad, block_sizes,
-              interpret):
-    """Gradients of the chunked forward on padded inputs (shapes as `chunk_fwd`).
+              interpret, starts=None, edges=None, num_docs=0):
+    """Gradients of the chunked forward on padded inputs (shapes and packing as `chunk_fwd`).
 
-    do: `[B, Tp, H, Vp]` in q.dtype; dht: `[B, H, Kp, Vp]` float32 or None.
+    do: `[B, Tp, H, Vp]` in q.dtype; dht: `[B, H, Kp, Vp]` (`[num_docs, ...]` with edges)
+    float32 or None.
     Returns `(dq, dk, dv, dh0, gate_terms)`: dq, dk, dv padded like q, k, v (q.dtype); dh0
-    float32 `[B, H, Kp, Vp]`; gate_terms None unless gate_grad, else the four `[B, H, Tp]`
-    float32 terms (a, b, crossing, P) of the gate gradient (module docstring).
+    float32 `[B or num_docs, H, Kp, Vp]`; gate_terms None unless gate_grad, else the four
+    `[B, H, Tp]` float32 terms (a, b, crossing, P) of the gate gradient (module docstring).
     """
     kw = dict(scale=scale, seq_len=seq_len, gate_mode=gate_mode, gate_grad=gate_grad,
-              block_sizes=block_sizes, interpret=interpret)
+              block_sizes=block_sizes, interpret=interpret, starts=starts, edges=edges,
+              num_docs=num_docs)
     args = (q, k, v, do, gate, h0, dht)
     if gate_grad:
         # The dk sweep reads the states the dq sweep writes: dq runs first, on its own.

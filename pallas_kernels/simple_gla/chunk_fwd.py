@@ -17,6 +17,11 @@ Design (B=4, T=4096, H=16, K=V=128, bf16, C=64, block_v=64 on an H100):
   throughput-bound (one 4-warp program per SM); loads of chunk n+1 do not depend on the state,
   so Triton's num_stages pipelining overlaps them with chunk n's dots.
 * Expected 0.1-0.2 ms against FLA's 0.257 ms.
+Packed documents (common.py): with "resets" the decays of each chunk carry the documents'
+masks (pairs across a start, rows past a start reading S_n, rows before one reaching S_{n+1},
+S_n decaying into S_{n+1} when the chunk holds a start), the arithmetic is unchanged; with
+"docs" (inputs aligned to chunks) the state is replaced by the document's initial state on its
+first chunk and stored as its final state after its last.
 bf16 inputs: bf16 dot operands (the state and the masked scores are rounded to bf16 for their
 dots, as in FLA), float32 accumulation, float32 gates and state. float32 inputs: IEEE dots.
 """
@@ -27,23 +32,29 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels.simple_gla.common import (
+    FIRST,
+    LAST,
     chunk_gates,
     compiler_params,
     cost,
     dot,
     dot_precision,
     itemsize,
+    loop,
+    replace_state,
+    store_state,
 )
 
 
 def _fwd_kernel(q_ref, k_ref, v_ref, *refs, chunk, seq_len, num_chunks, scale, gate_mode,
-                has_h0):
+                packing, has_h0):
     refs = list(refs)
     gate_ref = refs.pop(0) if gate_mode != "none" else None
+    starts_ref = refs.pop(0) if packing == "resets" else None
+    edges_ref = refs.pop(0) if packing == "docs" else None
     h0_ref = refs.pop(0) if has_h0 else None
     o_ref, ht_ref = refs
     C = chunk
@@ -51,42 +62,68 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, chunk, seq_len, num_chunks, scale, g
     precision = dot_precision(dtype)
     Kp, bv = q_ref.shape[-1], v_ref.shape[-1]
 
+    def load_initial(d):
+        return h0_ref[d, :, :]
+
+    def store_final(d, S):
+        ht_ref[d, :, :] = S
+
     def body(n, S):
         rows = pl.ds(n * C, C)
+        if edges_ref is not None:  # a document's first chunk enters with its initial state
+            S = replace_state(edges_ref, FIRST, n, S, load_initial if has_h0 else None)
         q, k, v = q_ref[rows, :], k_ref[rows, :], v_ref[rows, :]
+        starts = None if starts_ref is None else starts_ref[rows]
         G, G_last, G_rev, diff = chunk_gates(gate_ref, n, mode=gate_mode, chunk=C,
-                                             seq_len=seq_len, exact=dtype == jnp.float32)
+                                             seq_len=seq_len, exact=dtype == jnp.float32,
+                                             starts=starts)
         A = dot(q, k, tb=True, precision=precision) * (jnp.exp2(diff) * scale)
         o = dot(A.astype(dtype), v, precision=precision)
         o += dot(q, S.astype(dtype), precision=precision) * (scale * jnp.exp2(G))[:, None]
         o_ref[rows, :] = o.astype(o_ref.dtype)
         v_decayed = (v.astype(jnp.float32) * jnp.exp2(G_rev)[:, None]).astype(dtype)
-        return S * jnp.exp2(G_last) + dot(k, v_decayed, ta=True, precision=precision)
+        S = S * jnp.exp2(G_last) + dot(k, v_decayed, ta=True, precision=precision)
+        if edges_ref is not None:  # a document's last chunk: its final state
+            store_state(edges_ref, LAST, n, S, store_final)
+        return S
 
+    if edges_ref is not None:
+        loop(num_chunks, body, jnp.zeros((Kp, bv), jnp.float32))
+        return
     S = h0_ref[...].astype(jnp.float32) if has_h0 else jnp.zeros((Kp, bv), jnp.float32)
-    ht_ref[...] = lax.fori_loop(0, num_chunks, body, S)
+    ht_ref[...] = loop(num_chunks, body, S)
 
 
-def chunk_fwd(q, k, v, gate, h0, *, scale, seq_len, gate_mode, block_sizes, interpret):
+def chunk_fwd(q, k, v, gate, h0, *, scale, seq_len, gate_mode, block_sizes, interpret,
+              starts=None, edges=None, num_docs=0):
     """Run the forward kernel on padded inputs.
 
     q, k: `[B, Tp, H, Kp]`; v: `[B, Tp, H, Vp]` (Tp a multiple of the chunk, Kp, Vp powers of
-    two); gate: `[B, H, Tp]` float32 chunk-local cumulative log-decays ("g"), `[H, C]` constant
-    decays ("gamma") or None ("none"); h0: `[B, H, Kp, Vp]` float32 or None.
-    Returns `(o [B, Tp, H, Vp] in q.dtype, final state [B, H, Kp, Vp] float32)`.
+    two); gate: `[B, H, Tp]` float32 per-step log2-decays ("g"), `[H, C]` constant decays
+    ("gamma") or None ("none"); h0: `[B, H, Kp, Vp]` float32 or None.
+    Packed documents (common.py), at most one of: starts `[B, Tp]` int32 ("resets"); edges
+    `[2, Tp / C]` int32 with num_docs >= 1 ("docs": B = 1, inputs aligned to chunks, h0 and the
+    final state `[num_docs, H, Kp, Vp]`).
+    Returns `(o [B, Tp, H, Vp] in q.dtype, final state [B or num_docs, H, Kp, Vp] float32)`.
     """
     B, Tp, H, Kp = q.shape
     Vp = v.shape[-1]
     bs = block_sizes
     C, bv = bs.chunk, bs.block_v
     N = Tp // C
+    packing = "resets" if starts is not None else "docs" if edges is not None else "none"
     kernel = functools.partial(
         _fwd_kernel, chunk=C, seq_len=seq_len, num_chunks=N, scale=scale,
-        gate_mode=gate_mode, has_h0=h0 is not None,
+        gate_mode=gate_mode, packing=packing, has_h0=h0 is not None,
     )
     qk_spec = pl.BlockSpec((None, Tp, None, Kp), lambda iv, b, h: (b, 0, h, 0))
     v_spec = pl.BlockSpec((None, Tp, None, bv), lambda iv, b, h: (b, 0, h, iv))
-    state_spec = pl.BlockSpec((None, None, Kp, bv), lambda iv, b, h: (b, h, 0, iv))
+    if packing == "docs":  # every program holds all documents' states of its tile
+        states = num_docs
+        state_spec = pl.BlockSpec((num_docs, None, Kp, bv), lambda iv, b, h: (0, h, 0, iv))
+    else:
+        states = B
+        state_spec = pl.BlockSpec((None, None, Kp, bv), lambda iv, b, h: (b, h, 0, iv))
     in_specs = [qk_spec, qk_spec, v_spec]
     args = [q, k, v]
     if gate_mode == "g":
@@ -95,18 +132,25 @@ def chunk_fwd(q, k, v, gate, h0, *, scale, seq_len, gate_mode, block_sizes, inte
     elif gate_mode == "gamma":
         in_specs.append(pl.BlockSpec((None, C), lambda iv, b, h: (h, 0)))
         args.append(gate)
+    if packing == "resets":
+        in_specs.append(pl.BlockSpec((None, Tp), lambda iv, b, h: (b, 0)))
+        args.append(starts)
+    elif packing == "docs":
+        in_specs.append(pl.BlockSpec((2, N), lambda iv, b, h: (0, 0)))
+        args.append(edges)
     if h0 is not None:
         in_specs.append(state_spec)
         args.append(h0)
     NV = Vp // bv
     flops = B * H * N * NV * 2 * C * (C * Kp + C * bv + 2 * Kp * bv)
-    states = 4 * B * H * Kp * Vp * (2 if h0 is not None else 1)
-    nbytes = itemsize(q) * B * Tp * H * (2 * Kp + 2 * Vp) + states
+    state_bytes = 4 * states * H * Kp * Vp * (2 if h0 is not None else 1)
+    nbytes = itemsize(q) * B * Tp * H * (2 * Kp + 2 * Vp) + state_bytes
+    nbytes += 0 if packing == "none" else 4 * (B * Tp if packing == "resets" else 2 * N)
     return pl.pallas_call(
         kernel,
         out_shape=(
             jax.ShapeDtypeStruct((B, Tp, H, Vp), q.dtype),
-            jax.ShapeDtypeStruct((B, H, Kp, Vp), jnp.float32),
+            jax.ShapeDtypeStruct((states, H, Kp, Vp), jnp.float32),
         ),
         grid=(NV, B, H),
         in_specs=in_specs,

@@ -1,10 +1,28 @@
-"""Pieces shared by the simple GLA kernels: dots, per-chunk gates, the intra-chunk decay mask.
+"""Pieces shared by the simple GLA kernels: dots, per-chunk gates, the intra-chunk decay mask,
+document masks and edges, loops with an int32 index.
 
 Gate modes (static): "g" = a `[Tp]` ref of per-step log-decays (float32, g + g_gamma, zero on
 padded steps); "gamma" = a `[C]` ref holding the head's constant log-decay (no gate tensor at
 all); "none" = no decay. Gates arrive in log2 units (times log2(e), as FLA does since 2025-12) and
 the kernels use exp2 (libdevice's expf wraps the same ex2 instruction in a range reduction);
 gradients stay with respect to the natural-log gates (they never differentiate G itself).
+
+Packed documents (a static `packing` per kernel; "none" adds no input, load or operation):
+* "resets": a `[Tp]` int32 ref per row holding, for every row i of its chunk, the number e_i of
+  document starts in the chunk up to and including i (`packing.chunk_starts`). `chunk_gates`
+  turns it into masks on the decays, so the kernels' arithmetic is unchanged: a pair (i, j)
+  interacts only when e_i == e_j, row i reads the state entering the chunk only when e_i == 0,
+  row j reaches the chunk's end state only when e_j == e_last, and the entering state decays
+  into the end state only when the chunk holds no start (e_last == 0). A masked decay is an
+  exponent of -inf (every consumer only takes exp2 of it).
+* "docs": a `[2, NT]` int32 ref of document edges (`packing.document_edges`): row 0 holds the
+  document entered at chunk (or step) n, row 1 the document left there, -1 elsewhere. The
+  sequential loops replace their carried state there (`replace_state`, `store_state`): the
+  forward enters a document's first chunk with its initial state and stores its final state
+  after its last; the backward sweeps (backward in time) enter a document's last chunk with the
+  final state's cotangent and store the initial state's after its first.
+Every index is int32, also under `jax_enable_x64` (`loop`; the Triton lowering takes a loop's
+index type from its bounds).
 """
 
 from __future__ import annotations
@@ -13,11 +31,25 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
 GATE_MODES = ("g", "gamma", "none")
 LOG2E = 1.4426950408889634
+NEG_INF = np.float32(-np.inf)  # float32 also under x64 (a Python -inf would be a float64 operand)
+
+
+def loop(num: int, body, init):
+    """`lax.fori_loop(0, num, body, init)` with an int32 index, also under `jax_enable_x64`
+    (where fori_loop's static-length path counts in int64)."""
+
+    def step(carry, _):
+        n, x = carry
+        return (n + 1, body(n, x)), None
+
+    (_, out), _ = lax.scan(step, (jnp.int32(0), init), None, length=num)
+    return out
 
 
 def dot(a, b, *, ta: bool = False, tb: bool = False, precision=None):
@@ -60,7 +92,8 @@ def dot_state(a, b, *, dtype, split: str | None, ta: bool = False, tb: bool = Fa
 class Gates(NamedTuple):
     """Decays of one chunk: G [C] (cumulative from the chunk start through row i, <= 0),
     G_last (whole chunk, scalar), G_rev [C] = G_last - G (from row j to the chunk end) and
-    diff [C, C] = G_i - G_j below the diagonal, -inf above (so exp2(diff) is the causal mask)."""
+    diff [C, C] = G_i - G_j below the diagonal, -inf above (so exp2(diff) is the causal mask).
+    With documents inside the chunk, -inf wherever a start cuts the decay (`chunk_gates`)."""
 
     G: jax.Array
     G_last: jax.Array
@@ -68,13 +101,18 @@ class Gates(NamedTuple):
     diff: jax.Array
 
 
-def chunk_gates(gate_ref, n, *, mode: str, chunk: int, seq_len: int, exact: bool = False):
+def chunk_gates(gate_ref, n, *, mode: str, chunk: int, seq_len: int, exact: bool = False,
+                starts=None):
     """The `Gates` of chunk `n`.
 
     mode "g": `gate_ref` is a `[Tp]` ref of per-step log2-decays (g + g_gamma). A difference of
     two cumulative sums loses eps * |G| (|G| reaches C * 20 with strong gates, an error of 6e-5
     in exp2(G_i - G_j) for float32); with `exact` (float32 inputs) diff and G_rev are summed
     directly over their segments by an IEEE matmul with a 0/1 matrix instead.
+    starts: `[C]` int32 document starts in the chunk up to each row ("resets" packing) or None;
+    the decays across a start become -inf (module docstring): G where a row does not read the
+    entering state, G_rev where a row does not reach the end state, G_last when the chunk holds
+    a start, diff between rows of two documents.
     """
     C = chunk
     row = lax.broadcasted_iota(jnp.int32, (C, C), 0)
@@ -86,11 +124,11 @@ def chunk_gates(gate_ref, n, *, mode: str, chunk: int, seq_len: int, exact: bool
         G_last = jnp.min(G)  # G is non-increasing, so its minimum is its last row, exactly
         if exact:
             # diff[i, j] = sum_t [t <= i] * g_t [t > j]: only the steps in (j, i], all <= 0.
-            upto = jnp.where(causal, 1.0, 0.0)  # [i, t] = [t <= i]
-            after = jnp.where(row > col, g[:, None], 0.0)  # [t, j] = g_t [t > j]
+            upto = jnp.where(causal, jnp.float32(1.0), jnp.float32(0.0))  # [i, t] = [t <= i]
+            after = jnp.where(row > col, g[:, None], jnp.float32(0.0))  # [t, j] = g_t [t > j]
             diff = jnp.dot(upto, after, precision=lax.Precision.HIGHEST,
                            preferred_element_type=jnp.float32)
-            G_rev = jnp.sum(jnp.where(row == C - 1, diff, 0.0), axis=0)
+            G_rev = jnp.sum(jnp.where(row == C - 1, diff, jnp.float32(0.0)), axis=0)
         else:
             diff = G[:, None] - G[None, :]
             G_rev = G_last - G
@@ -111,7 +149,32 @@ def chunk_gates(gate_ref, n, *, mode: str, chunk: int, seq_len: int, exact: bool
         diff = jnp.zeros((C, C), jnp.float32)
     else:
         raise ValueError(f"unknown gate mode {mode!r}; expected one of {GATE_MODES}")
-    return Gates(G, G_last, G_rev, jnp.where(causal, diff, -jnp.inf))
+    diff = jnp.where(causal, diff, NEG_INF)
+    if starts is not None:
+        last = jnp.max(starts)  # starts is non-decreasing
+        diff = jnp.where(starts[:, None] == starts[None, :], diff, NEG_INF)
+        G = jnp.where(starts == 0, G, NEG_INF)
+        G_rev = jnp.where(starts == last, G_rev, NEG_INF)
+        G_last = jnp.where(last == 0, G_last, NEG_INF)
+    return Gates(G, G_last, G_rev, diff)
+
+
+FIRST, LAST = np.int32(0), np.int32(1)  # the rows of a document-edges ref (int32 indices)
+
+
+def replace_state(edges_ref, edge, n, state, load):
+    """The state a loop carries through chunk (or step) `n` ("docs" packing): `load(doc)` (zeros
+    when `load` is None) where `n` is document `doc`'s `edge` (FIRST or LAST), else `state`."""
+    doc = edges_ref[edge, n]
+    if load is None:
+        return jnp.where(doc >= 0, jnp.float32(0.0), state)
+    return lax.cond(doc >= 0, lambda: load(jnp.maximum(doc, 0)), lambda: state)
+
+
+def store_state(edges_ref, edge, n, state, store):
+    """`store(doc, state)` where chunk (or step) `n` is document `doc`'s `edge` ("docs")."""
+    doc = edges_ref[edge, n]
+    pl.when(doc >= 0)(lambda: store(jnp.maximum(doc, 0), state))
 
 
 def cost(flops: float, transcendentals: float, bytes_accessed: float) -> pl.CostEstimate:

@@ -1,11 +1,14 @@
 """Selective scan Pallas kernels against the float64 step spec: outputs and every gradient.
 
 Each numerical test runs in Pallas' interpreter (CPU) and has a compiled twin marked `gpu`
-(skipped without a GPU); bigger shapes and launch variants run only on the GPU. Run the GPU twins with `JAXLA_TEST_GPU=1 PYTHONPATH=. python3 -m pytest
-tests/kernels/test_selective_scan_kernel.py -m gpu`.
+(skipped without a GPU); bigger shapes and launch variants run only on the GPU. Run the GPU
+twins with `JAXLA_TEST_GPU=1 PYTHONPATH=. python3 -m pytest
+tests/kernels/test_selective_scan_kernel.py -m gpu`. Packed documents:
+test_selective_scan_packed.py.
 """
 
 import jax
+import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -140,6 +143,14 @@ def test_matches_spec_bfloat16(rng, interpret):
 
 
 @pytest.mark.parametrize("interpret", MODES)
+def test_matches_spec_under_x64(rng, interpret):
+    """float32 inputs with `jax_enable_x64` on: the kernels keep their int32 index arithmetic."""
+    with jax.enable_x64(True):
+        check_against_spec(rng, 65, 40, 12, 4, (True, True, True, True, True),
+                           dtype=jnp.float32, interpret=interpret, block_sizes=SMALL)
+
+
+@pytest.mark.parametrize("interpret", MODES)
 def test_separate_groups_for_B_and_C(rng, interpret):
     """B shared by all channels, C in 4 groups (the kernel expands both to 4 groups)."""
     args = list(selective_scan_inputs(rng, 2, 40, 16, 4, groups=4))
@@ -233,45 +244,103 @@ def test_unsupported_inputs_raise(rng):
     u, delta, A, Bm, Cm, *_ = selective_scan_inputs(rng, 1, 4, 8, 4)
     big = jnp.ones((8, MAX_N + 1), jnp.float32)
     bc = jnp.ones((1, 4, MAX_N + 1), jnp.float32)
-    with pytest.raises(ValueError, match=r"N = A.shape\[1\] <= 256, got A.shape=\(8, 257\)"):
+    with pytest.raises(ValueError, match=r"N <= 256, got N=257; use implementation='xla'"):
         ops.selective_scan(u, delta, -big, bc, bc, implementation="pallas")
     with jax.enable_x64(True):
         up = [jnp.asarray(x, jnp.float64) for x in (u, delta, A, Bm, Cm)]
-        with pytest.raises(TypeError, match="float64"):
+        with pytest.raises(ValueError, match="got float64; use implementation='xla'"):
             ops.selective_scan(*up, implementation="pallas")
+        with pytest.raises(TypeError, match="float64"):  # the kernel entry point itself
+            selective_scan(*up)
 
 
 LOWERING = [
-    # (B, T, D, N, groups, dtype, block sizes, with the optional inputs)
-    (4, 4096, 2048, 16, None, jnp.bfloat16, None, True),
-    (2, 65, 40, 12, 4, jnp.float32, SMALL, True),
-    (2, 300, 64, 64, None, jnp.float32, None, True),
-    (2, 63, 32, 16, 2, jnp.bfloat16, FLAT, True),
-    (2, 100, 32, 16, None, jnp.float32, None, False),
+    # (B, T, D, N, groups, dtype, block sizes, with the optional inputs, packing, x64)
+    (4, 4096, 2048, 16, None, jnp.bfloat16, None, True, None, False),
+    (2, 65, 40, 12, 4, jnp.float32, SMALL, True, None, False),
+    (2, 300, 64, 64, None, jnp.float32, None, True, None, False),
+    (2, 63, 32, 16, 2, jnp.bfloat16, FLAT, True, None, False),
+    (2, 100, 32, 16, None, jnp.float32, None, False, None, False),
+    (4, 4096, 2048, 16, None, jnp.bfloat16, None, True, None, True),
+    (2, 65, 40, 12, 4, jnp.float32, SMALL, True, None, True),
+    # packed documents: resets (segment_ids) and per-document mode (docs, cu_seqlens)
+    (2, 4096, 2048, 16, None, jnp.bfloat16, None, True, "resets", True),
+    (1, 4096, 2048, 16, None, jnp.bfloat16, None, True, "docs", True),
+    (2, 65, 40, 12, 4, jnp.float32, SMALL, True, "resets", True),
+    (1, 63, 32, 16, 2, jnp.bfloat16, FLAT, True, "docs", True),
+    (1, 100, 32, 16, None, jnp.float32, None, False, "docs", True),
+    (2, 300, 64, 64, None, jnp.float32, None, False, "resets", False),
 ]
+NUM_DOCS = 5
 
 
-@pytest.mark.parametrize("case", LOWERING,
-                         ids=lambda c: f"B{c[0]}-T{c[1]}-D{c[2]}-N{c[3]}-G{c[4]}-opt{int(c[7])}")
+def _lowering_id(c):
+    return (f"B{c[0]}-T{c[1]}-D{c[2]}-N{c[3]}-G{c[4]}-opt{int(c[7])}"
+            + (f"-{c[8]}" if c[8] else "") + ("-x64" if c[9] else ""))
+
+
+def _computed_dtypes(jaxpr) -> set:
+    """The dtypes of every value computed inside the `pallas_call` bodies of `jaxpr` (equation
+    outputs, loop counters included; weak-typed Python constants are converted where used)."""
+    found = set()
+
+    def subjaxprs(eqn):
+        for p in eqn.params.values():
+            for x in p if isinstance(p, tuple | list) else (p,):
+                if isinstance(x, jex.ClosedJaxpr):
+                    yield x.jaxpr
+                elif isinstance(x, jex.Jaxpr):
+                    yield x
+
+    def walk(jaxpr, inside):
+        for eqn in jaxpr.eqns:
+            if inside:
+                found.update(v.aval.dtype for v in eqn.outvars if hasattr(v.aval, "dtype"))
+            for sub in subjaxprs(eqn):
+                walk(sub, inside or eqn.primitive.name == "pallas_call")
+
+    walk(jaxpr.jaxpr, False)
+    return found
+
+
+@pytest.mark.parametrize("case", LOWERING, ids=_lowering_id)
 def test_kernels_lower_for_cuda(case):
-    """Forward and backward lower through Pallas-Triton for an H100 (no GPU needed)."""
-    batch, T, D, N, groups, dtype, bs, optional = case
+    """Forward and backward lower through Pallas-Triton for an H100 (no GPU needed), dense and
+    packed, also under `jax_enable_x64` (where the kernels' index arithmetic stays int32)."""
+    batch, T, D, N, groups, dtype, bs, optional, packing, x64 = case
+    with jax.enable_x64(x64):
+        _check_lowering(batch, T, D, N, groups, dtype, bs, optional, packing, x64)
+
+
+def _check_lowering(batch, T, D, N, groups, dtype, bs, optional, packing, x64):
     bc = (batch, T, N) if groups is None else (batch, T, groups, N)
+    states = NUM_DOCS if packing == "docs" else batch
     shapes = [((batch, T, D), dtype), ((batch, T, D), dtype), ((D, N), jnp.float32),
               (bc, dtype), (bc, dtype), ((D,), jnp.float32), ((batch, T, D), dtype),
-              ((D,), jnp.float32), ((batch, D, N), jnp.float32)]
+              ((D,), jnp.float32), ((states, D, N), jnp.float32)]
     args = tuple(jax.ShapeDtypeStruct(s, d) for s, d in shapes)
     if not optional:  # no D, z, delta_bias, initial state, softplus
         args = args[:5]
+    if packing == "resets":
+        args += (jax.ShapeDtypeStruct((batch, T), jnp.bool_),)
+    elif packing == "docs":
+        args += (jax.ShapeDtypeStruct((T,), jnp.int32),)
 
     def fwd(*args):
-        rest = args[5:] if optional else (None,) * 4
+        n = 9 if optional else 5
+        rest = args[5:n] if optional else (None,) * 4
+        kw = {}
+        if packing == "resets":
+            kw = dict(resets=args[n])
+        elif packing == "docs":
+            kw = dict(docs=args[n], num_docs=NUM_DOCS)
         return selective_scan(*args[:5], rest[0], rest[1], delta_bias=rest[2],
                               delta_softplus=optional, initial_state=rest[3], block_sizes=bs,
-                              interpret=False)
+                              interpret=False, **kw)
 
     def fwd_bwd(*args):
-        outs, vjp = jax.vjp(fwd, *args)
+        n = len(args) - (packing is not None)
+        outs, vjp = jax.vjp(lambda *x: fwd(*x, *args[n:]), *args[:n])
         return vjp(outs)
 
     # The chunk-state passes run only when there is more than one time chunk.
@@ -295,3 +364,6 @@ def test_kernels_lower_for_cuda(case):
     block_d_bwd = blocks.for_channels(D // (groups or 1)).block_d_bwd
     butterfly = butterfly_sums(Np, block_d_bwd, blocks.num_warps_bwd)
     assert ("shfl.sync.bfly.b32" in text) == butterfly
+    # Index arithmetic in the kernels is int32 (a Python int is int64 under x64).
+    dtypes = _computed_dtypes(jax.make_jaxpr(fwd_bwd)(*args))
+    assert jnp.dtype(jnp.int64) not in dtypes and jnp.dtype(jnp.float64) not in dtypes, dtypes

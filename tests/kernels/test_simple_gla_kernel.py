@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from jaxla import ops
+from jaxla.ops import packing as pk
 from jaxla.testing import FLOOR, assert_close, outputs_and_grads, random_like, rel_error
 from pallas_kernels import simple_gla as kernels
 from pallas_kernels._common import lower_for_cuda
 from pallas_kernels.simple_gla import api
 from tests.inputs import log_decay, normal
 
-F32, BF16 = jnp.float32, jnp.bfloat16
+F32, BF16, F16 = jnp.float32, jnp.bfloat16, jnp.float16
 ON = [pytest.param("cpu", id="interpret"), pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)]
 
 
@@ -56,8 +57,9 @@ def _spec(q, k, v, *, g, g_gamma, h0, scale=None):
                           output_final_state=True, implementation="naive")
 
 
-def _check(kernel_fn, spec_fn, args, names, dtype, rng):
-    """Run the kernel (jitted) and the float64 spec with the same cotangents; compare all."""
+def _check(kernel_fn, spec_fn, args, names, dtype, rng, gate_bound=None):
+    """Run the kernel (jitted) and the float64 spec with the same cotangents; compare all
+    (and dg, dg_gamma within `gate_bound` too when it is given)."""
     seed = int(rng.integers(1 << 30))
     def with_grads(fn):
         return jax.jit(lambda *a: outputs_and_grads(fn, a, np.random.default_rng(seed)))
@@ -88,6 +90,9 @@ def _check(kernel_fn, spec_fn, args, names, dtype, rng):
     for name, a, b in zip(names, grads, grads_ref, strict=True):
         assert a.shape == b.shape, (name, a.shape, b.shape)
         assert_close(a, b, dtype=dtype, name="d" + name, floor=floors.get(name))
+        if gate_bound is not None and name in floors:
+            assert_close(a, b, dtype=dtype, name=f"d{name} (gate-gradient bound)",
+                         bound=gate_bound, floor=floors[name])
 
 
 def _id(case):
@@ -355,17 +360,25 @@ def test_recurrent_kernel_lowers_for_cuda(dtype):
 
 
 def test_head_dims_and_dtypes_the_kernel_cannot_take():
+    """The op refuses them through its dispatcher (naming the value), the kernel API itself
+    naming the argument."""
     q = jnp.ones((1, 4, 1, 300), F32)
     v = jnp.ones((1, 4, 1, 16), F32)
-    with pytest.raises(ValueError, match="q.shape"):
+    with pytest.raises(ValueError, match="K=300"):
         ops.simple_gla(q, q, v, implementation="pallas")
+    with pytest.raises(ValueError, match="q.shape"):
+        kernels.simple_gla(q, q, v)
     q, v = v, jnp.ones((1, 4, 1, 257), F32)
-    with pytest.raises(ValueError, match="v.shape"):
+    with pytest.raises(ValueError, match="V=257"):
         ops.simple_gla_recurrent(q, q, v, implementation="pallas")
+    with pytest.raises(ValueError, match="v.shape"):
+        kernels.simple_gla_recurrent(q, q, v)
     with jax.enable_x64(True):
         q64 = jnp.ones((1, 4, 1, 16), jnp.float64)
-        with pytest.raises(TypeError, match="q.dtype"):
+        with pytest.raises(ValueError, match="float64"):
             ops.simple_gla(q64, q64, q64, implementation="pallas")
+        with pytest.raises(TypeError, match="q.dtype"):
+            kernels.simple_gla(q64, q64, q64)
     # None means the kernel only on a GPU; elsewhere (and for inputs it cannot take) the XLA path.
     o, _ = ops.simple_gla(q, q, v)
     assert o.shape == v.shape
@@ -385,6 +398,240 @@ def test_default_block_sizes():
     assert big.num_warps_fwd == 8 and big.num_stages_fwd == 1 and big.block_v == 32
     assert kernels.BlockSizes.get_default(256, 100, BF16).block_k_dq == 64
     assert kernels.BlockSizes(block_v=128).resolve(32, 16).block_v == 16
+
+
+# --- packed documents -------------------------------------------------------------------------
+# Rows of document lengths at T = 75 with chunks of 16 (the last chunk mostly padding): row 0 has
+# one-step documents at t = 0, on a chunk edge (t = 16) and inside a chunk (t = 57), documents
+# shorter than a chunk and one of 40 steps over three chunks; row 1 a document filling chunk 0
+# exactly and a one-step document inside chunk 2. Tiles of 16 give every kernel several programs
+# per head (K = V = 32), so per-tile slices of the states are exercised.
+PACKED_T, PACKED_H, PACKED_K, PACKED_V = 75, 2, 32, 32
+ROWS = ((1, 15, 1, 40, 1, 17), (16, 30, 1, 28))
+
+
+def _packed_blocks(fuse_bwd=False):
+    return kernels.BlockSizes(chunk=16, block_v=16, block_k_dq=16, block_k_dk=16, block_v_dv=16,
+                              block_v_recurrent=16, fuse_bwd=fuse_bwd)
+
+
+def _segment_ids(B):
+    """Ids that repeat (0, 1, 2, 0, ...), as segment_ids may."""
+    return jnp.asarray(np.stack([np.repeat(np.arange(len(r)) % 3, r) for r in ROWS[:B]]),
+                       jnp.int32)
+
+
+def _cu_seqlens():
+    return jnp.asarray(np.cumsum([0, *ROWS[0]]), jnp.int32)
+
+
+def _packed_spec(**packing):
+    """The float64 spec with segment_ids or cu_seqlens."""
+    def spec(q, k, v, *, g, g_gamma, h0):
+        return ops.simple_gla(q, k, v, g, g_gamma=g_gamma, initial_state=h0,
+                              output_final_state=True, implementation="naive", **packing)
+
+    return spec
+
+
+def _segments_kernel(form, segment_ids, block_sizes, interpret=None):
+    """The kernel API with `resets` (True where the id changes)."""
+    resets = pk.resets_from_segment_ids(segment_ids)
+    fn = kernels.simple_gla if form == "chunked" else kernels.simple_gla_recurrent
+
+    def kernel(q, k, v, *, g, g_gamma, h0):
+        return fn(q, k, v, g, g_gamma, initial_state=h0, output_final_state=True, resets=resets,
+                  block_sizes=block_sizes, interpret=interpret)
+
+    return kernel
+
+
+def _documents_kernel(form, cu_seqlens, block_sizes, interpret=None):
+    """The kernel API with per-document states: the recurrent kernel with `docs`; the chunked
+    one on inputs aligned to its chunks as the op aligns them (`chunk_docs`, the total gate)."""
+    num_docs = cu_seqlens.shape[0] - 1
+
+    def kernel(q, k, v, *, g, g_gamma, h0):
+        docs = pk.docs_from_cu_seqlens(cu_seqlens, q.shape[1])
+        kw = dict(initial_state=h0, output_final_state=True, num_docs=num_docs,
+                  block_sizes=block_sizes, interpret=interpret)
+        if form == "recurrent":
+            return kernels.simple_gla_recurrent(q, k, v, g, g_gamma, docs=docs, **kw)
+        aligned = pk.align(docs, num_docs, block_sizes.chunk)
+        gate = jnp.zeros(q.shape[:3], F32)
+        for x in (g, g_gamma):
+            gate = gate if x is None else gate + x
+        o, ht = kernels.simple_gla(
+            *(pk.to_aligned(x, aligned) for x in (q, k, v)), pk.to_aligned(gate, aligned),
+            chunk_docs=aligned.chunk_docs, gate_grad=g is not None or g_gamma is not None, **kw)
+        return pk.from_aligned(o, aligned), ht
+
+    return kernel
+
+
+def _packed_case(rng, form, packing, kind, gate, with_h0, dtype, B, fuse=False, interpret=None,
+                 dims=(PACKED_H, PACKED_K, PACKED_V)):
+    """(kernel, spec, names, args) of one packed case; dims = (H, K, V)."""
+    q, k, v, g, g_gamma, _ = _inputs(rng, (B, PACKED_T, *dims), gate, kind, False, dtype)
+    states = B if packing == "segment_ids" else len(ROWS[0])
+    h0 = normal(rng, (states, *dims), F32) if with_h0 else None
+    names, args = _packed(q, k, v, g, g_gamma, h0)
+    bs = _packed_blocks(fuse)
+    if packing == "segment_ids":
+        ids = _segment_ids(B)
+        return (_segments_kernel(form, ids, bs, interpret), _packed_spec(segment_ids=ids), names,
+                args)
+    cu = _cu_seqlens()
+    return _documents_kernel(form, cu, bs, interpret), _packed_spec(cu_seqlens=cu), names, args
+
+
+# (form, packing, which gates, gate regime, initial state, dtype, B, fused backward, x64): four
+# of them run with jax_enable_x64 on (every packed kernel interpreted under x64).
+PACKED_CASES = [
+    ("chunked", "segment_ids", "both", "medium", True, F32, 2, False, True),
+    ("chunked", "segment_ids", "g_gamma", "medium", False, BF16, 2, True, False),
+    ("chunked", "segment_ids", "none", "medium", True, F16, 1, False, False),
+    ("chunked", "cu_seqlens", "g", "strong", True, F32, 1, True, False),
+    ("chunked", "cu_seqlens", "both", "medium", True, BF16, 1, False, True),
+    ("chunked", "cu_seqlens", "none", "medium", False, F16, 1, False, False),
+    ("recurrent", "segment_ids", "both", "medium", True, BF16, 2, False, True),
+    ("recurrent", "cu_seqlens", "g", "medium", True, F32, 1, False, True),
+    ("recurrent", "cu_seqlens", "g_gamma", "strong", False, F16, 1, False, False),
+]
+
+
+def _packed_id(case):
+    form, packing, kind, gate, with_h0, dtype, B, fuse, x64 = case
+    return (f"{form}-{packing}-{kind}-{gate}-{'h0' if with_h0 else 'no_h0'}-"
+            f"{jnp.dtype(dtype).name}-B{B}" + ("-fused" if fuse else "") + ("-x64" if x64 else ""))
+
+
+@pytest.mark.parametrize("on", ON)
+@pytest.mark.parametrize("case", PACKED_CASES, ids=_packed_id)
+def test_packed_documents_match_spec(rng, on, case):
+    """Packed documents through the kernel API against the float64 spec: outputs, final states
+    and every gradient; bf16 gate gradients also within GATE_GRAD_BOUND (the hi/lo splits hold
+    in the packed path)."""
+    form, packing, kind, gate, with_h0, dtype, B, fuse, x64 = case
+    with jax.enable_x64(x64):
+        kernel, spec, names, args = _packed_case(rng, form, packing, kind, gate, with_h0, dtype,
+                                                 B, fuse)
+        _check(kernel, spec, args, names, dtype, rng,
+               gate_bound=GATE_GRAD_BOUND if dtype == BF16 else None)
+
+
+def _wide_values(jaxpr):
+    """(primitive, dtype) of every 64-bit value inside `jaxpr`, sub-jaxprs included."""
+    found = set()
+    for eqn in jaxpr.eqns:
+        for x in (*eqn.invars, *eqn.outvars):
+            dtype = getattr(getattr(x, "aval", None), "dtype", None)
+            if dtype is not None and jnp.dtype(dtype).itemsize == 8:
+                found.add((eqn.primitive.name, str(dtype)))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    found |= _wide_values(sub)
+    return found
+
+
+def _dense_kernel(form, block_sizes, interpret=None):
+    fn = kernels.simple_gla if form == "chunked" else kernels.simple_gla_recurrent
+
+    def kernel(q, k, v, *, g, g_gamma, h0):
+        return fn(q, k, v, g, g_gamma, initial_state=h0, output_final_state=True,
+                  block_sizes=block_sizes, interpret=interpret)
+
+    return kernel
+
+
+@pytest.mark.parametrize("form", ["chunked", "recurrent"])
+@pytest.mark.parametrize("packing", [None, "segment_ids", "cu_seqlens"])
+def test_kernels_under_x64(rng, form, packing):
+    """With jax_enable_x64 on, every kernel, forward and backward, holds only 32-bit values (an
+    int64 index ran in interpret mode and failed to compile on the GPU) and lowers for CUDA with
+    each gate mode. Interpreted under x64: the dense kernels here (float32, H = 1, K = V = 16),
+    the packed ones in PACKED_CASES."""
+    dims = (1, 16, 16)
+
+    def case(kind, dtype, interpret):
+        if packing is None:
+            names, args = _packed(*_inputs(rng, (1, PACKED_T, *dims), "medium", kind, True, dtype))
+            kernel = _dense_kernel(form, _packed_blocks(fuse_bwd=kind == "g"), interpret)
+            return kernel, _spec, names, args
+        return _packed_case(rng, form, packing, kind, "medium", True, dtype, 1,
+                            fuse=kind == "g", interpret=interpret, dims=dims)
+
+    with jax.enable_x64(True):
+        for kind in ("g", "g_gamma", "none"):
+            kernel, _, names, args = case(kind, BF16, interpret=False)
+            call = _bind(kernel, names)
+
+            def loss(*a, call=call):
+                o, ht = call(*a)
+                return jnp.sum(o.astype(F32)) + jnp.sum(ht)
+
+            grad = jax.grad(loss, argnums=tuple(range(len(args))))
+            eqns = list(_pallas_eqns(jax.make_jaxpr(grad)(*args).jaxpr))
+            assert len(eqns) >= 3, [e.params["name"] for e in eqns]  # forward and backward
+            for eqn in eqns:
+                wide = _wide_values(eqn.params["jaxpr"])
+                assert not wide, (eqn.params["name"], kind, sorted(wide))
+            assert lower_for_cuda(grad, *args).count("__gpu$xla.gpu.triton") == len(eqns)
+        if packing is None:
+            kernel, spec, names, args = case("both", F32, interpret=None)
+            _check(kernel, spec, args, names, F32, rng)
+
+
+def test_gate_grad_argument():
+    """gate_grad=False skips the gate-gradient work (one fused backward launch, no states) and
+    returns zeros; None infers it from a traced gate."""
+    q = jnp.ones((1, 32, 1, 16), F32)
+    g = jnp.full((1, 32, 1), -0.5, F32)
+    bs = kernels.BlockSizes(chunk=16, fuse_bwd=True)
+
+    def launches(gate_grad):
+        def loss(g):
+            o, _ = kernels.simple_gla(q, q, q, g, block_sizes=bs, gate_grad=gate_grad)
+            return jnp.sum(o)
+        return len(list(_pallas_eqns(jax.make_jaxpr(jax.grad(loss))(g).jaxpr)))
+
+    assert launches(None) == launches(True) == 3  # forward, dq (with the states), dk + dv
+    assert launches(False) == 2  # forward, dq + dk + dv
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (dict(resets=np.zeros((1, 31), bool)), ValueError, "resets.shape"),
+    (dict(resets=np.zeros((1, 32), np.float32)), TypeError, "resets.dtype"),
+    (dict(resets=np.zeros((1, 32), bool), chunk_docs=np.zeros(2, np.int32), num_docs=1),
+     ValueError, "not both"),
+    (dict(chunk_docs=np.zeros(3, np.int32), num_docs=1), ValueError, "NT dividing T"),
+    (dict(chunk_docs=np.zeros(4, np.int32), num_docs=1), ValueError, "T // NT"),
+    (dict(chunk_docs=np.zeros(2, np.int32), num_docs=0), ValueError, "num_docs"),
+    (dict(chunk_docs=np.zeros(2, np.float32), num_docs=1), TypeError, "chunk_docs.dtype"),
+    (dict(chunk_docs=np.zeros(2, np.int32), num_docs=1, g_gamma=np.float32([-0.1])), ValueError,
+     "g_gamma"),
+    (dict(chunk_docs=np.zeros(2, np.int32), num_docs=2,
+          initial_state=np.zeros((1, 1, 16, 16), np.float32)), ValueError, "initial_state"),
+    (dict(chunk_docs=np.zeros(2, np.int32), num_docs=1,
+          block_sizes=kernels.BlockSizes(chunk=32)), ValueError, "block_sizes.chunk"),
+    (dict(num_docs=2), ValueError, "num_docs"),
+])
+def test_packing_arguments_validation(bad, error, match):
+    q = jnp.ones((1, 32, 1, 16), F32)
+    with pytest.raises(error, match=match):
+        kernels.simple_gla(q, q, q, **bad)
+
+
+def test_recurrent_packing_arguments_validation():
+    q = jnp.ones((2, 8, 1, 16), F32)
+    with pytest.raises(ValueError, match="batch must be 1"):
+        kernels.simple_gla_recurrent(q, q, q, docs=np.zeros(8, np.int32), num_docs=1)
+    with pytest.raises(ValueError, match="docs.shape"):
+        kernels.simple_gla_recurrent(q[:1], q[:1], q[:1], docs=np.zeros(7, np.int32), num_docs=1)
+    with pytest.raises(ValueError, match="resets.shape"):
+        kernels.simple_gla_recurrent(q, q, q, resets=np.zeros((1, 8), bool))
 
 
 def _to_torch(torch, x):

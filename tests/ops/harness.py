@@ -2,9 +2,9 @@
 
 `IMPLEMENTATIONS` parametrises a test over naive / xla / pallas-interpret (CPU) / pallas-gpu
 (compiled, marked `gpu`). `OPS` describes each op (its inputs and how to call it) so that one
-check serves all of them: `check_packed` holds a packed call (segment_ids or cu_seqlens) to its
-documents run one by one through the float64 spec, for the outputs, the final states and every
-gradient (random cotangents for the output and the final state).
+check serves all of them: `check_against_spec` holds a call (dense, or packed with segment_ids
+or cu_seqlens) to its documents run one by one through the float64 spec, for the outputs, the
+final states and every gradient (random cotangents for the output and the final state).
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def _one_by_one(op: Op, rows: list[list[int]], kind: str, T: int, max_docs: int)
             src_row[slot] = b
             src_pos[slot, pad:] = np.arange(start, start + length)
             real[slot, pad:] = True
-            state_of[slot] = b if kind == "segment_ids" else d
+            state_of[slot] = d if kind == "cu_seqlens" else b
             feeds[slot] = kind == "cu_seqlens" or d == 0
             slot_of[b, start:start + length] = slot
             step_of[b, start:start + length] = np.arange(pad, T)
@@ -230,20 +230,23 @@ def _one_by_one(op: Op, rows: list[list[int]], kind: str, T: int, max_docs: int)
     return expected
 
 
-def check_packed(op_name: str, implementation: str, rng, *, kind: str, dtype=jnp.float32,
-                 B: int = 2, T: int = 100, max_docs: int = 5):
-    """A packed call equals its documents run one by one through the float64 spec.
+def check_against_spec(op_name: str, implementation: str, rng, *, kind: str,
+                       dtype=jnp.float32, B: int = 2, T: int = 100, max_docs: int = 5):
+    """A call equals its documents run one by one through the float64 spec.
 
-    kind: "segment_ids" (B rows, each with its own documents; ids repeat, as they may) or
-    "cu_seqlens" (one row, one initial and final state per document).
+    kind: "dense" (one document per row), "segment_ids" (B rows, each with its own documents;
+    ids repeat, as they may) or "cu_seqlens" (one row, one initial and final state per document).
     """
     op = OPS[op_name]
     if kind == "cu_seqlens":
         B = 1
-    rows = [document_lengths(rng, T, max_docs) for _ in range(B)]
+    rows = ([[T]] * B if kind == "dense"
+            else [document_lengths(rng, T, max_docs) for _ in range(B)])
     S = len(rows[0]) if kind == "cu_seqlens" else B
     args = op.make(rng, B, T, S, dtype)
-    if kind == "segment_ids":
+    if kind == "dense":
+        packing = {}
+    elif kind == "segment_ids":
         ids = np.stack([np.repeat(np.arange(len(r)) % 3, r) for r in rows])
         packing = dict(segment_ids=jnp.asarray(ids, jnp.int32))
     else:

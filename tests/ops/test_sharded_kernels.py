@@ -66,6 +66,11 @@ def test_kernel_under_a_mesh_runs_per_batch_shard_and_matches(op, rng):
         jaxpr = str(jax.make_jaxpr(step)(*placed))
         got_loss, got_grads = step(*placed)
     assert "shard_map" in jaxpr
-    assert_close(got_loss, want_loss, name=f"{op} loss")
+    # The loss sums ~1e4 products of both signs in another order on 8 devices: its rounding
+    # scales with the sum of their magnitudes, not with the (cancelled) result.
+    out = fn(*args)
+    magnitude = sum(float(jnp.sum(jnp.abs(o * c))) for o, c in zip(
+        jax.tree.leaves(out), jax.tree.leaves(cotangents), strict=True))
+    assert_close(got_loss, want_loss, name=f"{op} loss", floor=1e-6 * magnitude)
     for i, (g, w) in enumerate(zip(got_grads, want_grads, strict=True)):
         assert_close(g, w, name=f"{op} grad {i}")

@@ -2,6 +2,7 @@
 
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -156,3 +157,88 @@ def test_messages_name_the_argument_first(gla_args):
     with pytest.raises(ValueError) as info:
         ops.gla(q, k, v, g, chunk_size=24)
     assert re.match(r"chunk_size ", str(info.value))
+
+
+# --- packed documents ------------------------------------------------------------------------
+
+PACKED_OPS = {
+    "gla": lambda q, k, v, g, **kw: ops.gla(q, k, v, g, **kw),
+    "simple_gla": lambda q, k, v, g, **kw: ops.simple_gla(q, k, v, g[..., 0], **kw),
+    "lightning": lambda q, k, v, g, **kw: ops.lightning_attention(q, k, v, layer_idx=0,
+                                                                  num_layers=2, **kw),
+    "selective_scan": lambda q, k, v, g, **kw: ops.selective_scan(
+        q[..., 0, :], -g[..., 0, :], -jnp.ones((16, 4)), q[..., 0, :4], k[..., 0, :4], **kw),
+}
+ONE_ROW = np.array([0, 3, 10], np.int32)  # T = 10
+
+
+@pytest.mark.parametrize("op", list(PACKED_OPS))
+@pytest.mark.parametrize("bad,pattern,exc", [
+    (dict(segment_ids=jnp.zeros((2, 9), jnp.int32)),
+     r"segment_ids must have shape \[B, T\] = \(2, 10\), got segment_ids.shape=\(2, 9\)",
+     ValueError),
+    (dict(segment_ids=jnp.zeros((2, 10), jnp.float32)),
+     r"segment_ids must be an integer array, got segment_ids.dtype=float32", TypeError),
+    (dict(cu_seqlens=jnp.asarray(ONE_ROW)),
+     r"cu_seqlens packs documents into one row: the batch must be 1, got B=2", ValueError),
+    (dict(segment_ids=jnp.zeros((2, 10), jnp.int32), cu_seqlens=jnp.asarray(ONE_ROW)),
+     r"give segment_ids or cu_seqlens, not both", ValueError),
+])
+def test_packing_arguments(gla_args, op, bad, pattern, exc):
+    q, k, v, g, _ = gla_args
+    _raises(exc, pattern, PACKED_OPS[op], q, k, v, g, **bad)
+
+
+@pytest.mark.parametrize("op", list(PACKED_OPS))
+@pytest.mark.parametrize("cu,pattern", [
+    ([1, 3, 10], r"cu_seqlens must start at 0, got cu_seqlens\[0\]=1"),
+    ([0, 3, 9], r"cu_seqlens must end at T=10, got cu_seqlens\[-1\]=9"),
+    ([0, 5, 5, 10], r"strictly increasing .* cu_seqlens\[1\]=5, cu_seqlens\[2\]=5"),
+    ([0, 6, 4, 10], r"strictly increasing .* cu_seqlens\[1\]=6, cu_seqlens\[2\]=4"),
+    ([10], r"cu_seqlens must be \[N \+ 1\] offsets with N >= 1"),
+])
+def test_cu_seqlens_values(gla_args, op, cu, pattern):
+    q, k, v, g, _ = (x[:1] for x in gla_args)
+    _raises(ValueError, pattern, PACKED_OPS[op], q, k, v, g, cu_seqlens=jnp.asarray(cu, jnp.int32))
+
+
+def test_per_document_state_of_the_wrong_leading_size(gla_args):
+    q, k, v, g, h0 = (x[:1] for x in gla_args)
+    cu = jnp.asarray(ONE_ROW)
+    _raises(ValueError, r"initial_state must have shape \[N, H, K, V\] = \(2, 3, 16, 24\), got "
+            r"initial_state.shape=\(1, 3, 16, 24\)", ops.gla, q, k, v, g, cu_seqlens=cu,
+            initial_state=h0)
+    _raises(ValueError, r"initial_state must have shape \[N_docs, D, N\] = \(2, 16, 4\)",
+            PACKED_OPS["selective_scan"], q, k, v, g, cu_seqlens=cu,
+            initial_state=jnp.zeros((1, 16, 4)))
+
+
+@pytest.mark.parametrize("scale,exc,pattern", [
+    ("0.5", TypeError, r"scale must be a real number or a scalar array, got str '0.5'"),
+    (jnp.ones(2), ValueError, r"scale must be a scalar, got scale.shape=\(2,\)"),
+    (float("nan"), ValueError, r"scale must be finite, got scale=nan"),
+    (True, TypeError, r"scale must be a real number"),
+])
+def test_scale(gla_args, scale, exc, pattern):
+    q, k, v, g, _ = gla_args
+    _raises(exc, pattern, ops.gla, q, k, v, g, scale=scale)
+
+
+def test_checked_mode_catches_bad_values_under_jit(gla_args):
+    """Under jit the values are unknown while tracing: `ops.checking()` checks them on the host."""
+    q, k, v, g, _ = gla_args
+    unchecked = jax.jit(lambda q, g: ops.gla(q, k, v, g, implementation="xla")[0])
+    unchecked(q, g.at[0, 0, 0, 0].set(0.5))  # passes silently
+    # The flag is read while tracing: a function traced inside the block keeps its checks.
+    run = lambda q, g: ops.gla(q, k, v, g, implementation="xla")[0]  # noqa: E731
+    with ops.checking():
+        unchecked(q, g.at[0, 0, 0, 0].set(0.5))  # traced before: still unchecked
+        with pytest.raises(Exception, match=r"g holds log-decays and must be <= 0 everywhere, "
+                           r"got max\(g\)=0.5"):
+            jax.block_until_ready(jax.jit(run)(q, g.at[0, 0, 0, 0].set(0.5)))
+        with pytest.raises(Exception, match=r"q must be finite \(no NaN/Inf\), got 1 NaN/Inf"):
+            jax.block_until_ready(jax.jit(run)(q.at[1, 2, 0, 3].set(jnp.nan), g))
+        jax.block_until_ready(jax.jit(run)(q, g))  # good values pass
+    with ops.checking():  # concrete values are checked eagerly, NaN included
+        _raises(ValueError, r"v has 1 NaN/Inf values", ops.gla, q, k,
+                v.at[0, 0, 0, 0].set(jnp.inf), g)

@@ -53,15 +53,17 @@ def naive_gla(q, k, v, g, *, scale, initial_state=None, packing=None):
 
         init = (jnp.zeros((B, H, K, V), cd), jnp.zeros((N, H, K, V), cd))
         (_, final), o = lax.scan(step, init, (packing.docs, starts, ends, *time_major))
-    else:
+    elif packing is not None:
         h0 = jnp.zeros((B, H, K, V), cd) if initial_state is None else initial_state.astype(cd)
-        resets = jnp.zeros((B, T), bool) if packing is None else packing.resets
 
         def step(h, x):
             reset, *x = x
             return update(jnp.where(reset[:, None, None, None], 0.0, h), x)
 
-        final, o = lax.scan(step, h0, (jnp.moveaxis(resets, 1, 0), *time_major))
+        final, o = lax.scan(step, h0, (jnp.moveaxis(packing.resets, 1, 0), *time_major))
+    else:
+        h0 = jnp.zeros((B, H, K, V), cd) if initial_state is None else initial_state.astype(cd)
+        final, o = lax.scan(update, h0, time_major)
     return jnp.moveaxis(o, 0, 1).astype(q.dtype), final
 
 

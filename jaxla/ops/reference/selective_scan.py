@@ -68,10 +68,10 @@ def _initial_states(initial_state, packing, batch, Dm, N, cd):
 
 def _step_flags(packing, batch, T):
     """`[B, T]` resets (start from zero), `[B, T]` starts from a document's initial state and
-    `[B, T]` ends, the `[T]` documents (zeros without per-document states)."""
-    none = jnp.zeros((batch, T), bool)
+    `[B, T]` ends, the `[T]` documents (zeros without per-document states); None unpacked."""
     if packing is None:
-        return none, none, none, jnp.zeros((T,), jnp.int32)
+        return None
+    none = jnp.zeros((batch, T), bool)
     if packing.per_document_states:
         starts, ends = pk.starts_and_ends(packing.docs)
         return none, starts[None], ends[None], packing.docs
@@ -89,14 +89,18 @@ def naive_selective_scan(
     dt = discretize_dt(delta, delta_bias, delta_softplus, cd)
     A = A.astype(cd)
     h0, s0 = _initial_states(initial_state, packing, batch, Dm, N, cd)
-    resets, starts, ends, docs = _step_flags(packing, batch, T)
-    xs = [jnp.moveaxis(x, 1, 0) for x in (u.astype(cd), dt, B.astype(cd), C.astype(cd),
-                                           resets, starts, ends)]
+    flags = _step_flags(packing, batch, T)
+    xs = [jnp.moveaxis(x, 1, 0) for x in (u.astype(cd), dt, B.astype(cd), C.astype(cd))]
+    if flags is not None:
+        resets, starts, ends, docs = flags
+        xs += [jnp.moveaxis(x, 1, 0) for x in (resets, starts, ends)] + [docs]
 
     def step(carry, x):
         h, finals = carry
-        doc, u_t, dt_t, B_t, C_t, reset, start, end = x
-        h = jnp.where(reset[:, None, None], 0.0, h)
+        u_t, dt_t, B_t, C_t = x[:4]
+        if flags is not None:
+            reset, start, end, doc = x[4:]
+            h = jnp.where(reset[:, None, None], 0.0, h)
         if s0 is not None:
             h = jnp.where(start[:, None, None], s0[doc][None], h)
         h = jnp.exp(dt_t[..., None] * A) * h + (dt_t * u_t)[..., None] * expand_groups(B_t, Dm)
@@ -105,7 +109,7 @@ def naive_selective_scan(
         return (h, finals), jnp.sum(h * expand_groups(C_t, Dm), axis=-1)
 
     finals = None if s0 is None else jnp.zeros_like(s0)
-    (h, finals), y = lax.scan(step, (h0, finals), (docs, *xs))
+    (h, finals), y = lax.scan(step, (h0, finals), xs)
     final = h if s0 is None else finals
     return finish_output(jnp.moveaxis(y, 0, 1), u, D, z, cd, u.dtype), final
 
@@ -135,23 +139,28 @@ def chunk_selective_scan(
     dt = pad_time(discretize_dt(delta, delta_bias, delta_softplus, cd), c)
     n = dt.shape[1] // c
     chunks = lambda x: jnp.moveaxis(x.reshape(batch, n, c, *x.shape[2:]), 1, 0)  # noqa: E731
-    resets, starts, ends, docs = _step_flags(packing, batch, T)
+    flags = _step_flags(packing, batch, T)
     xs = (chunks(pad_time(u.astype(cd), c)), chunks(dt),
-          chunks(pad_time(B.astype(cd), c)), chunks(pad_time(C.astype(cd), c)),
-          chunks(pad_time(resets, c)), chunks(pad_time(starts, c)), chunks(pad_time(ends, c)),
-          jnp.moveaxis(pad_time(docs[None], c).reshape(1, n, c), 1, 0))
+          chunks(pad_time(B.astype(cd), c)), chunks(pad_time(C.astype(cd), c)))
+    if flags is not None:
+        resets, starts, ends, docs = flags
+        xs += (chunks(pad_time(resets, c)), chunks(pad_time(starts, c)),
+               chunks(pad_time(ends, c)), jnp.moveaxis(pad_time(docs[None], c).reshape(1, n, c),
+                                                       1, 0))
     A = A.astype(cd)
     h0, s0 = _initial_states(initial_state, packing, batch, Dm, N, cd)
 
     @jax.checkpoint
     def chunk(carry, x):
         h, finals = carry
-        u_c, dt_c, B_c, C_c, reset, start, end, doc = x  # [B, c, ...]
+        u_c, dt_c, B_c, C_c = x[:4]  # [B, c, ...]
         a = jnp.exp(dt_c[..., None] * A)
         b = (dt_c * u_c)[..., None] * expand_groups(B_c, Dm)
-        if s0 is not None:
-            b = b + jnp.where(start[..., None, None], a * s0[doc[0]][None], 0.0)
-        a = jnp.where((reset | start)[..., None, None], 0.0, a)
+        if flags is not None:
+            reset, start, end, doc = x[4:]
+            if s0 is not None:
+                b = b + jnp.where(start[..., None, None], a * s0[doc[0]][None], 0.0)
+            a = jnp.where((reset | start)[..., None, None], 0.0, a)
         a_cum, b_cum = lax.associative_scan(_combine, (a, b), axis=1)
         hs = a_cum * h[:, None] + b_cum
         if s0 is not None:
