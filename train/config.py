@@ -489,8 +489,9 @@ in it; after `./run setup`, `.venv/bin/python -m train ARGS` is the same.
 
 Exit status: 0 the run finished; 1 it diverged (a NaN/Inf or a loss spike; nothing after the
 last good checkpoint was saved); 2 a bad option, data or run folder (one line says which).
---distributed: when a process is lost (or the coordinator is not reached within --init_timeout),
-JAX's runtime stops the others within --heartbeat_timeout seconds (SIGABRT, with its message).
+--distributed: when a process is lost, JAX's runtime stops the others within --heartbeat_timeout
+seconds (at once when process 0 is lost), and a process that meets no coordinator within
+--init_timeout stops too: SIGABRT, with JAX's message; start every process again with --resume.
 
 Examples:
   ./run train

@@ -6,10 +6,10 @@ The training batch of step k (1-based) is a pure function of `(seed, k)`, so a r
 exactly the batches an uninterrupted one would: the data-loader position is the step. The
 validation set is fixed (drawn once from its own seed).
 
-Several processes: each loads only the rows of the global batch that its devices hold
-(`train_batch(step, rows)`). The rows are the same rows a single process would load: windows are
-drawn for the whole batch and only those of `rows` are read; synthetic batches (MQAR, random) are
-generated whole and cut (`take_rows`).
+Several processes: each loads only the rows of the global batches (training and validation)
+that its devices hold (`make_dataset(config, rows)`). They are the same rows a single process
+would load: windows are drawn for the whole batch and only those of `rows` are read; synthetic
+batches (MQAR, random) are generated whole and cut (`take_rows`).
 
 * stdlib: the bytes of every `*.py` file under `sysconfig.get_paths()["stdlib"]` (site-packages
   and dist-packages excluded), sorted by path; a file goes to validation when
@@ -248,49 +248,54 @@ def random_batch(rng: np.random.Generator, batch_size: int, seq_len: int, vocab_
 # The dataset of a run.
 
 
+# `make(rng, rows)`: the batch drawn from `rng`, only its rows `rows` (all of them for None).
+MakeBatch = Callable[[np.random.Generator, np.ndarray | None], Batch]
+
+
 class Dataset:
-    """The batches of a run: `train_batch(step)` and the fixed `val_batches`.
+    """The batches of a run: `train_batch(step)` and the fixed `val_batches`, each holding only
+    the rows `rows` of the global batch (sorted global row indices; None: every row).
 
     Attributes: `kind`, `info` (a dict of sizes for the log), `entropy` (unigram entropy of the
-    training tokens in nats, None for mqar), `has_accuracy` (MQAR reports accuracy).
+    training tokens in nats, None for mqar), `has_accuracy` (MQAR reports accuracy), `rows`.
     """
 
-    def __init__(self, kind: str, make: Callable[[np.random.Generator], Batch], *,
-                 seed: int, vocab_size: int, eval_batches: int,
-                 make_val: Callable[[np.random.Generator], Batch] | None = None,
-                 make_rows: Callable[[np.random.Generator, np.ndarray], Batch] | None = None,
-                 entropy: float | None = None, info: dict | None = None):
+    def __init__(self, kind: str, make: MakeBatch, *, seed: int, vocab_size: int,
+                 eval_batches: int, make_val: MakeBatch | None = None,
+                 rows: np.ndarray | None = None, entropy: float | None = None,
+                 info: dict | None = None):
         self.kind = kind
         self.seed = seed
         self.vocab_size = vocab_size
         self.entropy = entropy
         self.info = info or {}
         self.has_accuracy = kind == "mqar"
+        self.rows = rows
         self._make = make
-        # Some rows of `make(rng)` without building the others (default: build all, cut).
-        self._make_rows = make_rows or (lambda rng, rows: take_rows(make(rng), rows))
         make_val = make_val or make
         val_rng = np.random.default_rng([seed, 1, 0x5EED])
-        self.val_batches = [self._checked(make_val(val_rng)) for _ in range(eval_batches)]
+        self.val_batches = [self._checked(make_val(val_rng, rows)) for _ in range(eval_batches)]
 
     def _checked(self, batch: Batch) -> Batch:
         for name in ("inputs", "targets"):
             check_token_range(batch[name], self.vocab_size)
         return batch
 
-    def train_batch(self, step: int, rows: np.ndarray | None = None) -> Batch:
-        """The batch of (1-based) optimizer step `step`: a pure function of (seed, step); only
-        its rows `rows` (sorted global row indices) when given."""
-        rng = np.random.default_rng([self.seed, 0, step])
-        if rows is None:
-            return self._checked(self._make(rng))
-        return self._checked(self._make_rows(rng, rows))
+    def train_batch(self, step: int) -> Batch:
+        """The batch of (1-based) optimizer step `step` (its rows `rows`): a pure function of
+        (seed, step)."""
+        return self._checked(self._make(np.random.default_rng([self.seed, 0, step]), self.rows))
 
 
-def make_dataset(config) -> Dataset:
-    """The `Dataset` a `TrainConfig` asks for."""
+def make_dataset(config, rows: np.ndarray | None = None) -> Dataset:
+    """The `Dataset` a `TrainConfig` asks for, loading only the batch rows `rows` (sorted global
+    row indices, e.g. `train.sharding.process_rows`; None: every row)."""
     B, T, V = config.batch_size, config.seq_len, config.model.vocab_size
-    common = dict(seed=config.seed, vocab_size=V, eval_batches=config.eval_batches)
+    if rows is not None and (len(rows) == 0 or np.any(np.diff(rows) <= 0) or rows[0] < 0
+                             or rows[-1] >= B):
+        raise ValueError(f"rows must be sorted distinct indices below batch_size={B}, got "
+                         f"{rows.tolist()}")
+    common = dict(seed=config.seed, vocab_size=V, eval_batches=config.eval_batches, rows=rows)
     kind = config.data
     if kind in ("stdlib", "text", "tokens"):
         if kind in ("stdlib", "text") and config.tokenizer:
@@ -311,21 +316,20 @@ def make_dataset(config) -> Dataset:
                 raise DataError(f"--seq_len: the {name} split has {len(split)} tokens, fewer "
                                 f"than seq_len + 1 = {T + 1} (lower --seq_len or add data)")
             check_token_range(split, V)  # every token, not only those the batches happen to hit
-        return Dataset(kind, lambda rng: window_batch(train, rng, B, T),
-                       make_val=lambda rng: window_batch(val, rng, B, T),
-                       make_rows=lambda rng, rows: window_batch(train, rng, B, T, rows),
+        return Dataset(kind, lambda rng, rows: window_batch(train, rng, B, T, rows),
+                       make_val=lambda rng, rows: window_batch(val, rng, B, T, rows),
                        entropy=unigram_entropy(train, max(V, 256)), info=info, **common)
     if kind == "mqar":
         mv = config.mqar_vocab_size or V
         n = config.mqar_num_kv_pairs
 
-        def make(rng):
-            return mqar_batch(rng, B, T, n, mv, config.mqar_power_a)
+        def make(rng, rows):
+            return take_rows(mqar_batch(rng, B, T, n, mv, config.mqar_power_a), rows)
 
         return Dataset(kind, make, info={"num_kv_pairs": n, "vocab_size": mv}, **common)
     if kind == "random":
-        return Dataset(kind, lambda rng: random_batch(rng, B, T, V), entropy=math.log(V),
-                       info={"vocab_size": V}, **common)
+        return Dataset(kind, lambda rng, rows: take_rows(random_batch(rng, B, T, V), rows),
+                       entropy=math.log(V), info={"vocab_size": V}, **common)
     raise ValueError(f"unknown data kind {kind!r}")
 
 
@@ -366,15 +370,14 @@ class Prefetcher:
     """Builds the batches of steps `first..last` on a background thread, `depth` ahead.
 
     `put` (e.g. `jax.device_put` with the batch sharding) runs on that thread too, so host work
-    and host-to-device copies overlap the step in flight. Errors surface on `next()`. With
-    `rows`, only those rows of each batch are loaded (`Dataset.train_batch`).
+    and host-to-device copies overlap the step in flight. Errors surface on `next()`.
     """
 
     def __init__(self, dataset: Dataset, first: int, last: int, put: Callable[[Batch], object],
-                 depth: int = 2, rows: np.ndarray | None = None):
+                 depth: int = 2):
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(dataset, first, last, put, rows),
+        self._thread = threading.Thread(target=self._run, args=(dataset, first, last, put),
                                         daemon=True, name="train-data")
         self._thread.start()
 
@@ -387,10 +390,10 @@ class Prefetcher:
                 continue
         return False
 
-    def _run(self, dataset, first, last, put, rows):
+    def _run(self, dataset, first, last, put):
         try:
             for step in range(first, last + 1):
-                if not self._put((step, put(dataset.train_batch(step, rows)))):
+                if not self._put((step, put(dataset.train_batch(step)))):
                     return
         except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
             self._put(("error", exc))

@@ -5,8 +5,9 @@ coordinator service that process 0 starts at `--coordinator_address`; after it, 
 lists the devices of every process and the ("data", "fsdp") mesh spans them all. What each
 process does:
 
-* every process loads only the batch rows of its own devices (`train.sharding.process_rows`),
-  runs the compiled step, and writes its shards of each checkpoint (Orbax);
+* every process loads only the batch rows of its own devices (`train.sharding.process_rows`)
+  of every training and validation batch, runs the compiled steps, and writes its shards of
+  each checkpoint (Orbax);
 * process 0 also prints the log and writes the run files (config.json, metrics.jsonl, the
   summary and the plot) and each checkpoint's manifest, and checks a checkpoint before a resume
   (moving damaged ones aside) while the others wait for its verdict. The run folder must be on a
@@ -21,10 +22,10 @@ loopback too.
 A lost process. JAX's coordination service ends every other process when one stops sending
 heartbeats for `--heartbeat_timeout` seconds (or at once when the coordinator itself is gone),
 with the line "Terminating process because the JAX distributed service detected fatal errors
-... another task died" and SIGABRT; a process that exits while others still run waits at most
-as long for them. (On CPU, a collective that waits over 30 s for a peer fails first, with gloo's
-error, when the heartbeat timeout is longer.) Nothing reported saved is lost: a checkpoint's
-"saved" line is printed only after every process has finished it and its manifest is on disk.
+... another task died", the lost process's id and SIGABRT (a process waiting in a collective for
+the lost one waits until then); a process that exits while others still run waits at most as
+long for them. Nothing reported saved is lost: a checkpoint's "saved" line is printed only
+after every process has finished it and its manifest is on disk.
 """
 
 from __future__ import annotations
@@ -98,6 +99,12 @@ def launch_options(given: dict) -> LaunchOptions:
             name = next(iter(given))
             raise LaunchError(f"--{name}: only with --distributed, got --{name} "
                               f"{given[name]} alone")
+        count = os.environ.get(ENV["num_processes"], "").strip()
+        if count.isdigit() and int(count) > 1:
+            # Alone, each of those processes would train the whole run in the same folder.
+            raise LaunchError(f"--distributed: missing, but ${ENV['num_processes']} is {count}: "
+                              f"pass --distributed to join the run of {count} processes, or "
+                              f"unset ${ENV['num_processes']}")
         return LaunchOptions()
     for name, var in ENV.items():
         if name not in given and os.environ.get(var, "").strip():
@@ -143,9 +150,15 @@ def is_loopback(address: str) -> bool:
 def initialize(o: LaunchOptions):
     """`jax.distributed.initialize` with these options; call before anything touches a device.
 
-    Raises `LaunchError` for a value neither given nor detected. A coordinator that cannot be
-    reached within `init_timeout` seconds ends the process inside JAX (SIGABRT, with JAX's
-    message), like a lost process later on."""
+    Raises `LaunchError` for a value neither given nor detected, or when this process has
+    already used JAX's devices. A coordinator that cannot be reached within `init_timeout`
+    seconds ends the process inside JAX (SIGABRT, with JAX's message), like a lost process later
+    on."""
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        raise LaunchError("--distributed: this process has already used JAX's devices; join the "
+                          "run before anything else touches a device (a fresh process)")
     kwargs = dict(coordinator_address=o.coordinator_address, num_processes=o.num_processes,
                   process_id=o.process_id, initialization_timeout=o.init_timeout,
                   heartbeat_timeout_seconds=o.heartbeat_timeout,
@@ -195,9 +208,9 @@ def _cpu_collectives_over_loopback():
 # --------------------------------------------------------------------------------------------
 # Roles and synchronisation (no-ops in a run of one process).
 #
-# These go through JAX's coordination service, not through the devices: on CPU, a collective
-# (gloo) gives up after 30 s, and process 0 may take longer than that alone (hashing a large
-# checkpoint, or compiling while the others load the step from the compilation cache).
+# These go through JAX's coordination service, not through the devices: they need no compiled
+# program, and process 0 may work alone for a long time (hashing a large checkpoint) while the
+# others wait.
 
 WAIT_S = 3600  # a lost process stops everything after --heartbeat_timeout long before this
 _uses = itertools.count()  # makes every barrier and key unique; the same sequence everywhere

@@ -49,7 +49,7 @@ from train.config import (
     parse_args,
     parse_launch_args,
 )
-from train.data import DataError, Dataset, Prefetcher, make_dataset, take_rows
+from train.data import DataError, Dataset, Prefetcher, make_dataset
 from train.distributed import LaunchError, initialize, is_main_process, sync
 from train.guard import DivergenceGuard, TrainingDiverged
 from train.sharding import (
@@ -184,7 +184,9 @@ def set_up(config: TrainConfig, echo=print) -> Run:
     echo(f"  jax {jax.__version__}, {jax.default_backend()}, {mesh.size} x {kind}"
          f"{f' in {processes} processes' if processes > 1 else ''}, mesh "
          f"data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}")
-    dataset = _make_dataset(config, echo)
+    batch_sh = batch_sharding(mesh)
+    rows = process_rows(batch_sh, config.batch_size)
+    dataset = _make_dataset(config, rows, echo)
 
     mcfg = config.model
     tx = make_optimizer(config)
@@ -225,13 +227,11 @@ def set_up(config: TrainConfig, echo=print) -> Run:
     log = M.JsonlLog(run_dir / "metrics.jsonl", writer=main)
     log.truncate_after(start)
 
-    batch_sh = batch_sharding(mesh)
     train_step, eval_step, compile_s = _compile(config, mesh, state, state_sh, batch_sh,
                                                 graphdef, constants, tx, echo)
     sync("compiled")  # the first steps' collectives wait for no slower compile
-    rows = process_rows(batch_sh, config.batch_size)
     with jax.set_mesh(mesh):
-        val_batches = [put_rows(take_rows(b, rows), rows, batch_sh, config.batch_size)
+        val_batches = [put_rows(b, rows, batch_sh, config.batch_size)
                        for b in dataset.val_batches]
     throughput = M.Throughput(config.tokens_per_step, flops_per_token, peak, mesh.size,
                               config.timing_warmup)
@@ -284,9 +284,9 @@ def _make_mesh(config: TrainConfig) -> jax.sharding.Mesh:
     return mesh
 
 
-def _make_dataset(config: TrainConfig, echo) -> Dataset:
+def _make_dataset(config: TrainConfig, rows: np.ndarray, echo) -> Dataset:
     t0 = time.perf_counter()
-    dataset = make_dataset(config)
+    dataset = make_dataset(config, None if len(rows) == config.batch_size else rows)
     info = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
                      for k, v in dataset.info.items())
     echo(f"  data: {config.data} ({info}) in {time.perf_counter() - t0:.1f} s")
@@ -448,8 +448,7 @@ def run_steps(run: Run, on_step: StepHook | None = None) -> Steps:
     evals, saved = [], []
     state = run.state
     prefetch = Prefetcher(run.dataset, run.start + 1, config.steps,
-                          lambda b: put_rows(b, run.rows, run.batch_sharding, config.batch_size),
-                          rows=run.rows)
+                          lambda b: put_rows(b, run.rows, run.batch_sharding, config.batch_size))
     run.throughput.pause()
     try:
         with jax.set_mesh(run.mesh):
@@ -560,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         launch = parse_launch_args(argv)
         if launch.distributed:
+            print(f"{PROG}: joining a run of several processes (coordinator "
+                  f"{launch.coordinator_address or 'detected by JAX'}; waiting up to "
+                  f"{launch.init_timeout} s for every process)", flush=True)
             initialize(launch)
         train(parse_args(argv))
     except (ConfigError, DataError, CheckpointError, LaunchError) as exc:

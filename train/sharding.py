@@ -86,14 +86,17 @@ def process_rows(sharding: NamedSharding, batch_size: int) -> np.ndarray:
 def put_rows(local: dict[str, np.ndarray], rows: np.ndarray, sharding: NamedSharding,
              batch_size: int) -> dict[str, jax.Array]:
     """Global `[batch_size, ...]` arrays from this process's rows: `local[name][i]` is global row
-    `rows[i]` (`rows` from `process_rows`). Each process passes only its own rows."""
+    `rows[i]` (`rows` from `process_rows`). Each process passes only its own rows; one that
+    holds every row (a run of one process) places them with `jax.device_put`."""
+    for name, x in local.items():
+        if len(x) != len(rows):
+            raise ValueError(f"{name}: {len(x)} rows for the {len(rows)} rows of this process")
+    if len(rows) == batch_size:
+        return jax.device_put(local, sharding)
     position = np.full(batch_size, -1, np.int64)
     position[rows] = np.arange(len(rows))
 
     def put(name: str, x: np.ndarray) -> jax.Array:
-        if len(x) != len(rows):
-            raise ValueError(f"{name}: {len(x)} rows for the {len(rows)} rows of this process")
-
         def shard(index):
             wanted = np.arange(batch_size)[index[0]]
             held = position[wanted]

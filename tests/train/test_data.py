@@ -136,8 +136,8 @@ def test_mqar_and_random_datasets():
 
 @pytest.mark.parametrize("kind", ["text", "tokens", "mqar", "random"])
 def test_some_rows_of_a_batch_are_those_rows_of_the_whole_batch(tmp_path, rng, kind):
-    """What a process of several loads (`train_batch(step, rows)`): its rows, as one process
-    loading the whole batch has them."""
+    """What a process of several loads (`make_dataset(config, rows)`): its rows of every
+    training and validation batch, as one process loading the whole batches has them."""
     argv = ["--data", kind, "--batch_size", "8", "--mqar_num_kv_pairs", "3"]
     if kind in ("text", "tokens"):
         path = tmp_path / ("corpus.txt" if kind == "text" else "tokens.npy")
@@ -147,13 +147,19 @@ def test_some_rows_of_a_batch_are_those_rows_of_the_whole_batch(tmp_path, rng, k
         else:
             np.save(path, tokens.astype(np.int32))
         argv += ["--data_path", str(path)]
-    ds = D.make_dataset(_config(*argv))
     rows = np.sort(rng.choice(8, 3, replace=False))
+    ds, ds_rows = D.make_dataset(_config(*argv)), D.make_dataset(_config(*argv), rows)
     step = int(rng.integers(1, 1000))
-    whole, part = ds.train_batch(step), ds.train_batch(step, rows)
-    assert sorted(part) == sorted(whole)
-    for key in whole:
-        np.testing.assert_array_equal(part[key], whole[key][rows])
+    pairs = [(ds.train_batch(step), ds_rows.train_batch(step)),
+             *zip(ds.val_batches, ds_rows.val_batches, strict=True)]
+    for whole, part in pairs:
+        assert sorted(part) == sorted(whole)
+        for key in whole:
+            np.testing.assert_array_equal(part[key], whole[key][rows])
+    for bad in ([3, 1], [2, 2], [8], []):
+        with pytest.raises(ValueError, match=r"rows must be sorted distinct indices below "
+                                             r"batch_size=8, got \["):
+            D.make_dataset(_config(*argv), np.array(bad, np.int64))
 
 
 class _ReadsRecorded:

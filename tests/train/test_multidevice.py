@@ -80,6 +80,10 @@ def test_rows_of_one_process_are_the_whole_batch_on_its_devices(rng):
             np.testing.assert_array_equal(np.asarray(got_shard.data), np.asarray(want_shard.data))
     with pytest.raises(ValueError, match="inputs: 15 rows for the 16 rows of this process"):
         put_rows({"inputs": batch["inputs"][:15]}, rows, sharding, 16)
+    # Rows that leave a device of this process without its rows are refused, not padded.
+    with pytest.raises(ValueError, match="inputs: a device of this process holds row 0, which "
+                                         "is not in rows"):
+        put_rows({"inputs": batch["inputs"][8:]}, np.arange(8, 16), sharding, 16)
     state = {"w": rng.standard_normal((8, 12)).astype(np.float32)}
     fsdp = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "fsdp"))
     put = put_from_host(state, {"w": fsdp})
