@@ -12,7 +12,7 @@ from jaxla.layers._common import (
     RECURRENT_MAX_LEN,
     check_divides,
     check_implementation,
-    check_kernel_dim,
+    check_kernel_sizes,
     compute_dtype,
     linear,
     recomputed,
@@ -85,8 +85,8 @@ class GatedLinearAttention(nnx.Module):
         self.num_heads = num_heads
         self.head_k_dim = self.key_dim // num_heads
         self.head_v_dim = self.value_dim // num_heads
-        check_kernel_dim(name, "head_k_dim", self.head_k_dim, implementation)
-        check_kernel_dim(name, "head_v_dim", self.head_v_dim, implementation)
+        check_kernel_sizes(name, "gla", implementation, head_dim_k=self.head_k_dim,
+                           head_dim_v=self.head_v_dim)
         if gate_logit_normalizer <= 0:
             raise ValueError(f"{name}: gate_logit_normalizer must be > 0, "
                              f"got {gate_logit_normalizer}")

@@ -12,7 +12,7 @@ from jaxla.layers._common import (
     RECURRENT_MAX_LEN,
     check_divides,
     check_implementation,
-    check_kernel_dim,
+    check_kernel_sizes,
     compute_dtype,
     linear,
     recomputed,
@@ -62,7 +62,8 @@ class LightningAttention(nnx.Module):
         if head_dim is None:
             check_divides(name, "num_heads", num_heads, "hidden_size", hidden_size)
             head_dim = hidden_size // num_heads
-        check_kernel_dim(name, "head_dim", head_dim, implementation)
+        check_kernel_sizes(name, "lightning_attention", implementation, head_dim_k=head_dim,
+                           head_dim_v=head_dim)
         if not 0 <= layer_idx < num_layers:
             raise ValueError(f"{name}: layer_idx must be in [0, num_layers), "
                              f"got {layer_idx=}, {num_layers=}")

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxla.layers._common import check_implementation, check_kernel_dim, compute_dtype, linear
+from jaxla.layers._common import check_implementation, check_kernel_sizes, compute_dtype, linear
 from jaxla.layers.conv import ShortConvolution
 from jaxla.ops import selective_scan, selective_state_update
 
@@ -67,7 +67,7 @@ class Mamba(nnx.Module):
                  rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32):
         name = "Mamba"
         check_implementation(implementation)
-        check_kernel_dim(name, "d_state", d_state, implementation)
+        check_kernel_sizes(name, "selective_scan", implementation, state_size=d_state)
         if init not in ("normal", "mamba_ssm"):
             raise ValueError(f"{name}: init must be 'normal' or 'mamba_ssm', got {init!r}")
         if dt_init not in ("random", "constant"):
