@@ -112,7 +112,10 @@ def put_rows(local: dict[str, np.ndarray], rows: np.ndarray, sharding: NamedShar
 
 def put_from_host(tree, shardings):
     """`tree` (host arrays that every process holds whole, e.g. an initial state computed from
-    the seed) placed as `shardings` say: each process copies only its devices' shards."""
+    the seed) placed as `shardings` say: each process copies only its devices' shards (a run of
+    one process: `jax.device_put`)."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
 
     def put(x, sharding):
         host = np.asarray(x)
