@@ -247,7 +247,7 @@ def unigram_entropy(arr: np.ndarray, vocab_size: int, max_tokens: int = 50_000_0
 
 
 def window_batch(arr: np.ndarray, rng: np.random.Generator, batch_size: int, seq_len: int,
-                 separator: int | None = None, rows: np.ndarray | None = None) -> Batch:
+                 separator: int | None = None, *, rows: np.ndarray | None = None) -> Batch:
     """`batch_size` random windows of `seq_len + 1` tokens: inputs, next-token targets.
 
     With a `separator` the rows are packed documents (module docstring): `segment_ids` counts
@@ -397,8 +397,8 @@ def make_dataset(config, rows: np.ndarray | None = None) -> Dataset:
                 raise DataError(f"--seq_len: the {name} split has {len(split)} tokens, fewer "
                                 f"than seq_len + 1 = {T + 1} (lower --seq_len or add data)")
             check_token_range(split, V)  # every token, not only those the batches happen to hit
-        return Dataset(kind, lambda rng, rows: window_batch(train, rng, B, T, sep, rows),
-                       make_val=lambda rng, rows: window_batch(val, rng, B, T, sep, rows),
+        return Dataset(kind, lambda rng, rows: window_batch(train, rng, B, T, sep, rows=rows),
+                       make_val=lambda rng, rows: window_batch(val, rng, B, T, sep, rows=rows),
                        entropy=unigram_entropy(train, max(V, 256)), info=info, **common)
     if kind == "mqar":
         mv = config.mqar_vocab_size or V

@@ -186,7 +186,7 @@ def test_rows_of_a_window_batch_read_only_their_windows(rng):
     D.window_batch(arr, np.random.default_rng(seed), 8, 16)
     every_start, arr.starts = arr.starts, []
     rows = np.array([1, 6])
-    part = D.window_batch(arr, np.random.default_rng(seed), 8, 16, rows)
+    part = D.window_batch(arr, np.random.default_rng(seed), 8, 16, rows=rows)
     assert arr.starts == [every_start[1], every_start[6]]
     assert part["inputs"].shape == part["weights"].shape == (2, 16)
 
