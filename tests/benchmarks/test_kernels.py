@@ -146,3 +146,14 @@ def test_runner_rejects_bad_options(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         runner.main(argv)
     assert exit_.value.code == 2 and argv[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool", ["gla_tune", "simple_gla_tune", "selective_scan_tune",
+                                  "scan_profile"])
+def test_gpu_tools_take_registry_shapes(tool, capsys):
+    """The tuning and profiling tools read their shapes from the registry: a dim the shape does
+    not have is an argparse error naming --dims (exit 2), before any work."""
+    module = __import__(f"benchmarks.gpu.{tool}", fromlist=["main"])
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--dims", "X=3"])
+    assert exit_.value.code == 2 and "--dims" in capsys.readouterr().err
