@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxla.models import LMConfig
+from train.distributed import LaunchOptions, add_launch_arguments, launch_options
+from train.tokenize import TOKEN_DTYPES
 
 PROG = "train"  # the program name in error lines: "train: error: ..."
 
@@ -40,7 +42,6 @@ DEFAULT_MODEL = LMConfig(vocab_size=256, hidden_size=128, num_layers=4, num_head
                          layer_pattern=("gla",), hidden_ratio=2)
 
 DATA_KINDS = ("stdlib", "text", "tokens", "mqar", "random")
-TOKEN_DTYPES = ("uint16", "uint32", "int32")
 PROGRESS_MODES = ("auto", "bar", "lines", "off")
 
 
@@ -61,7 +62,8 @@ class TrainConfig:
     data: str = "stdlib"
     data_path: str | None = None
     tokenizer: str | None = None
-    token_dtype: str = "uint16"
+    token_dtype: str | None = None
+    separator_id: int | None = None
     val_fraction: float = 0.05
     mqar_num_kv_pairs: int = 8
     mqar_vocab_size: int | None = None
@@ -210,6 +212,7 @@ FIELD_RULES: dict[str, Rule] = {
     "data": one_of(DATA_KINDS),
     "data_path": NOT_EMPTY,
     "token_dtype": one_of(TOKEN_DTYPES),
+    "separator_id": at_least(0),
     "val_fraction": within(0, 1, "()"),
     "mqar_num_kv_pairs": at_least(1),
     "mqar_vocab_size": at_least(4),
@@ -281,6 +284,10 @@ def _check_combinations(c: TrainConfig):
     if c.data not in ("text", "tokens") and c.data_path is not None:
         raise ConfigError(f"--data_path: only --data text and tokens read a path, got "
                           f"--data {c.data} with --data_path {c.data_path!r}")
+    if c.separator_id is not None and c.data != "tokens":
+        raise ConfigError(f"--separator_id: only --data tokens takes it (stdlib and text "
+                          f"separate documents with byte 0 or the tokenizer's EOS), got --data "
+                          f"{c.data}")
     if c.resume and c.overwrite:
         raise ConfigError("--overwrite: cannot be combined with --resume (one continues the run, "
                           "the other deletes it)")
@@ -317,13 +324,19 @@ TRAIN_HELP = {
     "data": "stdlib: bytes of the Python standard library's *.py files (no download); text: "
             "bytes of a UTF-8 text file or a folder of them (--data_path); tokens: a token array, "
             ".npy or raw .bin (--data_path, --token_dtype); mqar: multi-query associative recall "
-            "(synthetic); random: uniform random tokens (for throughput)",
+            "(synthetic); random: uniform random tokens (for throughput). Rows of documents "
+            "are packed (stdlib and text: one document per file, each followed by byte 0 or "
+            "the tokenizer's EOS; tokens: by --separator_id): the model sees each document "
+            "alone, the separator opening the next",
     "data_path": "file or folder for --data text / tokens",
     "tokenizer": "a tokenizers tokenizer.json for --data text / stdlib: each file is a document, "
                  "its tokens followed by the tokenizer's EOS (default: UTF-8 bytes); its "
                  "vocabulary must fit the model's vocab_size; copied into the run folder",
-    "token_dtype": "element type of a raw .bin token file: uint16, uint32 or int32 (a "
-                   "<file>.json beside it, as python -m train.tokenize writes, sets it)",
+    "token_dtype": "element type of a raw .bin token file: uint16, uint32 or int32 (default: "
+                   "the dtype of the <file>.json beside it, as python -m train.tokenize writes, "
+                   "else uint16)",
+    "separator_id": "tokens: the id that follows every document of the token file (default: "
+                    "the separator_id of its <file>.json; without one: no document boundaries)",
     "val_fraction": "share held out for validation: files (by a hash of their path) of stdlib and "
                     "text folders, the tail of a single text file or token array",
     "mqar_num_kv_pairs": "MQAR: key-value pairs per sequence (each queried once)",
@@ -488,6 +501,9 @@ in it; after `./run setup`, `.venv/bin/python -m train ARGS` is the same.
 
 Exit status: 0 the run finished; 1 it diverged (a NaN/Inf or a loss spike; nothing after the
 last good checkpoint was saved); 2 a bad option, data or run folder (one line says which).
+--distributed: when a process is lost, JAX's runtime stops the others within --heartbeat_timeout
+seconds (at once when process 0 is lost), and a process that meets no coordinator within
+--init_timeout stops too: SIGABRT, with JAX's message; start every process again with --resume.
 
 Environment: with OUT set, config.json, metrics.jsonl, curves.png and summary.json are also
 copied to $OUT/<run name>/ when the run ends or diverges (for machines that return only that
@@ -502,6 +518,9 @@ Examples:
       --hidden_size 128 --num_heads 1 --use_short_conv --no-mlp --initializer_range 0.05 \
       --lr 1e-2 --min_lr_ratio 1 --weight_decay 0 --steps 200
   ./run train --resume --run_dir runs/default-stdlib --steps 1200
+  # two processes (hosts), the same command on each, process_id 0 on the coordinator's host:
+  ./run train --distributed --coordinator_address 10.0.0.1:8476 --num_processes 2 \
+      --process_id 0 --preset gla_340m --mesh_fsdp 8
 """
 
 
@@ -530,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
         tp = model_types[f.name]
         _add_field(group, [f"--model.{f.name}", f"--{f.name}"], tp, f"model.{f.name}",
                    MODEL_HELP.get(f.name, f.name))
+    add_launch_arguments(parser, dest_prefix="launch.")
     return parser
 
 
@@ -576,14 +596,25 @@ def read_saved_config(run_dir: Path) -> TrainConfig | None:
         raise ConfigError(f"--resume: {path}: {exc}") from None
 
 
+def parse_launch_args(argv: list[str] | None = None) -> LaunchOptions:
+    """The launch options (`--distributed` ...) of a command line, read before anything touches
+    a device. Raises `ConfigError` for any bad option of the command line (the training options
+    are checked by `parse_args`), `LaunchError` for a bad launch option."""
+    ns = vars(build_parser().parse_args(argv))
+    return launch_options({k[len("launch."):]: v for k, v in ns.items()
+                           if k.startswith("launch.")})
+
+
 def parse_args(argv: list[str] | None = None, *, backend: str | None = None) -> TrainConfig:
     """The resolved config of a command line (`backend` picks the default compute dtype).
 
     With `--resume`, the run folder's `config.json` (when it has one) is the base and only the
-    options given on the command line change it. Raises `ConfigError` for any bad option.
+    options given on the command line change it. Raises `ConfigError` for any bad option. The
+    launch options (`--distributed` ...) are not part of the config: `main` reads them first with
+    `parse_launch_args`, and they are skipped here.
     """
-    parser = build_parser()
-    ns = vars(parser.parse_args(argv))
+    ns = {k: v for k, v in vars(build_parser().parse_args(argv)).items()
+          if not k.startswith("launch.")}
     model_over = {k[len("model."):]: v for k, v in ns.items() if k.startswith("model.")}
     train_over = {k: v for k, v in ns.items() if not k.startswith("model.")}
 

@@ -1,23 +1,49 @@
 """Training data without downloads: byte corpora, token arrays, MQAR and random tokens.
 
 Every source gives numpy batches `{"inputs": [B, T] int32, "targets": [B, T] int32,
-"weights": [B, T] float32}` (targets are inputs shifted by one; weights 1 where a target counts).
+"weights": [B, T] float32}` (targets are inputs shifted by one; weights 1 where a target counts),
+and those of documents also `"segment_ids": [B, T] int32` (packed documents, below).
 The training batch of step k (1-based) is a pure function of `(seed, k)`, so a resumed run sees
 exactly the batches an uninterrupted one would: the data-loader position is the step. The
 validation set is fixed (drawn once from its own seed).
 
+Several processes: each loads only the rows of the global batches (training and validation)
+that its devices hold (`make_dataset(config, rows)`). They are the same rows a single process
+would load: windows are drawn for the whole batch and only those of `rows` are read; synthetic
+batches (MQAR, random) are generated whole and cut (`take_rows`).
+
 * stdlib: the bytes of every `*.py` file under `sysconfig.get_paths()["stdlib"]` (site-packages
-  and dist-packages excluded), sorted by path; a file goes to validation when
-  `crc32(relative path) % 10_000 < val_fraction * 10_000`. Batches are random windows.
-* text: the bytes of one file (the last `val_fraction` held out) or of every text file under a
-  folder (split by path hash like stdlib). A file is text when its first 64 KiB hold no NUL byte
-  and decode as UTF-8; a folder's other files are skipped, a single binary file is refused.
+  and dist-packages excluded), sorted by path, one document per file; a file goes to validation
+  when `crc32(relative path) % 10_000 < val_fraction * 10_000`. Batches are random windows.
+* text: the bytes of one file (one document; the last `val_fraction` held out) or of every text
+  file under a folder (one document per file; split by path hash like stdlib). A file is text
+  when its first 64 KiB hold no NUL byte and decode as UTF-8; a folder's other files are
+  skipped, a single binary file is refused. With `--tokenizer` (stdlib and text alike) each
+  document is its tokens instead of its bytes, and the separator is the tokenizer's EOS.
 * tokens: a 1-D integer `.npy` (memory-mapped) or a raw `.bin` of `token_dtype` (nanoGPT's
-  format); the last `val_fraction` is validation.
+  format); the last `val_fraction` is validation. The `<file>.json` beside it that
+  `python -m train.tokenize` writes gives its `dtype` and `separator_id` (options that
+  contradict it are refused); `--separator_id` names the separator of a file without one.
+  Without a separator the array is one stream with no document boundaries.
 * mqar: multi-query associative recall (Arora et al., 2023, Zoology; used by the GLA paper): a
   context of key-value pairs, then every key queried once at power-law distributed positions;
   only the query positions carry a target (their value), and the metric is accuracy there.
 * random: uniform random tokens (throughput runs).
+
+Packed documents (stdlib, text, and tokens with a separator): the corpus is one stream in which
+every document is followed by the separator (for the byte corpora NUL, byte 0, which text files
+hold none of: a file with one past the text probe is refused; else the tokenizer's EOS, or a token
+file's `separator_id`), the layout `python -m train.tokenize` writes. A row is a random window of
+`seq_len + 1` tokens of that stream, so it holds consecutive documents, the first usually entered
+mid-way and the last cut at the row end. `segment_ids` counts the separators up to each input
+position: a new segment (document) starts at every separator, and at the row start. The separator
+thus ends one document and opens the next, as a BOS would: the model sees each segment alone (no
+recurrent state, convolution or attention crosses a boundary), and every target counts, none
+crossing a boundary in what it is predicted from: a document's last token predicts the separator
+(from that document alone: where a document ends), the separator predicts the next document's first
+token (from the separator alone: how documents begin). The loss of a packed row is thus the sum of
+the losses of its documents run one by one, each as `separator, tokens` with targets `tokens,
+separator`, which is also how `python -m train.eval` scores documents.
 
 Data that cannot be used (a missing path, a binary file as text, a split shorter than a
 sequence, a token id outside the model's vocabulary) raises `DataError`, one line naming the
@@ -36,6 +62,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+
+from train.tokenize import BYTE_SEPARATOR, read_sidecar, sidecar_path
 
 Batch = dict[str, np.ndarray]
 
@@ -68,18 +96,30 @@ def is_val_file(relpath: str, val_fraction: float) -> bool:
     return zlib.crc32(relpath.encode()) % _HASH_BUCKETS < val_fraction * _HASH_BUCKETS
 
 
-def _read_joined(paths: list[Path]) -> np.ndarray:
-    return np.frombuffer(b"".join(p.read_bytes() for p in paths), np.uint8)
+def read_byte_documents(paths: list[Path]) -> np.ndarray:
+    """The bytes of the files in order, each followed by BYTE_SEPARATOR (NUL). A file holding a
+    NUL itself (past the text probe) is refused: it would split its document in two."""
+    parts = []
+    for path in paths:
+        data = path.read_bytes()
+        at = data.find(bytes([BYTE_SEPARATOR]))
+        if at >= 0:
+            raise DataError(f"--data_path: {str(path)!r} has a NUL byte at offset {at}, the "
+                            f"separator of byte-level documents (remove the byte or the file)")
+        parts += [data, bytes([BYTE_SEPARATOR])]
+    return np.frombuffer(b"".join(parts), np.uint8)
 
 
 def split_files(root: Path, files: list[Path], val_fraction: float
                 ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Train and validation streams of byte documents (`read_byte_documents`)."""
     train = [p for p in files if not is_val_file(p.relative_to(root).as_posix(), val_fraction)]
     val = [p for p in files if is_val_file(p.relative_to(root).as_posix(), val_fraction)]
     info = {"files": len(files), "train_files": len(train), "val_files": len(val)}
-    if not train or not val:  # too few files for a split by file: split the bytes instead
-        return (*split_tail(_read_joined(files), val_fraction), {**info, "split": "tail"})
-    return _read_joined(train), _read_joined(val), {**info, "split": "file hash"}
+    if not train or not val:  # too few files for a split by file: split the stream instead
+        return (*split_tail(read_byte_documents(files), val_fraction), {**info, "split": "tail"})
+    return (read_byte_documents(train), read_byte_documents(val),
+            {**info, "split": "file hash"})
 
 
 def split_tail(arr: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -103,14 +143,15 @@ def why_not_text(path: Path) -> str | None:
 
 
 def text_corpus(path: str | Path, val_fraction: float) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Bytes of a text file (tail split) or of the text files under a folder (file-hash split)."""
+    """Bytes of a text file (tail split) or of the text files under a folder (file-hash split),
+    one document per file, each followed by BYTE_SEPARATOR."""
     path = Path(path)
     if path.is_file():
         why = why_not_text(path)
         if why is not None:
             raise DataError(f"--data_path: {str(path)!r} is not a text file ({why}); give "
                             f"token arrays as --data tokens")
-        arr = np.fromfile(path, np.uint8)
+        arr = read_byte_documents([path])
         return (*split_tail(arr, val_fraction), {"files": 1, "split": "tail"})
     if not path.is_dir():
         raise DataError(f"--data_path: no such file or folder: {str(path)!r}")
@@ -125,16 +166,10 @@ def text_corpus(path: str | Path, val_fraction: float) -> tuple[np.ndarray, np.n
 
 
 def token_array(path: str | Path, token_dtype: str = "uint16") -> np.ndarray:
-    """A memory-mapped 1-D token array from `.npy` or raw `.bin` (`token_dtype` elements, or
-    the dtype its `<file>.json` sidecar from `python -m train.tokenize` records)."""
+    """A memory-mapped 1-D token array from `.npy` or raw `.bin` (`token_dtype` elements)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"--data_path: no such file: {str(path)!r}")
-    sidecar = path.with_name(path.name + ".json")
-    if path.suffix != ".npy" and sidecar.is_file():
-        import json
-
-        token_dtype = json.loads(sidecar.read_text()).get("dtype", token_dtype)
     if path.suffix == ".npy":
         try:
             arr = np.load(path, mmap_mode="r")
@@ -151,6 +186,41 @@ def token_array(path: str | Path, token_dtype: str = "uint16") -> np.ndarray:
         raise DataError(f"--token_dtype: {str(path)!r} has {size} bytes, not a whole number "
                         f"(> 0) of {token_dtype} tokens of {itemsize} bytes")
     return np.memmap(path, dtype=np.dtype(token_dtype), mode="r")
+
+
+def token_corpus(path: str | Path, token_dtype: str | None, separator_id: int | None,
+                 vocab_size: int) -> tuple[np.ndarray, int | None, dict]:
+    """`(tokens, separator or None, info)` of a token file: its dtype and separator from the
+    options and from its `<file>.json` (`train.tokenize.read_sidecar`), which must agree."""
+    path = Path(path)
+    try:
+        meta = read_sidecar(path) or {}
+    except ValueError as exc:
+        raise DataError(f"--data_path: {exc}") from None
+    side = str(sidecar_path(path))
+    if meta.get("dtype") is not None and path.suffix != ".npy":
+        if token_dtype is not None and token_dtype != meta["dtype"]:
+            raise DataError(f"--token_dtype: {side!r} says dtype {meta['dtype']!r}, got "
+                            f"{token_dtype!r}")
+        token_dtype = meta["dtype"]
+    if meta.get("separator_id") is not None:
+        if separator_id is not None and separator_id != meta["separator_id"]:
+            raise DataError(f"--separator_id: {side!r} says separator_id "
+                            f"{meta['separator_id']}, got {separator_id}")
+        separator_id = meta["separator_id"]
+    if meta.get("vocab_size") is not None and meta["vocab_size"] > vocab_size:
+        raise DataError(f"--vocab_size: {side!r} says the tokens come from a vocabulary of "
+                        f"{meta['vocab_size']}, more than the model's vocab_size={vocab_size}")
+    if separator_id is not None and separator_id >= vocab_size:
+        raise DataError(f"--separator_id: must be < the model's vocab_size={vocab_size}, got "
+                        f"{separator_id}")
+    arr = token_array(path, token_dtype or "uint16")
+    info = {"path": str(path), "split": "tail",
+            "documents": ("no separator: no boundaries" if separator_id is None
+                          else f"separated by id {separator_id}")}
+    if meta:
+        info["sidecar"] = side
+    return arr, separator_id, info
 
 
 def check_token_range(arr: np.ndarray, vocab_size: int, chunk: int = 1 << 24):
@@ -176,16 +246,37 @@ def unigram_entropy(arr: np.ndarray, vocab_size: int, max_tokens: int = 50_000_0
 # Batches.
 
 
-def window_batch(arr: np.ndarray, rng: np.random.Generator, batch_size: int, seq_len: int
-                 ) -> Batch:
-    """`batch_size` random windows of `seq_len + 1` tokens: inputs, next-token targets."""
+def window_batch(arr: np.ndarray, rng: np.random.Generator, batch_size: int, seq_len: int,
+                 separator: int | None = None, *, rows: np.ndarray | None = None) -> Batch:
+    """`batch_size` random windows of `seq_len + 1` tokens: inputs, next-token targets.
+
+    With a `separator` the rows are packed documents (module docstring): `segment_ids` counts
+    the separators among the inputs up to each position; every target counts. With `rows`
+    (global row indices), only those windows of the batch are read: `[len(rows), ...]`.
+    """
     n = len(arr) - seq_len
     if n < 1:
         raise ValueError(f"a split of {len(arr)} tokens is too short for seq_len={seq_len}")
     starts = np.sort(rng.integers(0, n, batch_size))  # sorted: friendlier reads of a memmap
+    if rows is not None:
+        starts = starts[rows]
     w = np.stack([np.asarray(arr[s:s + seq_len + 1]) for s in starts]).astype(np.int32)
-    return {"inputs": w[:, :-1], "targets": w[:, 1:],
-            "weights": np.ones((batch_size, seq_len), np.float32)}
+    batch = {"inputs": w[:, :-1], "targets": w[:, 1:],
+             "weights": np.ones((len(starts), seq_len), np.float32)}
+    if separator is not None:
+        batch["segment_ids"] = segment_ids_of(batch["inputs"], separator)
+    return batch
+
+
+def segment_ids_of(inputs: np.ndarray, separator: int) -> np.ndarray:
+    """`[B, T]` int32: the separators in `inputs [B, T]` up to each position (a separator opens
+    the next document; see the module docstring)."""
+    return np.cumsum(inputs == separator, axis=1, dtype=np.int32)
+
+
+def take_rows(batch: Batch, rows: np.ndarray | None) -> Batch:
+    """The rows `rows` of every array of `batch` (all of them for None)."""
+    return batch if rows is None else {name: x[rows] for name, x in batch.items()}
 
 
 def mqar_batch(rng: np.random.Generator, batch_size: int, seq_len: int, num_kv_pairs: int,
@@ -235,27 +326,33 @@ def random_batch(rng: np.random.Generator, batch_size: int, seq_len: int, vocab_
 # The dataset of a run.
 
 
+# `make(rng, rows)`: the batch drawn from `rng`, only its rows `rows` (all of them for None).
+MakeBatch = Callable[[np.random.Generator, np.ndarray | None], Batch]
+
+
 class Dataset:
-    """The batches of a run: `train_batch(step)` and the fixed `val_batches`.
+    """The batches of a run: `train_batch(step)` and the fixed `val_batches`, each holding only
+    the rows `rows` of the global batch (sorted global row indices; None: every row).
 
     Attributes: `kind`, `info` (a dict of sizes for the log), `entropy` (unigram entropy of the
-    training tokens in nats, None for mqar), `has_accuracy` (MQAR reports accuracy).
+    training tokens in nats, None for mqar), `has_accuracy` (MQAR reports accuracy), `rows`.
     """
 
-    def __init__(self, kind: str, make: Callable[[np.random.Generator], Batch], *,
-                 seed: int, vocab_size: int, eval_batches: int,
-                 make_val: Callable[[np.random.Generator], Batch] | None = None,
-                 entropy: float | None = None, info: dict | None = None):
+    def __init__(self, kind: str, make: MakeBatch, *, seed: int, vocab_size: int,
+                 eval_batches: int, make_val: MakeBatch | None = None,
+                 rows: np.ndarray | None = None, entropy: float | None = None,
+                 info: dict | None = None):
         self.kind = kind
         self.seed = seed
         self.vocab_size = vocab_size
         self.entropy = entropy
         self.info = info or {}
         self.has_accuracy = kind == "mqar"
+        self.rows = rows
         self._make = make
         make_val = make_val or make
         val_rng = np.random.default_rng([seed, 1, 0x5EED])
-        self.val_batches = [self._checked(make_val(val_rng)) for _ in range(eval_batches)]
+        self.val_batches = [self._checked(make_val(val_rng, rows)) for _ in range(eval_batches)]
 
     def _checked(self, batch: Batch) -> Batch:
         for name in ("inputs", "targets"):
@@ -263,54 +360,64 @@ class Dataset:
         return batch
 
     def train_batch(self, step: int) -> Batch:
-        """The batch of (1-based) optimizer step `step`: a pure function of (seed, step)."""
-        return self._checked(self._make(np.random.default_rng([self.seed, 0, step])))
+        """The batch of (1-based) optimizer step `step` (its rows `rows`): a pure function of
+        (seed, step)."""
+        return self._checked(self._make(np.random.default_rng([self.seed, 0, step]), self.rows))
 
 
-def make_dataset(config) -> Dataset:
-    """The `Dataset` a `TrainConfig` asks for."""
+def make_dataset(config, rows: np.ndarray | None = None) -> Dataset:
+    """The `Dataset` a `TrainConfig` asks for, loading only the batch rows `rows` (sorted global
+    row indices, e.g. `train.sharding.process_rows`; None: every row)."""
     B, T, V = config.batch_size, config.seq_len, config.model.vocab_size
-    common = dict(seed=config.seed, vocab_size=V, eval_batches=config.eval_batches)
+    if rows is not None and (len(rows) == 0 or np.any(np.diff(rows) <= 0) or rows[0] < 0
+                             or rows[-1] >= B):
+        raise ValueError(f"rows must be sorted distinct indices below batch_size={B}, got "
+                         f"{rows.tolist()}")
+    common = dict(seed=config.seed, vocab_size=V, eval_batches=config.eval_batches, rows=rows)
     kind = config.data
     if kind in ("stdlib", "text", "tokens"):
         if kind in ("stdlib", "text") and config.tokenizer:
-            train, val, info = tokenized_corpus(config, V)
+            train, val, sep, info = tokenized_corpus(config, V)
         elif kind == "stdlib":
             root = stdlib_root()
             train, val, info = split_files(root, stdlib_files(root), config.val_fraction)
-            info = {"root": str(root), **info}
+            info, sep = {"root": str(root), **info}, BYTE_SEPARATOR
         elif kind == "text":
             train, val, info = text_corpus(config.data_path, config.val_fraction)
+            sep = BYTE_SEPARATOR
         else:
-            arr = token_array(config.data_path, config.token_dtype)
+            arr, sep, info = token_corpus(config.data_path, config.token_dtype,
+                                          config.separator_id, V)
             train, val = split_tail(arr, config.val_fraction)
-            info = {"path": str(config.data_path), "split": "tail"}
+        if kind != "tokens":
+            info["documents"] = f"one per file, separated by id {sep}"
         info.update(train_tokens=int(len(train)), val_tokens=int(len(val)))
         for name, split in (("train", train), ("validation", val)):
             if len(split) <= T:
                 raise DataError(f"--seq_len: the {name} split has {len(split)} tokens, fewer "
                                 f"than seq_len + 1 = {T + 1} (lower --seq_len or add data)")
             check_token_range(split, V)  # every token, not only those the batches happen to hit
-        return Dataset(kind, lambda rng: window_batch(train, rng, B, T),
-                       make_val=lambda rng: window_batch(val, rng, B, T),
+        return Dataset(kind, lambda rng, rows: window_batch(train, rng, B, T, sep, rows=rows),
+                       make_val=lambda rng, rows: window_batch(val, rng, B, T, sep, rows=rows),
                        entropy=unigram_entropy(train, max(V, 256)), info=info, **common)
     if kind == "mqar":
         mv = config.mqar_vocab_size or V
         n = config.mqar_num_kv_pairs
 
-        def make(rng):
-            return mqar_batch(rng, B, T, n, mv, config.mqar_power_a)
+        def make(rng, rows):
+            return take_rows(mqar_batch(rng, B, T, n, mv, config.mqar_power_a), rows)
 
         return Dataset(kind, make, info={"num_kv_pairs": n, "vocab_size": mv}, **common)
     if kind == "random":
-        return Dataset(kind, lambda rng: random_batch(rng, B, T, V), entropy=math.log(V),
-                       info={"vocab_size": V}, **common)
+        return Dataset(kind, lambda rng, rows: take_rows(random_batch(rng, B, T, V), rows),
+                       entropy=math.log(V), info={"vocab_size": V}, **common)
     raise ValueError(f"unknown data kind {kind!r}")
 
 
-def tokenized_corpus(config, vocab_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def tokenized_corpus(config, vocab_size: int) -> tuple[np.ndarray, np.ndarray, int, dict]:
     """--data text / stdlib through `--tokenizer`: the files (split by path hash as for bytes,
-    or a single file's tail) as documents, each followed by the tokenizer's EOS."""
+    or a single file's tail) as documents, each followed by the tokenizer's EOS; `(train, val,
+    separator, info)`."""
     from jaxla.tokenizer import check_vocab, load_tokenizer
     from train.tokenize import encode_documents, read_documents, separator_of
 
@@ -324,7 +431,7 @@ def tokenized_corpus(config, vocab_size: int) -> tuple[np.ndarray, np.ndarray, d
     root = stdlib_root() if config.data == "stdlib" else Path(config.data_path)
     if root.is_file():
         train, val = split_tail(encode([root]), config.val_fraction)
-        return train, val, {"files": 1, "split": "tail", "tokenizer": tokenizer.name}
+        return train, val, sep, {"files": 1, "split": "tail", "tokenizer": tokenizer.name}
     if not root.is_dir():
         raise DataError(f"--data_path: no such file or folder: {str(root)!r}")
     files = (stdlib_files(root) if config.data == "stdlib"
@@ -337,8 +444,8 @@ def tokenized_corpus(config, vocab_size: int) -> tuple[np.ndarray, np.ndarray, d
     info = {"files": len(files), "tokenizer": tokenizer.name}
     if not train_files or not val_files:
         train, val = split_tail(encode(files), config.val_fraction)
-        return train, val, {**info, "split": "tail"}
-    return encode(train_files), encode(val_files), {**info, "split": "file hash"}
+        return train, val, sep, {**info, "split": "tail"}
+    return encode(train_files), encode(val_files), sep, {**info, "split": "file hash"}
 
 
 class Prefetcher:

@@ -9,26 +9,30 @@ jaxla.convert imports. `--data` is a text file or folder, or a token file writte
 
 What is evaluated, precisely:
 
-* The token stream. Text through a tokenizer (the model's `tokenizer.json`, or `--tokenizer`):
-  the separator (EOS), then each document's tokens followed by the separator; documents are
-  the files in sorted path order. Text without a tokenizer (byte-level models): the files'
-  bytes concatenated in sorted path order. A token file: the separator its sidecar names, then
-  its tokens. `--max_tokens` keeps the first N tokens of the stream.
+* The token stream: the separator, then each document's tokens followed by the separator, as
+  `python -m train` packs documents. Text: documents are the files in sorted path order, their
+  tokens through a tokenizer (the model's `tokenizer.json`, or `--tokenizer`; the separator is
+  its EOS) or, for byte-level models, their bytes (the separator is byte 0). A token file: the
+  separator its sidecar names, then its tokens (a file without a separator, or a `.npy`: its
+  tokens, one stream). `--max_tokens` keeps the first N tokens of the stream.
 * The targets: every token of the stream but the first, which is only context. The stream is
   cut into consecutive windows of `--seq_len` targets; each window's model input is the token
   before its first target and the targets but the last (the context restarts at every window,
   as in training); a short last window is padded and its padding left out.
+* Packed documents, as in training: a new document starts at every separator of a window's
+  input (and at the window start), and the model sees each document alone (`segment_ids`).
+  So a document's tokens are predicted from the separator before them and its own earlier
+  tokens, and the separator after it from the document: every target counts.
 * loss: the mean next-token cross-entropy over the targets, in nats; perplexity = exp(loss).
 * bits per byte: the summed cross-entropy in bits divided by the number of UTF-8 bytes the
-  targets stand for: the documents' bytes with a tokenizer (separators stand for none), the
-  targets' count for bytes, `num_bytes` of a token file's sidecar. Left out (n/a) when
-  `--max_tokens` cut the stream or a token file does not record its bytes.
+  targets stand for: the documents' bytes (separators stand for none), `num_bytes` of a token
+  file's sidecar. Left out (n/a) when `--max_tokens` cut the stream or a token file does not
+  record its bytes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -38,42 +42,66 @@ import numpy as np
 from jaxla.tokenizer import ByteTokenizer, check_vocab, load_tokenizer
 
 
-def token_stream(data: Path, tokenizer) -> tuple[np.ndarray, int | None]:
-    """`(stream int64 [n], UTF-8 bytes of the targets or None)` as the module docstring says."""
-    from train.tokenize import encode_documents, input_files, read_documents, separator_of
+def token_stream(data: Path, tokenizer) -> tuple[np.ndarray, int | None, int | None]:
+    """`(stream int64 [n], UTF-8 bytes of the targets or None, separator or None)` as the module
+    docstring says."""
+    from train.tokenize import (
+        BYTE_SEPARATOR,
+        encode_documents,
+        input_files,
+        read_documents,
+        read_sidecar,
+        separator_of,
+    )
 
+    meta = read_sidecar(data) if data.is_file() else None
     if data.suffix == ".npy":
-        return np.load(data).astype(np.int64).reshape(-1), None
-    sidecar = data.with_name(data.name + ".json")
-    if data.is_file() and sidecar.is_file():
-        meta = json.loads(sidecar.read_text())
-        tokens = np.fromfile(data, np.dtype(meta["dtype"]).newbyteorder("<")).astype(np.int64)
-        return np.concatenate([[meta["separator_id"]], tokens]), meta.get("num_bytes")
-    files = input_files([str(data)])
-    if not files:
-        raise ValueError(f"no text files under {str(data)!r}")
-    if isinstance(tokenizer, ByteTokenizer):
-        stream = np.concatenate([np.frombuffer(p.read_bytes(), np.uint8) for p in files])
-        return stream.astype(np.int64), len(stream) - 1
-    sep = separator_of(tokenizer)
-    tokens, _, nbytes = encode_documents(tokenizer, read_documents(files), sep)
-    return np.concatenate([[sep], tokens]), nbytes
+        tokens = np.load(data).astype(np.int64).reshape(-1)
+        nbytes = None
+    elif meta is not None:
+        dtype = np.dtype(meta.get("dtype") or "uint16").newbyteorder("<")
+        tokens, nbytes = np.fromfile(data, dtype).astype(np.int64), meta.get("num_bytes")
+    else:
+        files = input_files([str(data)])
+        if not files:
+            raise ValueError(f"no text files under {str(data)!r}")
+        if isinstance(tokenizer, ByteTokenizer):
+            sep = BYTE_SEPARATOR
+            docs = [p.read_bytes() for p in files]
+            for path, doc in zip(files, docs, strict=True):
+                if sep in doc:  # as python -m train refuses it
+                    raise ValueError(f"{str(path)!r} has a NUL byte at offset "
+                                     f"{doc.index(sep)}, the separator of byte-level documents")
+            tokens = np.frombuffer(b"".join(d + bytes([sep]) for d in docs), np.uint8)
+            nbytes = sum(len(d) for d in docs)
+        else:
+            sep = separator_of(tokenizer)
+            tokens, _, nbytes = encode_documents(tokenizer, read_documents(files), sep)
+        return np.concatenate([[sep], tokens]).astype(np.int64), nbytes, sep
+    sep = None if meta is None else meta.get("separator_id")
+    if sep is None:
+        return tokens, nbytes, None
+    return np.concatenate([[sep], tokens]), nbytes, sep
 
 
-def evaluate(model, stream: np.ndarray, seq_len: int, batch_size: int) -> tuple[float, int]:
-    """`(summed cross-entropy in nats, number of targets)` of `stream` under `model`."""
+def evaluate(model, stream: np.ndarray, seq_len: int, batch_size: int,
+             separator: int | None = None) -> tuple[float, int]:
+    """`(summed cross-entropy in nats, number of targets)` of `stream` under `model`; with a
+    `separator`, each window's documents are packed (`train.data.segment_ids_of`)."""
     import jax
     import jax.numpy as jnp
     import optax
     from flax import nnx
+
+    from train.data import segment_ids_of
 
     n_targets = len(stream) - 1
     windows = -(-n_targets // seq_len)
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def batch_loss(state, inputs, targets, weights):
-        logits = nnx.merge(graphdef, state)(inputs)
+    def batch_loss(state, inputs, targets, weights, segment_ids):
+        logits = nnx.merge(graphdef, state)(inputs, segment_ids=segment_ids)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
         return jnp.sum(ce * weights)
 
@@ -86,7 +114,8 @@ def evaluate(model, stream: np.ndarray, seq_len: int, batch_size: int) -> tuple[
             chunk = stream[w * seq_len:w * seq_len + seq_len + 1]
             n = len(chunk) - 1
             inputs[row, :n], targets[row, :n], weights[row, :n] = chunk[:-1], chunk[1:], 1.0
-        total += float(batch_loss(state, inputs, targets, weights))
+        segment_ids = None if separator is None else segment_ids_of(inputs, separator)
+        total += float(batch_loss(state, inputs, targets, weights, segment_ids))
     return total, n_targets
 
 
@@ -130,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if not data.exists():
         parser.error(f"--data {args.data}: no such file or folder")
     try:
-        stream, nbytes = token_stream(data, tokenizer)
+        stream, nbytes, separator = token_stream(data, tokenizer)
     except (FileNotFoundError, ValueError) as exc:
         parser.error(f"--data {args.data}: {exc}")
     if args.max_tokens is not None and args.max_tokens < len(stream):
@@ -140,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if stream.max() >= loaded.config.vocab_size:
         parser.error(f"--data {args.data}: token id {int(stream.max())} >= the model's "
                      f"vocab_size={loaded.config.vocab_size}")
-    total, n = evaluate(loaded.model, stream, args.seq_len, args.batch_size)
+    total, n = evaluate(loaded.model, stream, args.seq_len, args.batch_size, separator)
     loss = total / n
     bpb = "n/a" if nbytes is None else f"{total / math.log(2) / nbytes:.4f}"
     print(f"{args.run_dir} on {args.data}: {n:,} target tokens"

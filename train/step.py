@@ -3,7 +3,9 @@
 The train state is a dict pytree `{"step": int32 [], "params": nnx.State, "opt_state": optax
 state, "rng": uint32 [2]}`; it is donated to the step, which returns the next one and its
 metrics. Loss: next-token cross-entropy in float32, averaged over the positions whose weight is
-1 (all of them for language modelling, the query positions for MQAR).
+1 (all of them for language modelling, the query positions for MQAR). A batch with
+`segment_ids` holds packed documents: the model gets them and computes each document alone
+(what a separator at a boundary predicts, and is predicted from: train/data.py).
 """
 
 from __future__ import annotations
@@ -77,8 +79,10 @@ def run_on_host(fn):
     seconds); the CPU compiles it in seconds, and threefry gives the same bits on either backend.
     The explicit CPU output sharding, not `jax.default_device`, is what keeps it off the GPU; call
     it outside `jax.set_mesh` (a context mesh would claim the computation for its devices).
+    The CPU device is this process's own: in a run of several CPU processes, `jax.devices("cpu")`
+    lists the other processes' devices too.
     """
-    host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     return jax.jit(fn, out_shardings=host)()
 
 
@@ -110,7 +114,7 @@ def make_train_step(graphdef, constants: nnx.State, tx: optax.GradientTransforma
 
     def loss_fn(params, batch):
         model = nnx.merge(graphdef, params, constants)
-        logits = model(batch["inputs"])
+        logits = model(batch["inputs"], segment_ids=batch.get("segment_ids"))
         ce_sum, count, hits = cross_entropy(logits, batch["targets"], batch["weights"])
         count = jnp.maximum(count, 1.0)
         return ce_sum / count, hits / count
@@ -136,7 +140,8 @@ def make_eval_step(graphdef, constants: nnx.State):
     """`eval_step(params, batch) -> (sum CE, sum weights, sum hits)`, to be jitted."""
 
     def eval_step(params, batch):
-        logits = nnx.merge(graphdef, params, constants)(batch["inputs"])
+        logits = nnx.merge(graphdef, params, constants)(batch["inputs"],
+                                                        segment_ids=batch.get("segment_ids"))
         return cross_entropy(logits, batch["targets"], batch["weights"])
 
     return eval_step

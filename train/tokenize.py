@@ -9,8 +9,9 @@ byte in their first 8 KiB are skipped as binary) and every line of a `.jsonl` fi
 tokens in that order, each document followed by the separator id, as raw little-endian
 integers (uint16 when the vocabulary fits, else uint32). Beside it, `<out>.json` records
 `dtype`, `separator_id`, `separator_token`, `num_tokens`, `num_documents`, `num_bytes` (UTF-8
-bytes of the documents), `vocab_size` and the tokenizer; `--data tokens` reads the dtype from it,
-and packing by document (rows that start at a document boundary) reads `separator_id`.
+bytes of the documents), `vocab_size` and the tokenizer; `python -m train --data tokens` reads
+the dtype and `separator_id` from it and packs the rows by document (train/data.py), and
+`python -m train.eval` scores each document alone.
 
 The separator is the tokenizer's EOS token (`--eos_token`, else the first of
 jaxla.tokenizer.EOS_CANDIDATES it has). Without `--tokenizer` the tokens are UTF-8 bytes
@@ -32,6 +33,8 @@ import numpy as np
 from jaxla.tokenizer import EOS_CANDIDATES, ByteTokenizer, load_tokenizer, train_bpe
 
 BYTE_SEPARATOR = 0
+# What `python -m train --data tokens` reads (this program writes the first two).
+TOKEN_DTYPES = ("uint16", "uint32", "int32")
 
 
 def _is_binary(path: Path) -> bool:
@@ -102,9 +105,41 @@ def token_dtype_for(vocab_size: int) -> str:
 def write_tokens(tokens: np.ndarray, out: Path, meta: dict) -> Path:
     dtype = np.dtype(meta["dtype"]).newbyteorder("<")
     tokens.astype(dtype).tofile(out)
-    sidecar = out.with_name(out.name + ".json")
+    sidecar = sidecar_path(out)
     sidecar.write_text(json.dumps(meta, indent=2) + "\n")
     return sidecar
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """`<path>.json`: the sidecar of a token file."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def read_sidecar(path: str | Path) -> dict | None:
+    """The sidecar of the token file `path` (`write_tokens`), or None when it has none.
+
+    Checks what readers use: `dtype` one of TOKEN_DTYPES, `separator_id` an integer >= 0 (or
+    null: no separator), `vocab_size` and `num_bytes` integers >= 0, each where present; a
+    ValueError names the file and the field."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return None
+    try:
+        meta = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{str(side)!r} is not JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{str(side)!r} must hold a JSON object, got {type(meta).__name__}")
+    if meta.get("dtype") is not None and meta["dtype"] not in TOKEN_DTYPES:
+        raise ValueError(f"{str(side)!r}: dtype must be one of {', '.join(TOKEN_DTYPES)}, got "
+                         f"{meta['dtype']!r}")
+    for key in ("separator_id", "vocab_size", "num_bytes"):
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < 0):
+            raise ValueError(f"{str(side)!r}: {key} must be an integer >= 0, got {value!r}")
+    return meta
 
 
 def build_parser() -> argparse.ArgumentParser:

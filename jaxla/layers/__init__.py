@@ -4,7 +4,8 @@ Every mixer maps `x [B, T, D] -> [B, T, D]`, takes keyword-only `rngs`, `dtype` 
 `param_dtype`, and an `implementation` passed to its op (None: Pallas on GPU, XLA elsewhere). For
 decoding, `init_cache(batch_size, max_len)` gives the layer's cache and `layer(x, cache=c)`
 returns `(y, new_cache)`: a recurrent state (+ conv state) for the linear layers and Mamba, so a
-token costs O(1), and a preallocated KV cache for softmax attention.
+token costs O(1), and a preallocated KV cache for softmax attention. `layer(x, segment_ids=ids)`
+computes packed documents, each as if alone (`jaxla.layers.segments`).
 """
 
 from jaxla.layers.attention import Attention, KVCache

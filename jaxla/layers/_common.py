@@ -6,9 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# Largest head dim (K or V) and SSM state size the Pallas kernels take; larger ones raise at
-# construction unless the layer is built with implementation="xla" or "naive".
-KERNEL_MAX_DIM = 256
+from jaxla.ops import kernel_refusal
+
 # Inputs this long or shorter run the recurrent form of the op (FLA's switch), longer ones the
 # chunked form.
 RECURRENT_MAX_LEN = 64
@@ -46,13 +45,16 @@ def check_implementation(implementation) -> None:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
 
 
-def check_kernel_dim(layer: str, name: str, value: int, implementation) -> None:
-    """Head dims / state sizes above KERNEL_MAX_DIM are refused when the kernel may run."""
-    if implementation in (None, "pallas") and value > KERNEL_MAX_DIM:
-        raise ValueError(
-            f"{layer}: {name}={value} exceeds {KERNEL_MAX_DIM}, the largest the Pallas kernels "
-            f"take; use more heads or implementation='xla'"
-        )
+def check_kernel_sizes(layer: str, op: str, implementation, **sizes) -> None:
+    """Sizes the op's Pallas kernel does not take raise at construction when the kernel may run.
+
+    `sizes` are the kernel's size arguments (`head_dim_k`/`head_dim_v`, or `state_size`); layers
+    built with implementation="xla" or "naive" take any size.
+    """
+    if implementation in (None, "pallas"):
+        reason = kernel_refusal(op, dtype=jnp.float32, **sizes)
+        if reason is not None:
+            raise ValueError(f"{layer}: {reason}; use more heads or implementation='xla'")
 
 
 def check_divides(layer: str, what: str, num: int, width_name: str, width: int) -> None:

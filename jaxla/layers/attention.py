@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxla.layers import segments
 from jaxla.layers._common import check_divides, compute_dtype, linear
 from jaxla.layers.rope import apply_rope
 
@@ -35,6 +36,14 @@ class Attention(nnx.Module):
     unless `qkv_bias`. `implementation`: "cudnn" (flash attention), "xla", or None: cuDNN on a GPU
     for bf16/fp16 compute, XLA otherwise ("pallas" and "naive" mean None and "xla", so one
     model-wide setting works for every mixer).
+
+    Packed documents: `__call__(x, segment_ids=ids)` (`ids [B, T]` integers,
+    `jaxla.layers.segments`) attends only within each document (a `[B, 1, T, T]` boolean mask
+    beside the causal one, on either backend: `jax.nn.dot_product_attention` hands it to cuDNN
+    as an additive bias) and restarts the rotary positions at every document start (RoPE is
+    relative, so the scores are the same either way; restarting keeps the angles, and so the
+    rounding, those of the document run alone). The mask makes the cost the full masked T^2
+    whatever the document lengths.
 
     Decoding: `init_cache(batch_size, max_len)` -> `KVCache` of `max_len` positions;
     `__call__(x, cache=c)` writes the T new keys/values at `c.length`, attends over the valid
@@ -89,10 +98,11 @@ class Attention(nnx.Module):
         dtype = self.dtype or jnp.float32
         return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
 
-    def __call__(self, x: jax.Array, cache: KVCache | None = None):
+    def __call__(self, x: jax.Array, cache: KVCache | None = None, *, segment_ids=None):
         B, T, D = x.shape
         if D != self.hidden_size:
             raise ValueError(f"Attention({self.hidden_size}) got {x.shape=}")
+        segments.check("Attention", segment_ids, B, T, cache)
         cd = compute_dtype(self.dtype, x)
         H, KVH, Dh = self.num_heads, self.num_kv_heads, self.head_dim
         q = self.q_proj(x).astype(cd).reshape(B, T, H, Dh)
@@ -100,10 +110,15 @@ class Attention(nnx.Module):
         v = self.v_proj(x).astype(cd).reshape(B, T, KVH, Dh)
         start = jnp.zeros((), jnp.int32) if cache is None else cache.length
         positions = start + jnp.arange(T, dtype=jnp.int32)
-        q = apply_rope(q, positions, self.rope_theta)
-        k = apply_rope(k, positions, self.rope_theta)
+        if segment_ids is None:
+            rope_positions, mask = positions, None
+        else:
+            rope_positions = segments.document_positions(segment_ids)
+            mask = segments.same_document(segment_ids)[:, None]  # [B, 1, T, T]
+        q = apply_rope(q, rope_positions, self.rope_theta)
+        k = apply_rope(k, rope_positions, self.rope_theta)
         if cache is None:
-            o = jax.nn.dot_product_attention(q, k, v, is_causal=True,
+            o = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
                                              implementation=self._backend(cd))
             return self.o_proj(o.reshape(B, T, H * Dh))
         zero = jnp.zeros((), jnp.int32)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxla.layers import segments
 from jaxla.layers._common import compute_dtype, normal_init, recomputed
 
 ACTIVATIONS = (None, "silu")
@@ -18,6 +19,9 @@ class ShortConvolution(nnx.Module):
     `W - 1` inputs, `[B, W - 1, C]` in the compute dtype: `__call__(x, cache=state)` prepends it
     instead of zeros and returns `(y, new_state)`, for any T (prefill or one token).
     Weight `[W, C]` (PyTorch's Conv1d stores `[C, 1, W]`; same numbers).
+
+    `segment_ids [B, T]` (packed documents, `jaxla.layers.segments`): taps reaching before the
+    start of the position's document read zeros, exactly as taps before t = 0 do.
     """
 
     def __init__(self, channels: int, kernel_size: int = 4, *, use_bias: bool = False,
@@ -44,10 +48,11 @@ class ShortConvolution(nnx.Module):
         dtype = dtype or self.dtype or jnp.float32
         return jnp.zeros((batch_size, self.kernel_size - 1, self.channels), dtype)
 
-    def __call__(self, x: jax.Array, cache: jax.Array | None = None):
+    def __call__(self, x: jax.Array, cache: jax.Array | None = None, *, segment_ids=None):
         B, T, C = x.shape
         if C != self.channels:
             raise ValueError(f"ShortConvolution({self.channels}) got {x.shape=}")
+        segments.check("ShortConvolution", segment_ids, B, T, cache)
         cd = compute_dtype(self.dtype, x)
         x = x.astype(cd)
         W = self.kernel_size
@@ -60,18 +65,31 @@ class ShortConvolution(nnx.Module):
             past = cache.astype(cd)
         ext = jnp.concatenate([past, x], axis=1)  # [B, W-1+T, C]
         bias = None if self.bias is None else self.bias[...]
-        y = recomputed(lambda ext, w, b: self._taps(ext, w, b).astype(cd))(
-            ext, self.weight[...], bias)
+        positions = None if segment_ids is None else segments.document_positions(segment_ids)
+        y = recomputed(lambda ext, w, b, pos: self._taps(ext, w, b, pos).astype(cd))(
+            ext, self.weight[...], bias, positions)
         if cache is None:
             return y
         return y, ext[:, ext.shape[1] - (W - 1):].astype(cache.dtype)
 
-    def _taps(self, ext: jax.Array, weight: jax.Array, bias: jax.Array | None):
-        """The W taps, bias and activation over `ext [B, W-1+T, C]` -> float32 `[B, T, C]`."""
+    def _taps(self, ext: jax.Array, weight: jax.Array, bias: jax.Array | None,
+              positions: jax.Array | None):
+        """The W taps, bias and activation over `ext [B, W-1+T, C]` -> float32 `[B, T, C]`.
+
+        `positions [B, T]`: index of each position within its document; tap i looks back
+        `W - 1 - i` steps and counts only where that stays inside the document.
+        """
         W = self.kernel_size
         T = ext.shape[1] - (W - 1)
         w = weight.astype(jnp.float32)
-        y = sum(ext[:, i:i + T].astype(jnp.float32) * w[i] for i in range(W))
+
+        def tap(i):
+            x = ext[:, i:i + T].astype(jnp.float32)
+            if positions is not None and i < W - 1:
+                x = jnp.where((positions >= W - 1 - i)[..., None], x, 0.0)
+            return x * w[i]
+
+        y = sum(tap(i) for i in range(W))
         if bias is not None:
             y = y + bias.astype(jnp.float32)
         if self.activation == "silu":

@@ -8,11 +8,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxla.layers import segments
 from jaxla.layers._common import (
     RECURRENT_MAX_LEN,
     check_divides,
     check_implementation,
-    check_kernel_dim,
+    check_kernel_sizes,
     compute_dtype,
     linear,
     recomputed,
@@ -56,6 +57,10 @@ class GatedLinearAttention(nnx.Module):
     `o_proj: value_dim -> D`. Inputs of at most RECURRENT_MAX_LEN tokens use `gla_recurrent`,
     longer ones the chunked `gla`.
 
+    Packed documents: `__call__(x, segment_ids=ids)` (`ids [B, T]` integers,
+    `jaxla.layers.segments`) runs every document as if alone: the state restarts at each
+    document start and the short convolutions do not read across it.
+
     Decoding: `init_cache(batch_size)` -> `GLACache`; `__call__(x, cache=c)` returns
     `(y, new_cache)` for any T (prefill or one token) and costs O(T) whatever came before.
     """
@@ -85,8 +90,8 @@ class GatedLinearAttention(nnx.Module):
         self.num_heads = num_heads
         self.head_k_dim = self.key_dim // num_heads
         self.head_v_dim = self.value_dim // num_heads
-        check_kernel_dim(name, "head_k_dim", self.head_k_dim, implementation)
-        check_kernel_dim(name, "head_v_dim", self.head_v_dim, implementation)
+        check_kernel_sizes(name, "gla", implementation, head_dim_k=self.head_k_dim,
+                           head_dim_v=self.head_v_dim)
         if gate_logit_normalizer <= 0:
             raise ValueError(f"{name}: gate_logit_normalizer must be > 0, "
                              f"got {gate_logit_normalizer}")
@@ -130,16 +135,18 @@ class GatedLinearAttention(nnx.Module):
         return GLACache(state, *(c.init_cache(batch_size) for c in
                                  (self.q_conv1d, self.k_conv1d, self.v_conv1d)))
 
-    def __call__(self, x: jax.Array, cache: GLACache | None = None):
+    def __call__(self, x: jax.Array, cache: GLACache | None = None, *, segment_ids=None):
         B, T, D = x.shape
         if D != self.hidden_size:
             raise ValueError(f"GatedLinearAttention({self.hidden_size}) got {x.shape=}")
+        segments.check("GatedLinearAttention", segment_ids, B, T, cache)
         cd = compute_dtype(self.dtype, x)
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         convs = (None, None, None)
         if self.use_short_conv:
             if cache is None:
-                q, k, v = self.q_conv1d(q), self.k_conv1d(k), self.v_conv1d(v)
+                q, k, v = (conv(a, segment_ids=segment_ids) for conv, a in
+                           ((self.q_conv1d, q), (self.k_conv1d, k), (self.v_conv1d, v)))
             else:
                 (q, cq), (k, ck), (v, cv) = (
                     self.q_conv1d(q, cache.conv_q), self.k_conv1d(k, cache.conv_k),
@@ -161,7 +168,8 @@ class GatedLinearAttention(nnx.Module):
         op = gla_recurrent if T <= RECURRENT_MAX_LEN else gla
         o, state = op(q.astype(cd), k.astype(cd), v.astype(cd), gk,
                       initial_state=None if cache is None else cache.state,
-                      output_final_state=cache is not None, implementation=self.implementation)
+                      output_final_state=cache is not None, segment_ids=segment_ids,
+                      implementation=self.implementation)
 
         def norm_and_gate(o, gate, weight):
             o = rms_norm(o, weight, self.g_norm.eps)

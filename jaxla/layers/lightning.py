@@ -8,11 +8,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxla.layers import segments
 from jaxla.layers._common import (
     RECURRENT_MAX_LEN,
     check_divides,
     check_implementation,
-    check_kernel_dim,
+    check_kernel_sizes,
     compute_dtype,
     linear,
     recomputed,
@@ -46,6 +47,9 @@ class LightningAttention(nnx.Module):
     `sigmoid(output_gate(x))`, then `out_proj: H d_h -> D`. No biases. Inputs of at most
     RECURRENT_MAX_LEN tokens use the recurrent op, longer ones the chunked op.
 
+    Packed documents: `__call__(x, segment_ids=ids)` (`ids [B, T]` integers,
+    `jaxla.layers.segments`) restarts the state at every document start.
+
     Decoding: `init_cache(batch_size)` -> `LightningCache`; `__call__(x, cache=c)` returns
     `(y, new_cache)` for any T.
     """
@@ -62,7 +66,8 @@ class LightningAttention(nnx.Module):
         if head_dim is None:
             check_divides(name, "num_heads", num_heads, "hidden_size", hidden_size)
             head_dim = hidden_size // num_heads
-        check_kernel_dim(name, "head_dim", head_dim, implementation)
+        check_kernel_sizes(name, "lightning_attention", implementation, head_dim_k=head_dim,
+                           head_dim_v=head_dim)
         if not 0 <= layer_idx < num_layers:
             raise ValueError(f"{name}: layer_idx must be in [0, num_layers), "
                              f"got {layer_idx=}, {num_layers=}")
@@ -88,10 +93,11 @@ class LightningAttention(nnx.Module):
         return LightningCache(jnp.zeros(
             (batch_size, self.num_heads, self.head_dim, self.head_dim), jnp.float32))
 
-    def __call__(self, x: jax.Array, cache: LightningCache | None = None):
+    def __call__(self, x: jax.Array, cache: LightningCache | None = None, *, segment_ids=None):
         B, T, D = x.shape
         if D != self.hidden_size:
             raise ValueError(f"LightningAttention({self.hidden_size}) got {x.shape=}")
+        segments.check("LightningAttention", segment_ids, B, T, cache)
         cd = compute_dtype(self.dtype, x)
         H, d = self.num_heads, self.head_dim
         qkv = recomputed(lambda a: jax.nn.silu(a.astype(jnp.float32)).astype(cd))(self.qkv_proj(x))
@@ -100,7 +106,8 @@ class LightningAttention(nnx.Module):
         op = simple_gla_recurrent if T <= RECURRENT_MAX_LEN else simple_gla
         o, state = op(q, k, v, g_gamma=self.g_gamma[...], scale=self.scale,
                       initial_state=None if cache is None else cache.state,
-                      output_final_state=cache is not None, implementation=self.implementation)
+                      output_final_state=cache is not None, segment_ids=segment_ids,
+                      implementation=self.implementation)
         o = recomputed(lambda o, gate, weight: (
             rms_norm(o, weight, self.norm.eps) * jax.nn.sigmoid(gate.astype(jnp.float32))
         ).astype(cd))(o.reshape(B, T, H * d), self.output_gate(x), self.norm.weight[...])

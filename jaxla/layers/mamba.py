@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxla.layers._common import check_implementation, check_kernel_dim, compute_dtype, linear
+from jaxla.layers import segments
+from jaxla.layers._common import check_implementation, check_kernel_sizes, compute_dtype, linear
 from jaxla.layers.conv import ShortConvolution
 from jaxla.ops import selective_scan, selective_state_update
 
@@ -56,6 +57,10 @@ class Mamba(nnx.Module):
 
     Decoding: `init_cache(batch_size)` -> `MambaCache`; `__call__(x, cache=c)` returns
     `(y, new_cache)`; one token uses `selective_state_update`, longer inputs `selective_scan`.
+
+    Packed documents: `__call__(x, segment_ids=ids)` (`ids [B, T]` integers,
+    `jaxla.layers.segments`) runs every document as if alone: the convolution does not read
+    across a document start and the scan's state restarts there.
     """
 
     def __init__(self, hidden_size: int = 1024, *, d_state: int = 16, d_conv: int = 4,
@@ -67,7 +72,7 @@ class Mamba(nnx.Module):
                  rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32):
         name = "Mamba"
         check_implementation(implementation)
-        check_kernel_dim(name, "d_state", d_state, implementation)
+        check_kernel_sizes(name, "selective_scan", implementation, state_size=d_state)
         if init not in ("normal", "mamba_ssm"):
             raise ValueError(f"{name}: init must be 'normal' or 'mamba_ssm', got {init!r}")
         if dt_init not in ("random", "constant"):
@@ -115,15 +120,16 @@ class Mamba(nnx.Module):
         return MambaCache(self.conv1d.init_cache(batch_size),
                           jnp.zeros((batch_size, self.d_inner, self.d_state), jnp.float32))
 
-    def __call__(self, x: jax.Array, cache: MambaCache | None = None):
+    def __call__(self, x: jax.Array, cache: MambaCache | None = None, *, segment_ids=None):
         B, T, D = x.shape
         if D != self.hidden_size:
             raise ValueError(f"Mamba({self.hidden_size}) got {x.shape=}")
+        segments.check("Mamba", segment_ids, B, T, cache)
         cd = compute_dtype(self.dtype, x)
         xz = self.in_proj(x)
         u, z = xz[..., :self.d_inner], xz[..., self.d_inner:]
         if cache is None:
-            u = self.conv1d(u)
+            u = self.conv1d(u, segment_ids=segment_ids)
         else:
             u, conv_state = self.conv1d(u, cache.conv)
         x_dbl = self.x_proj(u)
@@ -143,7 +149,8 @@ class Mamba(nnx.Module):
             y, ssm = selective_scan(
                 u, delta, A, Bm, Cm, Dskip, z, delta_bias=delta_bias, delta_softplus=True,
                 initial_state=None if cache is None else cache.ssm,
-                output_final_state=cache is not None, implementation=self.implementation)
+                output_final_state=cache is not None, segment_ids=segment_ids,
+                implementation=self.implementation)
         out = self.out_proj(y.astype(cd))
         if cache is None:
             return out

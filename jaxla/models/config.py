@@ -103,7 +103,8 @@ class LMConfig:
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     initializer_range: float = 0.02
-    # Compute and parameter dtypes, by name ("float32", "bfloat16").
+    # Compute and parameter dtypes, by name ("float32", "bfloat16", "float16"; "float64" needs
+    # jax_enable_x64: a reference for tests, where the layers keep float32 parts float32).
     dtype: str = "float32"
     param_dtype: str = "float32"
     # Implementation of the linear-attention / scan ops ("pallas", "xla", "naive"; None: pallas on
@@ -165,8 +166,8 @@ class LMConfig:
             raise ValueError(f"implementation must be None, 'pallas', 'xla' or 'naive', "
                              f"got {self.implementation!r}")
         for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"{name} must be 'float32', 'bfloat16' or 'float16', "
+            if getattr(self, name) not in ("float32", "bfloat16", "float16", "float64"):
+                raise ValueError(f"{name} must be 'float32', 'bfloat16', 'float16' or 'float64', "
                                  f"got {getattr(self, name)!r}")
         if "gla" in self.layer_pattern:
             for name, width in (("key_dim", self.key_dim), ("value_dim", self.value_dim)):

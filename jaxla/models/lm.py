@@ -16,6 +16,7 @@ from jaxla.layers import (
     RMSNorm,
     SparseMoE,
     SwiGLU,
+    segments,
 )
 from jaxla.models.config import LMConfig
 
@@ -90,10 +91,10 @@ class Block(nnx.Module):
             y = y * jnp.asarray(beta, y.dtype)
         return residual + y
 
-    def __call__(self, x: jax.Array, cache=None):
+    def __call__(self, x: jax.Array, cache=None, *, segment_ids=None):
         h = self.attn_norm(x)
         if cache is None:
-            y = self.mixer(h)
+            y = self.mixer(h, segment_ids=segment_ids)
         else:
             y, cache = self.mixer(h, cache=cache)
         x = self._add(x, h, y, self.mixer_residual)
@@ -103,11 +104,12 @@ class Block(nnx.Module):
         return x if cache is None else (x, cache)
 
 
-def _remat_block(block: Block, x: jax.Array) -> jax.Array:
+def _remat_block(block: Block, x: jax.Array, segment_ids) -> jax.Array:
     """`block(x)` recomputed in the backward pass; functional, so nothing is written back to
     the block's variables (some of which, like a fixed decay, may come from outside the trace)."""
     graphdef, state = nnx.split(block)
-    return jax.checkpoint(lambda state, x: nnx.merge(graphdef, state)(x))(state, x)
+    return jax.checkpoint(lambda state, x, ids: nnx.merge(graphdef, state)(x, segment_ids=ids))(
+        state, x, segment_ids)
 
 
 def scan_groups(blocks, period: int):
@@ -134,16 +136,22 @@ class CausalLM(nnx.Module):
     Token embedding (normal(0, initializer_range)), `num_layers` `Block`s whose mixers follow
     `config.layer_pattern`, a final RMSNorm and the LM head (the embedding's transpose when
     `tie_embeddings`, else its own `[D, vocab]` matrix). Compute in `config.dtype`, parameters in
-    `config.param_dtype`; logits are float32.
+    `config.param_dtype`; logits are float32 (float64 for a float64 model).
 
     `implementation` overrides `config.implementation` for every mixer's op.
 
     With `config.scan_layers` (the default) a forward pass without a cache runs the blocks as a
     `lax.scan` over repetitions of `config.layer_pattern` (parameters stay one module per block).
 
+    Packed documents: `model(input_ids, segment_ids=ids)` (`ids [B, T]` integers; a new
+    document starts wherever the id changes, `jaxla.layers.segments`) computes every document as
+    if it were alone in its row: each mixer gets the ids (recurrent states restart, convolutions
+    and attention stay inside the document, rotary positions count from its start); the
+    embedding, norms and MLPs act per position.
+
     Decoding: `init_cache(batch_size, max_len)` is a tuple with one cache per block;
     `model(input_ids, cache=cache)` returns `(logits, new_cache)` for a prefill of any T or one
-    token at a time.
+    token at a time (one document: segment_ids with a cache is a ValueError).
     """
 
     def __init__(self, config: LMConfig, *, rngs: nnx.Rngs, implementation: str | None = None):
@@ -172,12 +180,13 @@ class CausalLM(nnx.Module):
         """One cache per block (recurrent states, conv states, KV caches of max_len positions)."""
         return tuple(block.mixer.init_cache(batch_size, max_len) for block in self.blocks)
 
-    def __call__(self, input_ids: jax.Array, cache: tuple | None = None):
+    def __call__(self, input_ids: jax.Array, cache: tuple | None = None, *, segment_ids=None):
         if input_ids.ndim != 2 or not jnp.issubdtype(input_ids.dtype, jnp.integer):
             raise ValueError(f"input_ids must be an int array [B, T], got {input_ids.shape=}, "
                              f"{input_ids.dtype=}")
         if cache is not None and len(cache) != len(self.blocks):
             raise ValueError(f"cache has {len(cache)} entries for {len(self.blocks)} blocks")
+        segments.check("CausalLM", segment_ids, *input_ids.shape, cache)
         x = self.embed(input_ids)
         new_cache = []
         groups = None
@@ -185,28 +194,29 @@ class CausalLM(nnx.Module):
         if cache is None and self.config.scan_layers and len(self.blocks) > period:
             groups = scan_groups(self.blocks, period)
         if groups is not None:
-            x = self._scanned_blocks(x, groups)
+            x = self._scanned_blocks(x, groups, segment_ids)
         else:
             for i, block in enumerate(self.blocks):
                 if cache is not None:
                     x, c = block(x, cache[i])
                     new_cache.append(c)
                 elif self.config.remat:
-                    x = _remat_block(block, x)
+                    x = _remat_block(block, x, segment_ids)
                 else:
-                    x = block(x)
+                    x = block(x, segment_ids=segment_ids)
         x = self.norm(x)
         head = self.embed.embedding[...].T if self.lm_head is None else self.lm_head[...]
-        logits = jnp.dot(x, head.astype(x.dtype), preferred_element_type=jnp.float32)
+        logits = jnp.dot(x, head.astype(x.dtype),
+                         preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
         return logits if cache is None else (logits, tuple(new_cache))
 
-    def _scanned_blocks(self, x: jax.Array, groups) -> jax.Array:
+    def _scanned_blocks(self, x: jax.Array, groups, segment_ids) -> jax.Array:
         """The blocks as one `lax.scan` over repetitions of the layer pattern: XLA compiles one
         repetition's body (and its kernels) once instead of once per layer."""
 
         def body(x, states):
             for (graphdef, _), state in zip(groups, states, strict=True):
-                x = nnx.merge(graphdef, state)(x)
+                x = nnx.merge(graphdef, state)(x, segment_ids=segment_ids)
             return x, None
 
         if self.config.remat:

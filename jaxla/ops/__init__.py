@@ -7,6 +7,7 @@ Every op returns `(output, final_state_or_None)` and takes `implementation`:
 
 from jaxla.ops import packing
 from jaxla.ops._checks import IMPLEMENTATIONS, Implementation, checking
+from jaxla.ops._dispatch import kernel_refusal
 from jaxla.ops.gla import gla, gla_recurrent
 from jaxla.ops.lightning import (
     default_scale,
@@ -24,6 +25,7 @@ __all__ = [
     "default_scale",
     "gla",
     "gla_recurrent",
+    "kernel_refusal",
     "lightning_attention",
     "lightning_attention_recurrent",
     "lightning_decay",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jaxla.ops import _checks as checks
 from jaxla.ops import packing as pk
-from jaxla.ops._dispatch import dispatch
+from jaxla.ops._dispatch import dispatch, kernel_refusal
 from jaxla.ops._sharding import batch_sharded_call
 from jaxla.ops.reference.gla import chunk_gla, naive_gla
 
@@ -37,12 +37,8 @@ def _validate(q, k, v, g, initial_state, scale, segment_ids, cu_seqlens):
 
 
 def _kernel_refuses(q, v):
-    def reason():
-        from pallas_kernels.gla import unsupported
-
-        return unsupported(head_dim_k=q.shape[-1], head_dim_v=v.shape[-1], dtype=q.dtype)
-
-    return reason
+    return lambda: kernel_refusal("gla", head_dim_k=q.shape[-1], head_dim_v=v.shape[-1],
+                                  dtype=q.dtype)
 
 
 def gla(

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from jaxla.ops import _checks as checks
 from jaxla.ops import packing as pk
-from jaxla.ops._dispatch import dispatch
+from jaxla.ops._dispatch import dispatch, kernel_refusal
 from jaxla.ops._sharding import batch_sharded_call
 from jaxla.ops.reference.selective_scan import (
     chunk_selective_scan,
@@ -122,11 +122,9 @@ def selective_scan(
             (True, True, False, True, True, False, True, False, True, True, False))
 
     def kernel_refuses():
-        from pallas_kernels.selective_scan import unsupported
-
         dtypes = [x.dtype for x in (u, delta, B4, C4, z) if x is not None]
         widest = max(dtypes, key=lambda d: jnp.dtype(d).itemsize)
-        return unsupported(state_size=A.shape[1], dtype=widest)
+        return kernel_refusal("selective_scan", state_size=A.shape[1], dtype=widest)
 
     def run(fn):
         out, final = fn(u, delta, A, B4, C4, D, z, **kw)

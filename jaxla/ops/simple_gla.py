@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxla.ops import _checks as checks
 from jaxla.ops import packing as pk
-from jaxla.ops._dispatch import dispatch
+from jaxla.ops._dispatch import dispatch, kernel_refusal
 from jaxla.ops._sharding import batch_sharded_call
 from jaxla.ops.reference.simple_gla import chunk_simple_gla, naive_simple_gla
 
@@ -45,12 +45,8 @@ def _validate(q, k, v, g, g_gamma, initial_state, scale, segment_ids, cu_seqlens
 
 
 def _kernel_refuses(q, v):
-    def reason():
-        from pallas_kernels.simple_gla import unsupported
-
-        return unsupported(head_dim_k=q.shape[-1], head_dim_v=v.shape[-1], dtype=q.dtype)
-
-    return reason
+    return lambda: kernel_refusal("simple_gla", head_dim_k=q.shape[-1], head_dim_v=v.shape[-1],
+                                  dtype=q.dtype)
 
 
 def total_gate(q, g, g_gamma):

@@ -47,10 +47,10 @@ from pallas_kernels.gla.common import (
     fold_tiles,
     for_each_chunk,
     itemsize,
+    masked_sums,
     mm,
     operand_dtype,
     pair_decay,
-    masked_sums,
     row_ids,
     split_bh,
     starts_spec,
@@ -197,19 +197,14 @@ def _grad_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, h_ref, dh_ref, *refs, chunk
             if segments:  # the entering state reaches the end only through a chunk with no start
                 carried = jnp.where(e_last == 0, carried, 0.0)
             later = carried + jnp.sum(k * dk_inter, axis=0, keepdims=True)
-            def reverse_cumsum():
-                return jnp.sum(dB, axis=0, keepdims=True) - jnp.cumsum(dB, axis=0) + dB + later
-
-            def within_documents():
+            if segments:
                 # The reverse cumsum runs within each document; the part beyond the chunk
                 # reaches its last document only; a document's first gate decays a zero state.
                 later_in_doc = same & (lax.broadcasted_iota(jnp.int32, (C, C), 1) >= ids)
                 dg = masked_sums(later_in_doc, dB) + jnp.where(reaches_end, later, 0.0)
-                return jnp.where((starts > 0)[:, None], 0.0, dg)
-
-            # Most chunks hold no start: they take the plain reverse cumsum.
-            dg = lax.cond(e_last > 0, within_documents, reverse_cumsum) if segments \
-                else reverse_cumsum()
+                dg = jnp.where((starts > 0)[:, None], 0.0, dg)
+            else:
+                dg = jnp.sum(dB, axis=0, keepdims=True) - jnp.cumsum(dB, axis=0) + dB + later
             dq_ref[rows, cols] = (dq + d * k).astype(dq_ref.dtype)
             dk_ref[rows, cols] = (dk + d * q).astype(dk_ref.dtype)
             dg_ref[rows, cols] = dg.astype(dg_ref.dtype)

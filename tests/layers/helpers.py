@@ -54,3 +54,53 @@ def randomize_params(module, rng: np.random.Generator, scale: float = 1.0):
             std = scale / np.sqrt(shape[0]) if len(shape) == 2 else scale
             param[...] = jnp.asarray(std * rng.standard_normal(shape), param[...].dtype)
     return module
+
+
+def float64_copy(make, module):
+    """`make()`'s module (built abstractly, under jax_enable_x64 and in float64) holding the
+    values of `module`'s variables, floating ones in float64: the float64 twin of `module`."""
+    twin = nnx.eval_shape(make)
+    nnx.update(twin, jax.tree.map(
+        lambda a: jnp.asarray(np.asarray(a, np.float64 if jnp.issubdtype(a.dtype, jnp.floating)
+                                         else a.dtype)), nnx.state(module)))
+    return twin
+
+
+def packed_documents(rng: np.random.Generator, B: int, T: int, max_docs: int = 5):
+    """Random documents packed into `[B, T]` rows: `(segment_ids [B, T] int32, docs)`.
+
+    Every row holds a 1-token document and documents of random lengths; ids repeat (cycling
+    through 0, 1, 2), so a document is told by a change of id, not by its value. `docs` lists
+    `(row, start, end)` for every document.
+    """
+    from tests.ops.harness import document_lengths
+
+    ids, docs = [], []
+    for b in range(B):
+        lengths = document_lengths(rng, T, max_docs)
+        rng.shuffle(lengths)  # the 1-token document anywhere, also first or last
+        ids.append(np.repeat(np.arange(len(lengths)) % 3, lengths))
+        ends = np.cumsum(lengths)
+        docs += [(b, int(e - n), int(e)) for n, e in zip(lengths, ends, strict=True)]
+    return jnp.asarray(np.stack(ids), jnp.int32), docs
+
+
+def one_document_per_row(x, docs, padding):
+    """`[len(docs), L, ...]`: document n of `x [B, T, ...]` at the start of row n (its own
+    sequence from t = 0), followed by `padding [len(docs), L, ...]` where it is shorter than L.
+    Layers are causal, so what follows a document does not change its outputs."""
+    rows = []
+    for n, (b, start, end) in enumerate(docs):
+        rows.append(jnp.concatenate([x[b, start:end], padding[n, end - start:]], axis=0))
+    return jnp.stack(rows)
+
+
+def gather_documents(y, docs):
+    """The positions of every document of `y [N, L, ...]` (row n holds document n from t = 0),
+    concatenated in packed order."""
+    return jnp.concatenate([y[n, :end - start] for n, (_, start, end) in enumerate(docs)])
+
+
+def packed_positions(y, docs):
+    """The positions of every document of the packed `y [B, T, ...]`, concatenated in order."""
+    return jnp.concatenate([y[b, start:end] for b, start, end in docs])

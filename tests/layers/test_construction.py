@@ -15,13 +15,13 @@ R = nnx.Rngs(0)
 
 @pytest.mark.parametrize("build, match", [
     (lambda: GatedLinearAttention(64, num_heads=3, rngs=R), "num_heads=3 must divide key_dim=32"),
-    (lambda: GatedLinearAttention(1024, num_heads=2, rngs=R), "head_v_dim=512 exceeds 256"),
+    (lambda: GatedLinearAttention(1024, num_heads=2, rngs=R), "take head dims K, V <= 256, got K=256, V=512"),
     (lambda: GatedLinearAttention(64, num_heads=2, implementation="triton", rngs=R), "implementation"),
     (lambda: LightningAttention(60, num_heads=8, rngs=R), "num_heads=8 must divide hidden_size=60"),
-    (lambda: LightningAttention(64, num_heads=2, head_dim=320, rngs=R), "head_dim=320 exceeds 256"),
+    (lambda: LightningAttention(64, num_heads=2, head_dim=320, rngs=R), "K, V <= 256, got K=320, V=320"),
     (lambda: LightningAttention(64, num_heads=2, decay="retnet", rngs=R), "decay"),
     (lambda: LightningAttention(64, num_heads=2, layer_idx=4, num_layers=4, rngs=R), "layer_idx"),
-    (lambda: Mamba(64, d_state=512, rngs=R), "d_state=512 exceeds 256"),
+    (lambda: Mamba(64, d_state=512, rngs=R), "Mamba: the selective-scan kernels take a state size N <= 256, got N=512"),
     (lambda: Attention(64, num_heads=6, rngs=R), "num_heads=6 must divide hidden_size=64"),
     (lambda: Attention(64, num_heads=4, num_kv_heads=3, rngs=R), "num_kv_heads=3 must divide"),
     (lambda: Attention(64, num_heads=4, head_dim=7, rngs=R), "even head_dim"),

@@ -167,10 +167,6 @@ def _float64(x):
     return jnp.asarray(x if x.dtype == jnp.float64 else jnp.asarray(x, jnp.float32), jnp.float64)
 
 
-def _cotangent(rng, x):
-    return jnp.asarray(rng.standard_normal(x.shape), x.dtype)
-
-
 def _vjp(fn, args: dict, cotangents):
     names = list(args)
     out, pullback = jax.vjp(lambda *xs: fn(dict(zip(names, xs, strict=True))),
@@ -252,9 +248,10 @@ def check_against_spec(op_name: str, implementation: str, rng, *, kind: str,
     else:
         packing = dict(cu_seqlens=jnp.asarray(np.cumsum([0, *rows[0]]), jnp.int32))
 
-    out, final = op.call(args, implementation, **packing)
-    cts = (_cotangent(rng, out), _cotangent(rng, final))
-    (out, final), grads = _vjp(lambda a: op.call(a, implementation, **packing), args, cts)
+    call = lambda a: op.call(a, implementation, **packing)  # noqa: E731
+    cts = tuple(jnp.asarray(rng.standard_normal(x.shape), x.dtype)
+                for x in jax.eval_shape(call, args))
+    (out, final), grads = jax.jit(lambda a, c: _vjp(call, a, c))(args, cts)
 
     with jax.enable_x64(True):  # float64 inputs and cotangents (the packed call's values)
         expected = jax.jit(_one_by_one(op, rows, kind, T, max_docs))

@@ -17,6 +17,8 @@ KINDS = ["dense", "segment_ids", "cu_seqlens"]
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("op", list(OPS))
 def test_matches_documents_one_by_one(rng, op, implementation, kind):
+    if implementation == "naive" and kind == "dense":
+        pytest.skip("the spec itself: nothing to compare")
     check_against_spec(op, implementation, rng, kind=kind)
 
 
@@ -27,8 +29,9 @@ def test_bfloat16_packed(rng, op, implementation, dtype):
     check_against_spec(op, implementation, rng, kind="segment_ids", dtype=dtype)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS[1:])
 @pytest.mark.parametrize("op", list(OPS))
 def test_spec_float64(x64, rng, op, kind):
-    """Under x64 with float64 inputs: the chunked path against the spec at float64 precision."""
+    """Under x64 with float64 inputs: the chunked path against the spec at float64 precision,
+    packed (each op's file holds its dense calls to float64 over shapes and gate regimes)."""
     check_against_spec(op, "xla", rng, kind=kind, dtype=jnp.float64)

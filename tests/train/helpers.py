@@ -12,13 +12,17 @@ from train.config import parse_args
 
 
 def corpus(tmp_path: Path, rng) -> Path:
-    """A 60 kB text file with structure to learn (repeated words) and noise."""
+    """A folder of 40 text documents, 60 kB in all, with structure to learn (repeated words)
+    and noise; as a folder it trains on packed documents (one per file)."""
     words = [bytes(rng.integers(97, 123, int(rng.integers(2, 8))).astype(np.uint8)).decode()
              for _ in range(50)]
-    text = " ".join(words[int(i)] for i in rng.integers(0, 50, 12_000))
-    path = tmp_path / "corpus.txt"
-    path.write_text(text[:60_000])
-    return path
+    text = " ".join(words[int(i)] for i in rng.integers(0, 50, 12_000))[:60_000]
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    cuts = np.sort(rng.choice(np.arange(1, len(text)), 39, replace=False))
+    for i, (start, end) in enumerate(zip([0, *cuts], [*cuts, len(text)], strict=True)):
+        (folder / f"doc{i:02d}.txt").write_text(text[start:end])
+    return folder
 
 
 def tiny_args(run_dir: Path, data_path: Path, *extra: str) -> list[str]:

@@ -29,7 +29,7 @@ def _files(tmp_path, rng) -> dict:
     odd.write_bytes(rng.bytes(1001))
     paths["odd"] = odd
     short = tmp_path / "short.txt"
-    short.write_text("abc " * 30)
+    short.write_text("abc " * 30)  # 120 bytes and the separator: 115 train, 6 validation
     paths["short"] = short
     return paths
 
@@ -66,10 +66,19 @@ CASES = {
     "token file size": (["--data", "tokens", "--data_path", "{odd}"],
                         "--token_dtype: '"),
     "data shorter than seq_len": (["--data_path", "{short}", "--seq_len", "200"],
-                                  "--seq_len: the train split has 114 tokens, fewer than"),
+                                  "--seq_len: the train split has 115 tokens, fewer than"),
     "too many devices": (["--num_devices", "999"], "--num_devices: num_devices=999 but"),
     "batch over devices": (["--num_devices", "8", "--batch_size", "12"],
                            "--batch_size: must be divisible by the 8 devices"),
+    "launch option alone": (["--num_processes", "2"],
+                            "--num_processes: only with --distributed, got --num_processes 2"),
+    "coordinator without port": (["--distributed", "--coordinator_address", "host0"],
+                                 "--coordinator_address: must be HOST:PORT, got 'host0'"),
+    "process id out of range": (["--distributed", "--coordinator_address", "127.0.0.1:9",
+                                 "--num_processes", "2", "--process_id", "2"],
+                                "--process_id: must be < --num_processes 2, got 2"),
+    "launch option not a number": (["--distributed", "--num_processes", "two"],
+                                   "argument --num_processes: invalid int value: 'two'"),
 }
 
 

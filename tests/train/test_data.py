@@ -48,7 +48,9 @@ def test_text_file_and_folder(tmp_path, rng):
     f.write_bytes(text)
     train, val, info = D.text_corpus(f, 0.1)
     assert info["split"] == "tail" and len(val) == 500
-    np.testing.assert_array_equal(np.concatenate([train, val]), np.frombuffer(text, np.uint8))
+    # One document: the file's bytes, then the separator byte 0.
+    np.testing.assert_array_equal(np.concatenate([train, val]),
+                                  np.frombuffer(text + b"\0", np.uint8))
 
     folder = tmp_path / "docs"
     (folder / "sub").mkdir(parents=True)
@@ -57,8 +59,10 @@ def test_text_file_and_folder(tmp_path, rng):
     (folder / "blob.bin").write_bytes(b"\0\1\2" * 100)  # binary: skipped
     train, val, info = D.text_corpus(folder, 0.25)
     assert info["files"] == 40 and info["split"] == "file hash"
-    assert info["train_files"] + info["val_files"] == 40 and len(train) + len(val) == 4000
-    assert 0 not in set(train.tolist()) | set(val.tolist())
+    # One document per file, each ending with the separator byte 0 (which text has none of).
+    assert info["train_files"] + info["val_files"] == 40 and len(train) + len(val) == 4040
+    assert np.sum(train == 0) == info["train_files"] and np.sum(val == 0) == info["val_files"]
+    assert train[-1] == 0 and val[-1] == 0
     ds = D.make_dataset(_config("--data", "text", "--data_path", str(folder)))
     assert ds.train_batch(3)["inputs"].max() < 127
 
@@ -132,6 +136,59 @@ def test_mqar_and_random_datasets():
     np.testing.assert_array_equal(ds.train_batch(7)["inputs"], ds.train_batch(7)["inputs"])
     rnd = D.make_dataset(_config("--data", "random"))
     assert rnd.train_batch(1)["weights"].all() and not rnd.has_accuracy
+
+
+@pytest.mark.parametrize("kind", ["text", "tokens", "mqar", "random"])
+def test_some_rows_of_a_batch_are_those_rows_of_the_whole_batch(tmp_path, rng, kind):
+    """What a process of several loads (`make_dataset(config, rows)`): its rows of every
+    training and validation batch, as one process loading the whole batches has them."""
+    argv = ["--data", kind, "--batch_size", "8", "--mqar_num_kv_pairs", "3"]
+    if kind in ("text", "tokens"):
+        path = tmp_path / ("corpus.txt" if kind == "text" else "tokens.npy")
+        tokens = rng.integers(97, 123, 5000)
+        if kind == "text":
+            path.write_bytes(tokens.astype(np.uint8).tobytes())
+        else:
+            np.save(path, tokens.astype(np.int32))
+        argv += ["--data_path", str(path)]
+    rows = np.sort(rng.choice(8, 3, replace=False))
+    ds, ds_rows = D.make_dataset(_config(*argv)), D.make_dataset(_config(*argv), rows)
+    step = int(rng.integers(1, 1000))
+    pairs = [(ds.train_batch(step), ds_rows.train_batch(step)),
+             *zip(ds.val_batches, ds_rows.val_batches, strict=True)]
+    for whole, part in pairs:
+        assert sorted(part) == sorted(whole)
+        for key in whole:
+            np.testing.assert_array_equal(part[key], whole[key][rows])
+    for bad in ([3, 1], [2, 2], [8], []):
+        with pytest.raises(ValueError, match=r"rows must be sorted distinct indices below "
+                                             r"batch_size=8, got \["):
+            D.make_dataset(_config(*argv), np.array(bad, np.int64))
+
+
+class _ReadsRecorded:
+    """A token array that records the start of every slice read from it."""
+
+    def __init__(self, tokens):
+        self.tokens, self.starts = tokens, []
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def __getitem__(self, window: slice):
+        self.starts.append(window.start)
+        return self.tokens[window]
+
+
+def test_rows_of_a_window_batch_read_only_their_windows(rng):
+    arr = _ReadsRecorded(rng.integers(0, 256, 5000))
+    seed = int(rng.integers(2**31))
+    D.window_batch(arr, np.random.default_rng(seed), 8, 16)
+    every_start, arr.starts = arr.starts, []
+    rows = np.array([1, 6])
+    part = D.window_batch(arr, np.random.default_rng(seed), 8, 16, rows=rows)
+    assert arr.starts == [every_start[1], every_start[6]]
+    assert part["inputs"].shape == part["weights"].shape == (2, 16)
 
 
 def test_prefetcher_yields_steps_in_order_and_reraises():

@@ -25,9 +25,13 @@ def test_nan_and_inf_always_trip(rng):
 
 
 def test_a_decreasing_noisy_loss_never_trips(rng):
+    # Batch noise of up to +-40 %: two losses of a non-increasing trend differ by at most
+    # 1.4 / 0.6 = 2.3x, under the factor 3 from the very first step (the window then holds one
+    # loss). Wider noise can trip the guard in the first steps, by design: it has to catch a loss
+    # that blows up at step 2.
     steps = 2000
     losses = 5.5 * math.e ** (-3 * (1 + rng.random(steps)).cumsum() / steps)  # 5.5 -> ~0.05
-    losses *= 1 + 0.5 * rng.standard_normal(steps).clip(-1.5, 1.5)  # +-75 % batch noise
+    losses *= 1 + 0.2 * rng.standard_normal(steps).clip(-2.0, 2.0)
     assert _feed(DivergenceGuard(3.0, 50), losses) is None
 
 

@@ -89,7 +89,8 @@ def test_without_matplotlib_the_run_says_so_and_writes_no_plot(tmp_path, monkeyp
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "matplotlib" else find_spec(name, *a))
     monkeypatch.delenv("OUT", raising=False)
-    run = SimpleNamespace(config=SimpleNamespace(plot=True, run_name="r"), run_dir=tmp_path)
+    run = SimpleNamespace(config=SimpleNamespace(plot=True, run_name="r"), run_dir=tmp_path,
+                          main=True)
     lines = []
     loop._finish_files(run, lines.append)
     assert lines == ["curves.png not written: matplotlib is not installed (pip install "

@@ -11,9 +11,12 @@ import pytest
 from jaxla.generate import main as generate_main
 from jaxla.tokenizer import ByteTokenizer, load_tokenizer, train_bpe
 from train import main as train_main
-from train.data import stdlib_files
+from train.config import parse_args
+from train.data import make_dataset, stdlib_files, tokenized_corpus
 from train.eval import main as eval_main
 from train.tokenize import main as tokenize_main
+
+from .test_packing import check_packed_rows
 
 VOCAB = 320
 
@@ -93,6 +96,21 @@ def test_train_with_tokenizer_then_eval_and_generate(bpe_file, texts, tmp_path, 
     assert buf.getvalue().startswith("import os") and len(buf.getvalue()) > len("import os\n")
 
 
+def test_tokenized_text_is_packed_at_the_tokenizers_eos(bpe_file, texts):
+    config = parse_args(["--preset", "tiny_gla", "--data", "text", "--data_path", str(texts),
+                         "--tokenizer", str(bpe_file), "--vocab_size", str(VOCAB),
+                         "--batch_size", "8", "--seq_len", "256", "--val_fraction", "0.3"],
+                        backend="cpu")
+    eos = load_tokenizer(bpe_file).eos_id
+    train, val, sep, _ = tokenized_corpus(config, VOCAB)  # each file's tokens, then EOS
+    assert sep == eos and train[-1] == val[-1] == eos
+    assert np.sum(train == eos) + np.sum(val == eos) == len(list(texts.iterdir()))
+    ds = make_dataset(config)
+    assert ds.info["documents"] == f"one per file, separated by id {eos}"
+    for batch in (ds.train_batch(1), *ds.val_batches):
+        check_packed_rows(batch, eos, one_id_documents=False)
+
+
 def test_tokenizer_larger_than_the_vocabulary_is_one_error(bpe_file, texts, tmp_path, capsys):
     args = ["--data", "text", "--data_path", str(texts), "--tokenizer", str(bpe_file),
             "--run_dir", str(tmp_path / "r"), "--steps", "1"]
@@ -133,12 +151,24 @@ def test_generate_cli_streams_from_the_default_run(default_run, bpe_file, capsys
         assert match in capsys.readouterr().err
 
 
-def test_eval_bits_per_byte_of_a_byte_model(default_run, texts, capsys):
+def test_eval_bits_per_byte_of_a_byte_model(default_run, texts, tmp_path, capsys):
     code, out = _run(eval_main, ["--run_dir", str(default_run), "--data", str(texts),
                                  "--seq_len", "128", "--batch_size", "4"], capsys)
     assert code == 0
     loss = float(out.out.split("loss ")[1].split()[0])
     bpb = float(out.out.split("bits per byte ")[1].split()[0])
-    nbytes = sum(len(p.read_bytes()) for p in texts.iterdir())
-    assert f"{nbytes - 1:,} target tokens, {nbytes - 1:,} bytes" in out.out
-    assert math.isclose(bpb, loss / math.log(2), rel_tol=1e-3)
+    # The stream: byte 0, then each document's bytes and byte 0; the separators stand for no
+    # bytes.
+    files = sorted(texts.iterdir())
+    nbytes = sum(len(p.read_bytes()) for p in files)
+    n = nbytes + len(files)
+    assert f"{n:,} target tokens, {nbytes:,} bytes" in out.out
+    assert math.isclose(bpb, loss * n / nbytes / math.log(2), rel_tol=1e-3)
+    # The same documents as a token file of python -m train.tokenize score the same.
+    tokens = tmp_path / "tokens.bin"
+    assert tokenize_main([str(texts), "--out", str(tokens)]) == 0
+    capsys.readouterr()
+    code, out_tokens = _run(eval_main, ["--run_dir", str(default_run), "--data", str(tokens),
+                                        "--seq_len", "128", "--batch_size", "4"], capsys)
+    assert code == 0
+    assert out_tokens.out.split(f"{tokens}: ")[1] == out.out.split(f"{texts}: ")[1]
