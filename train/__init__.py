@@ -11,8 +11,8 @@
 * `loop`: `train(config)` and `main(argv)`.
 """
 
-from train.config import TrainConfig, parse_args
-from train.guard import TrainingDiverged
-from train.loop import main, train
+from .config import TrainConfig, parse_args
+from .guard import TrainingDiverged
+from .loop import main, train
 
 __all__ = ["TrainConfig", "TrainingDiverged", "main", "parse_args", "train"]

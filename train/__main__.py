@@ -2,7 +2,7 @@
 
 import sys
 
-from train.loop import main
+from .loop import main
 
 if __name__ == "__main__":
     sys.exit(main())

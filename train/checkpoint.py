@@ -31,7 +31,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from train.distributed import broadcast_from_main, is_main_process, sync
+from .distributed import broadcast_from_main, is_main_process, sync
 
 MANIFEST = "checksums.json"
 MANIFEST_FORMAT = 1

@@ -25,8 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxla.models import LMConfig
-from train.distributed import LaunchOptions, add_launch_arguments, launch_options
-from train.tokenize import TOKEN_DTYPES
+
+from .distributed import LaunchOptions, add_launch_arguments, launch_options
+from .tokenize import TOKEN_DTYPES
 
 PROG = "train"  # the program name in error lines: "train: error: ..."
 
@@ -497,7 +498,8 @@ USAGE = "./run train [--preset NAME] [--OPTION VALUE ...] [--model.FIELD VALUE .
 
 EXAMPLES = """\
 `./run train ARGS` sets up .venv (Python >= 3.12, the pinned JAX) and runs `python -m train ARGS`
-in it; after `./run setup`, `.venv/bin/python -m train ARGS` is the same.
+in it; after `./run setup`, `.venv/bin/python -m train ARGS` is the same. Where jaxla is
+installed with pip (`pip install .` of this repository), it is `jaxla-train ARGS`.
 
 Exit status: 0 the run finished; 1 it diverged (a NaN/Inf or a loss spike; nothing after the
 last good checkpoint was saved); 2 a bad option, data or run folder (one line says which).

@@ -63,7 +63,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.tokenize import BYTE_SEPARATOR, read_sidecar, sidecar_path
+from .tokenize import BYTE_SEPARATOR, read_sidecar, sidecar_path
 
 Batch = dict[str, np.ndarray]
 
@@ -419,7 +419,8 @@ def tokenized_corpus(config, vocab_size: int) -> tuple[np.ndarray, np.ndarray, i
     or a single file's tail) as documents, each followed by the tokenizer's EOS; `(train, val,
     separator, info)`."""
     from jaxla.tokenizer import check_vocab, load_tokenizer
-    from train.tokenize import encode_documents, read_documents, separator_of
+
+    from .tokenize import encode_documents, read_documents, separator_of
 
     tokenizer = load_tokenizer(config.tokenizer)
     check_vocab(tokenizer, vocab_size)

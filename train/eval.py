@@ -45,7 +45,7 @@ from jaxla.tokenizer import ByteTokenizer, check_vocab, load_tokenizer
 def token_stream(data: Path, tokenizer) -> tuple[np.ndarray, int | None, int | None]:
     """`(stream int64 [n], UTF-8 bytes of the targets or None, separator or None)` as the module
     docstring says."""
-    from train.tokenize import (
+    from .tokenize import (
         BYTE_SEPARATOR,
         encode_documents,
         input_files,
@@ -93,7 +93,7 @@ def evaluate(model, stream: np.ndarray, seq_len: int, batch_size: int,
     import optax
     from flax import nnx
 
-    from train.data import segment_ids_of
+    from .data import segment_ids_of
 
     n_targets = len(stream) - 1
     windows = -(-n_targets // seq_len)

@@ -38,9 +38,9 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from train import metrics as M
-from train.checkpoint import Checkpointer, CheckpointError
-from train.config import (
+from . import metrics as M
+from .checkpoint import Checkpointer, CheckpointError
+from .config import (
     PROG,
     ConfigError,
     TrainConfig,
@@ -49,10 +49,10 @@ from train.config import (
     parse_args,
     parse_launch_args,
 )
-from train.data import DataError, Dataset, Prefetcher, make_dataset
-from train.distributed import LaunchError, initialize, is_main_process, sync
-from train.guard import DivergenceGuard, TrainingDiverged
-from train.sharding import (
+from .data import DataError, Dataset, Prefetcher, make_dataset
+from .distributed import LaunchError, initialize, is_main_process, sync
+from .guard import DivergenceGuard, TrainingDiverged
+from .sharding import (
     batch_sharding,
     make_mesh,
     process_rows,
@@ -60,7 +60,7 @@ from train.sharding import (
     put_rows,
     state_shardings,
 )
-from train.step import (
+from .step import (
     build_model,
     init_state,
     lr_schedule,
