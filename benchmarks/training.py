@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+
 def _is_oom(text: str) -> bool:
     low = text.lower()
     return any(s in low for s in ("resource_exhausted", "out of memory", "oom when"))

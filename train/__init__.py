@@ -3,7 +3,8 @@
 * `config`: `TrainConfig`, presets plus command-line overrides, JSON form.
 * `data`: byte corpora (the Python standard library by default), token arrays, MQAR, random.
 * `step`: AdamW + warm-up/cosine + clipping, the functional train and eval steps.
-* `sharding`: the ("data", "fsdp") mesh, batch and FSDP parameter shardings.
+* `sharding`: the ("data", "fsdp") mesh, batch and FSDP parameter shardings, each process's rows.
+* `distributed`: several processes (hosts): `--distributed`, `jax.distributed` start-up, roles.
 * `checkpoint`: Orbax checkpoints with exact resume, sealed by checksums.
 * `guard`: the divergence guard (NaN/Inf, loss spikes) and `TrainingDiverged`.
 * `metrics`: tokens/s, TFLOP/s, MFU, the JSONL log, the progress bar, the plot.

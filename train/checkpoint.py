@@ -12,6 +12,11 @@ is reported saved only after its manifest is on disk, so a step folder without a
 save that did not finish. Before a restore the step's files are checked against its manifest; a
 resume takes the newest intact step, moves newer damaged ones to `<run_dir>/damaged_checkpoints/`
 with one line each, and stops with `CheckpointError` when no step is intact.
+
+Several processes (a shared run folder): every process writes its shards of a step; process 0
+writes the manifest, and a save returns on every process only once it is there. Before a resume,
+process 0 alone checks the steps and moves damaged ones aside while the others wait for the step
+it chose.
 """
 
 from __future__ import annotations
@@ -26,8 +31,13 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
+from train.distributed import broadcast_from_main, is_main_process, sync
+
 MANIFEST = "checksums.json"
 MANIFEST_FORMAT = 1
+
+# `resume_step`'s verdicts besides a step number, as process 0 broadcasts them.
+_NO_CHECKPOINT, _NONE_INTACT = -1, -2
 
 
 class CheckpointError(Exception):
@@ -157,14 +167,16 @@ class Checkpointer:
         return self.directory / str(step)
 
     def save(self, step: int, state, meta: dict) -> Path:
-        """Save `state` and the JSON record `meta` as `step`; complete on disk when it returns."""
+        """Save `state` and the JSON record `meta` as `step`; complete on disk, manifest
+        included, when it returns (on every process)."""
         flat, _ = flatten(state)
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(flat),
                                                         meta=ocp.args.JsonSave(meta)),
                           force=True)
         self.manager.wait_until_finished()
-        if jax.process_index() == 0:  # one writer; every process's files are in the folder
+        if is_main_process():  # one writer; every process's files are in the folder
             write_manifest(self.step_dir(step))
+        sync(f"checkpoint {step} sealed")
         return self.step_dir(step)
 
     def check(self, step: int) -> str | None:
@@ -176,7 +188,22 @@ class Checkpointer:
 
         Damaged steps newer than it are moved to `<run_dir>/damaged_checkpoints/` (a resumed run
         saves those steps again), each reported in one line. Raises `CheckpointError` when no
-        step is intact, moving nothing."""
+        step is intact, moving nothing. Process 0 decides; the others wait for its verdict."""
+        verdict, error = _NO_CHECKPOINT, None
+        if is_main_process():
+            try:
+                step = self._newest_intact(report)
+                verdict = _NO_CHECKPOINT if step is None else step
+            except CheckpointError as exc:
+                verdict, error = _NONE_INTACT, exc
+        verdict = broadcast_from_main(verdict, "resume step")
+        self.manager.reload()
+        if verdict == _NONE_INTACT:
+            raise error or CheckpointError(f"no intact checkpoint in {self.directory} (process "
+                                           f"0 lists the damaged steps)")
+        return None if verdict == _NO_CHECKPOINT else verdict
+
+    def _newest_intact(self, report: Callable[[str], object]) -> int | None:
         steps = self.all_steps()
         damaged = []
         for step in reversed(steps):
@@ -185,7 +212,6 @@ class Checkpointer:
                 for bad, bad_why in damaged:
                     report(f"checkpoint step {bad} is damaged ({bad_why}): skipped, moved to "
                            f"{self._set_aside(bad)}")
-                self.manager.reload()
                 return step
             damaged.append((step, why))
         if damaged:

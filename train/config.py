@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxla.models import LMConfig
+from train.distributed import LaunchOptions, add_launch_arguments, launch_options
 from train.tokenize import TOKEN_DTYPES
 
 PROG = "train"  # the program name in error lines: "train: error: ..."
@@ -500,6 +501,9 @@ in it; after `./run setup`, `.venv/bin/python -m train ARGS` is the same.
 
 Exit status: 0 the run finished; 1 it diverged (a NaN/Inf or a loss spike; nothing after the
 last good checkpoint was saved); 2 a bad option, data or run folder (one line says which).
+--distributed: when a process is lost, JAX's runtime stops the others within --heartbeat_timeout
+seconds (at once when process 0 is lost), and a process that meets no coordinator within
+--init_timeout stops too: SIGABRT, with JAX's message; start every process again with --resume.
 
 Examples:
   ./run train
@@ -510,6 +514,9 @@ Examples:
       --hidden_size 128 --num_heads 1 --use_short_conv --no-mlp --initializer_range 0.05 \
       --lr 1e-2 --min_lr_ratio 1 --weight_decay 0 --steps 200
   ./run train --resume --run_dir runs/default-stdlib --steps 1200
+  # two processes (hosts), the same command on each, process_id 0 on the coordinator's host:
+  ./run train --distributed --coordinator_address 10.0.0.1:8476 --num_processes 2 \
+      --process_id 0 --preset gla_340m --mesh_fsdp 8
 """
 
 
@@ -538,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
         tp = model_types[f.name]
         _add_field(group, [f"--model.{f.name}", f"--{f.name}"], tp, f"model.{f.name}",
                    MODEL_HELP.get(f.name, f.name))
+    add_launch_arguments(parser, dest_prefix="launch.")
     return parser
 
 
@@ -584,14 +592,25 @@ def read_saved_config(run_dir: Path) -> TrainConfig | None:
         raise ConfigError(f"--resume: {path}: {exc}") from None
 
 
+def parse_launch_args(argv: list[str] | None = None) -> LaunchOptions:
+    """The launch options (`--distributed` ...) of a command line, read before anything touches
+    a device. Raises `ConfigError` for any bad option of the command line (the training options
+    are checked by `parse_args`), `LaunchError` for a bad launch option."""
+    ns = vars(build_parser().parse_args(argv))
+    return launch_options({k[len("launch."):]: v for k, v in ns.items()
+                           if k.startswith("launch.")})
+
+
 def parse_args(argv: list[str] | None = None, *, backend: str | None = None) -> TrainConfig:
     """The resolved config of a command line (`backend` picks the default compute dtype).
 
     With `--resume`, the run folder's `config.json` (when it has one) is the base and only the
-    options given on the command line change it. Raises `ConfigError` for any bad option.
+    options given on the command line change it. Raises `ConfigError` for any bad option. The
+    launch options (`--distributed` ...) are not part of the config: `main` reads them first with
+    `parse_launch_args`, and they are skipped here.
     """
-    parser = build_parser()
-    ns = vars(parser.parse_args(argv))
+    ns = {k: v for k, v in vars(build_parser().parse_args(argv)).items()
+          if not k.startswith("launch.")}
     model_over = {k[len("model."):]: v for k, v in ns.items() if k.startswith("model.")}
     train_over = {k: v for k, v in ns.items() if not k.startswith("model.")}
 

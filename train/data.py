@@ -7,6 +7,11 @@ The training batch of step k (1-based) is a pure function of `(seed, k)`, so a r
 exactly the batches an uninterrupted one would: the data-loader position is the step. The
 validation set is fixed (drawn once from its own seed).
 
+Several processes: each loads only the rows of the global batches (training and validation)
+that its devices hold (`make_dataset(config, rows)`). They are the same rows a single process
+would load: windows are drawn for the whole batch and only those of `rows` are read; synthetic
+batches (MQAR, random) are generated whole and cut (`take_rows`).
+
 * stdlib: the bytes of every `*.py` file under `sysconfig.get_paths()["stdlib"]` (site-packages
   and dist-packages excluded), sorted by path, one document per file; a file goes to validation
   when `crc32(relative path) % 10_000 < val_fraction * 10_000`. Batches are random windows.
@@ -242,19 +247,22 @@ def unigram_entropy(arr: np.ndarray, vocab_size: int, max_tokens: int = 50_000_0
 
 
 def window_batch(arr: np.ndarray, rng: np.random.Generator, batch_size: int, seq_len: int,
-                 separator: int | None = None) -> Batch:
+                 separator: int | None = None, *, rows: np.ndarray | None = None) -> Batch:
     """`batch_size` random windows of `seq_len + 1` tokens: inputs, next-token targets.
 
     With a `separator` the rows are packed documents (module docstring): `segment_ids` counts
-    the separators among the inputs up to each position; every target counts.
+    the separators among the inputs up to each position; every target counts. With `rows`
+    (global row indices), only those windows of the batch are read: `[len(rows), ...]`.
     """
     n = len(arr) - seq_len
     if n < 1:
         raise ValueError(f"a split of {len(arr)} tokens is too short for seq_len={seq_len}")
     starts = np.sort(rng.integers(0, n, batch_size))  # sorted: friendlier reads of a memmap
+    if rows is not None:
+        starts = starts[rows]
     w = np.stack([np.asarray(arr[s:s + seq_len + 1]) for s in starts]).astype(np.int32)
     batch = {"inputs": w[:, :-1], "targets": w[:, 1:],
-             "weights": np.ones((batch_size, seq_len), np.float32)}
+             "weights": np.ones((len(starts), seq_len), np.float32)}
     if separator is not None:
         batch["segment_ids"] = segment_ids_of(batch["inputs"], separator)
     return batch
@@ -264,6 +272,11 @@ def segment_ids_of(inputs: np.ndarray, separator: int) -> np.ndarray:
     """`[B, T]` int32: the separators in `inputs [B, T]` up to each position (a separator opens
     the next document; see the module docstring)."""
     return np.cumsum(inputs == separator, axis=1, dtype=np.int32)
+
+
+def take_rows(batch: Batch, rows: np.ndarray | None) -> Batch:
+    """The rows `rows` of every array of `batch` (all of them for None)."""
+    return batch if rows is None else {name: x[rows] for name, x in batch.items()}
 
 
 def mqar_batch(rng: np.random.Generator, batch_size: int, seq_len: int, num_kv_pairs: int,
@@ -313,27 +326,33 @@ def random_batch(rng: np.random.Generator, batch_size: int, seq_len: int, vocab_
 # The dataset of a run.
 
 
+# `make(rng, rows)`: the batch drawn from `rng`, only its rows `rows` (all of them for None).
+MakeBatch = Callable[[np.random.Generator, np.ndarray | None], Batch]
+
+
 class Dataset:
-    """The batches of a run: `train_batch(step)` and the fixed `val_batches`.
+    """The batches of a run: `train_batch(step)` and the fixed `val_batches`, each holding only
+    the rows `rows` of the global batch (sorted global row indices; None: every row).
 
     Attributes: `kind`, `info` (a dict of sizes for the log), `entropy` (unigram entropy of the
-    training tokens in nats, None for mqar), `has_accuracy` (MQAR reports accuracy).
+    training tokens in nats, None for mqar), `has_accuracy` (MQAR reports accuracy), `rows`.
     """
 
-    def __init__(self, kind: str, make: Callable[[np.random.Generator], Batch], *,
-                 seed: int, vocab_size: int, eval_batches: int,
-                 make_val: Callable[[np.random.Generator], Batch] | None = None,
-                 entropy: float | None = None, info: dict | None = None):
+    def __init__(self, kind: str, make: MakeBatch, *, seed: int, vocab_size: int,
+                 eval_batches: int, make_val: MakeBatch | None = None,
+                 rows: np.ndarray | None = None, entropy: float | None = None,
+                 info: dict | None = None):
         self.kind = kind
         self.seed = seed
         self.vocab_size = vocab_size
         self.entropy = entropy
         self.info = info or {}
         self.has_accuracy = kind == "mqar"
+        self.rows = rows
         self._make = make
         make_val = make_val or make
         val_rng = np.random.default_rng([seed, 1, 0x5EED])
-        self.val_batches = [self._checked(make_val(val_rng)) for _ in range(eval_batches)]
+        self.val_batches = [self._checked(make_val(val_rng, rows)) for _ in range(eval_batches)]
 
     def _checked(self, batch: Batch) -> Batch:
         for name in ("inputs", "targets"):
@@ -341,14 +360,20 @@ class Dataset:
         return batch
 
     def train_batch(self, step: int) -> Batch:
-        """The batch of (1-based) optimizer step `step`: a pure function of (seed, step)."""
-        return self._checked(self._make(np.random.default_rng([self.seed, 0, step])))
+        """The batch of (1-based) optimizer step `step` (its rows `rows`): a pure function of
+        (seed, step)."""
+        return self._checked(self._make(np.random.default_rng([self.seed, 0, step]), self.rows))
 
 
-def make_dataset(config) -> Dataset:
-    """The `Dataset` a `TrainConfig` asks for."""
+def make_dataset(config, rows: np.ndarray | None = None) -> Dataset:
+    """The `Dataset` a `TrainConfig` asks for, loading only the batch rows `rows` (sorted global
+    row indices, e.g. `train.sharding.process_rows`; None: every row)."""
     B, T, V = config.batch_size, config.seq_len, config.model.vocab_size
-    common = dict(seed=config.seed, vocab_size=V, eval_batches=config.eval_batches)
+    if rows is not None and (len(rows) == 0 or np.any(np.diff(rows) <= 0) or rows[0] < 0
+                             or rows[-1] >= B):
+        raise ValueError(f"rows must be sorted distinct indices below batch_size={B}, got "
+                         f"{rows.tolist()}")
+    common = dict(seed=config.seed, vocab_size=V, eval_batches=config.eval_batches, rows=rows)
     kind = config.data
     if kind in ("stdlib", "text", "tokens"):
         if kind in ("stdlib", "text") and config.tokenizer:
@@ -372,20 +397,20 @@ def make_dataset(config) -> Dataset:
                 raise DataError(f"--seq_len: the {name} split has {len(split)} tokens, fewer "
                                 f"than seq_len + 1 = {T + 1} (lower --seq_len or add data)")
             check_token_range(split, V)  # every token, not only those the batches happen to hit
-        return Dataset(kind, lambda rng: window_batch(train, rng, B, T, sep),
-                       make_val=lambda rng: window_batch(val, rng, B, T, sep),
+        return Dataset(kind, lambda rng, rows: window_batch(train, rng, B, T, sep, rows=rows),
+                       make_val=lambda rng, rows: window_batch(val, rng, B, T, sep, rows=rows),
                        entropy=unigram_entropy(train, max(V, 256)), info=info, **common)
     if kind == "mqar":
         mv = config.mqar_vocab_size or V
         n = config.mqar_num_kv_pairs
 
-        def make(rng):
-            return mqar_batch(rng, B, T, n, mv, config.mqar_power_a)
+        def make(rng, rows):
+            return take_rows(mqar_batch(rng, B, T, n, mv, config.mqar_power_a), rows)
 
         return Dataset(kind, make, info={"num_kv_pairs": n, "vocab_size": mv}, **common)
     if kind == "random":
-        return Dataset(kind, lambda rng: random_batch(rng, B, T, V), entropy=math.log(V),
-                       info={"vocab_size": V}, **common)
+        return Dataset(kind, lambda rng, rows: take_rows(random_batch(rng, B, T, V), rows),
+                       entropy=math.log(V), info={"vocab_size": V}, **common)
     raise ValueError(f"unknown data kind {kind!r}")
 
 

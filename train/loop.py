@@ -13,6 +13,9 @@ three pieces:
 
 Bad options, data or run folders raise `ConfigError`, `DataError` or `CheckpointError` (one
 line each; `main` exits with status 2); a diverged run raises `TrainingDiverged` (status 1).
+
+Several processes (`--distributed`, `train.distributed`): every process runs all of this on its
+own rows of each batch; only process 0 prints and writes the run files.
 """
 
 from __future__ import annotations
@@ -43,10 +46,19 @@ from train.config import (
     check_run_dir_exists,
     model_differences,
     parse_args,
+    parse_launch_args,
 )
 from train.data import DataError, Dataset, Prefetcher, make_dataset
+from train.distributed import LaunchError, initialize, is_main_process, sync
 from train.guard import DivergenceGuard, TrainingDiverged
-from train.sharding import batch_sharding, make_mesh, state_shardings
+from train.sharding import (
+    batch_sharding,
+    make_mesh,
+    process_rows,
+    put_from_host,
+    put_rows,
+    state_shardings,
+)
 from train.step import (
     build_model,
     init_state,
@@ -94,6 +106,10 @@ def _flops_per_token(model_config, seq_len: int) -> tuple[float, str]:
         return float(six_n(model_config)), "6N"
 
 
+def _quiet(*args, **kwargs):
+    """The `echo` of the processes other than process 0."""
+
+
 def _copy_to_out(run_dir: Path, name: str):
     """Copy the small run files to $OUT/<name>/ when OUT is set (device runs)."""
     out = os.environ.get("OUT")
@@ -108,6 +124,8 @@ def _copy_to_out(run_dir: Path, name: str):
 
 def train(config: TrainConfig, *, echo=print, on_step: StepHook | None = None) -> dict:
     """Run training as `config` says; see the module docstring for the pieces and the errors."""
+    if not is_main_process():
+        echo = _quiet
     run = set_up(config, echo)
     try:
         steps = run_steps(run, on_step)
@@ -130,8 +148,10 @@ class Run:
 
     config: TrainConfig
     run_dir: Path
+    main: bool  # process 0: it prints and writes the run files
     mesh: jax.sharding.Mesh
     dataset: Dataset
+    rows: np.ndarray  # the batch rows this process loads (all of them in a run of one process)
     ckpt: Checkpointer | None
     log: M.JsonlLog
     state: dict  # the train state after step `start` (donated to the first step)
@@ -153,13 +173,19 @@ def set_up(config: TrainConfig, echo=print) -> Run:
     """Check the run folder, build mesh and data, restore or initialise the state, compile."""
     t_start = time.perf_counter()
     run_dir = config.run_path
+    main = is_main_process()
     _check_run_dir(config)
+    sync("run folder checked")  # before process 0 changes it
     mesh = _make_mesh(config)
     kind = M.device_kind()
+    processes = jax.process_count()
     echo(f"jaxla train: {run_dir}")
-    echo(f"  jax {jax.__version__}, {jax.default_backend()}, {mesh.size} x {kind}, mesh "
+    echo(f"  jax {jax.__version__}, {jax.default_backend()}, {mesh.size} x {kind}"
+         f"{f' in {processes} processes' if processes > 1 else ''}, mesh "
          f"data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}")
-    dataset = _make_dataset(config, echo)
+    batch_sh = batch_sharding(mesh)
+    rows = process_rows(batch_sh, config.batch_size)
+    dataset = _make_dataset(config, rows, echo)
 
     mcfg = config.model
     tx = make_optimizer(config)
@@ -182,7 +208,7 @@ def set_up(config: TrainConfig, echo=print) -> Run:
     echo(f"  {flops_per_token / 1e6:,.2f} MFLOP per trained token ({flops_source}); peak "
          f"{'n/a (MFU n/a on ' + kind + ')' if peak is None else f'{peak / 1e12:.1f} TFLOP/s'}")
 
-    _prepare_run_dir(config)
+    _prepare_run_dir(config, main)
     ckpt = Checkpointer(run_dir, keep=config.keep) if config.checkpoint or config.resume else None
     init_fn = functools.partial(init_state, mcfg, tx, config.seed)
     state_sh = state_shardings(mesh, jax.eval_shape(init_fn))
@@ -192,22 +218,25 @@ def set_up(config: TrainConfig, echo=print) -> Run:
         if ckpt is not None:
             ckpt.close()
         raise
-    (run_dir / "config.json").write_text(config.to_json() + "\n")
-    if config.tokenizer and Path(config.tokenizer).resolve() != (run_dir / "tokenizer.json"
-                                                                 ).resolve():
-        shutil.copyfile(config.tokenizer, run_dir / "tokenizer.json")  # for jaxla.generate
-    log = M.JsonlLog(run_dir / "metrics.jsonl")
+    if main:
+        (run_dir / "config.json").write_text(config.to_json() + "\n")
+        if config.tokenizer and Path(config.tokenizer).resolve() != (run_dir / "tokenizer.json"
+                                                                     ).resolve():
+            shutil.copyfile(config.tokenizer, run_dir / "tokenizer.json")  # for jaxla.generate
+    log = M.JsonlLog(run_dir / "metrics.jsonl", writer=main)
     log.truncate_after(start)
 
-    batch_sh = batch_sharding(mesh)
     train_step, eval_step, compile_s = _compile(config, mesh, state, state_sh, batch_sh,
                                                 dataset.val_batches[0], graphdef, constants,
                                                 tx, echo)
+    sync("compiled")  # the first steps' collectives wait for no slower compile
     with jax.set_mesh(mesh):
-        val_batches = [jax.device_put(b, batch_sh) for b in dataset.val_batches]
+        val_batches = [put_rows(b, rows, batch_sh, config.batch_size)
+                       for b in dataset.val_batches]
     throughput = M.Throughput(config.tokens_per_step, flops_per_token, peak, mesh.size,
                               config.timing_warmup)
-    return Run(config=config, run_dir=run_dir, mesh=mesh, dataset=dataset, ckpt=ckpt, log=log,
+    return Run(config=config, run_dir=run_dir, main=main, mesh=mesh, dataset=dataset,
+               rows=rows, ckpt=ckpt, log=log,
                state=state, start=start, train_step=train_step, eval_step=eval_step,
                val_batches=val_batches, batch_sharding=batch_sh, throughput=throughput,
                peak=peak, n_params=n_params, flops_per_token=flops_per_token,
@@ -231,13 +260,15 @@ def _check_run_dir(config: TrainConfig):
                           f"--name or --run_dir")
 
 
-def _prepare_run_dir(config: TrainConfig):
+def _prepare_run_dir(config: TrainConfig, main: bool):
+    """`--overwrite`: process 0 empties the run folder while the others wait."""
     run_dir = config.run_path
-    if config.overwrite and run_dir.exists():
+    if main and config.overwrite and run_dir.exists():
         for name in ("checkpoints", "damaged_checkpoints"):
             shutil.rmtree(run_dir / name, ignore_errors=True)
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
+    sync("run folder prepared")
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -253,9 +284,9 @@ def _make_mesh(config: TrainConfig) -> jax.sharding.Mesh:
     return mesh
 
 
-def _make_dataset(config: TrainConfig, echo) -> Dataset:
+def _make_dataset(config: TrainConfig, rows: np.ndarray, echo) -> Dataset:
     t0 = time.perf_counter()
-    dataset = make_dataset(config)
+    dataset = make_dataset(config, None if len(rows) == config.batch_size else rows)
     info = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
                      for k, v in dataset.info.items())
     echo(f"  data: {config.data} ({info}) in {time.perf_counter() - t0:.1f} s")
@@ -273,7 +304,7 @@ def _restore_or_init(config, ckpt, mesh, init_fn, state_sh, echo) -> tuple[dict,
         echo(f"  --resume: no checkpoint in {config.run_path}, starting from step 0")
     if step is None:
         t0 = time.perf_counter()
-        state = jax.device_put(run_on_host(init_fn), state_sh)
+        state = put_from_host(run_on_host(init_fn), state_sh)
         echo(f"  initialised the model and optimizer state in {time.perf_counter() - t0:.1f} s")
         return state, 0
     meta = ckpt.read_meta(step)
@@ -413,13 +444,13 @@ def run_steps(run: Run, on_step: StepHook | None = None) -> Steps:
     the end, save every `save_every` steps and at the end. Leaves the final state in
     `run.state`; raises `TrainingDiverged` before evaluating or saving a diverged step."""
     config = run.config
-    progress = M.Progress(config.progress, config.steps, run.start)
+    progress = M.Progress(config.progress if run.main else "off", config.steps, run.start)
     recorder = StepRecorder(run, progress)
     behind = OneStepBehind(recorder.record)
     evals, saved = [], []
     state = run.state
     prefetch = Prefetcher(run.dataset, run.start + 1, config.steps,
-                          lambda b: jax.device_put(b, run.batch_sharding))
+                          lambda b: put_rows(b, run.rows, run.batch_sharding, config.batch_size))
     run.throughput.pause()
     try:
         with jax.set_mesh(run.mesh):
@@ -475,7 +506,8 @@ def summarize(run: Run, steps: Steps, echo=print) -> dict:
     B, T = config.batch_size, config.seq_len
     summary = {
         "run_dir": str(run.run_dir), "preset": config.preset, "data": config.data,
-        "device": kind, "num_devices": n_dev, "batch_size": B, "seq_len": T,
+        "device": kind, "num_devices": n_dev, "num_processes": jax.process_count(),
+        "batch_size": B, "seq_len": T,
         "steps_run": len(steps.losses), "last_step": config.steps, "params": run.n_params,
         "flops_per_token": run.flops_per_token, "flops_source": run.flops_source,
         "six_n_flops_per_token": 6 * run.n_params, **rates,
@@ -488,7 +520,8 @@ def summarize(run: Run, steps: Steps, echo=print) -> dict:
         "final_val_accuracy": None if final_eval is None else final_eval.get("val_accuracy"),
         "unigram_entropy": dataset.entropy, "checkpoints": steps.saved,
     }
-    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if run.main:
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _finish_files(run)
     mem = "n/a" if peak_mem is None else f"{peak_mem / M.GiB:.2f} GiB"
     val = "" if final_eval is None else f", val loss {final_eval['val_loss']:.4f}"
@@ -507,6 +540,8 @@ def summarize(run: Run, steps: Steps, echo=print) -> dict:
 
 def _finish_files(run: Run):
     config = run.config
+    if not run.main:
+        return
     if config.plot:
         path = M.plot_curves(run.log.read(), run.run_dir / "curves.png",
                              entropy=run.dataset.entropy,
@@ -518,10 +553,20 @@ def _finish_files(run: Run):
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m train ARGS`. Exit status 0: the run finished; 1: it diverged (the line says
-    which checkpoint is good); 2: a bad option, data or run folder, said in one line."""
+    which checkpoint is good); 2: a bad option, data or run folder, said in one line.
+
+    With `--distributed`, this process joins the others (`train.distributed.initialize`) before
+    anything else touches a device."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        launch = parse_launch_args(argv)
+        if launch.distributed:
+            print(f"{PROG}: joining a run of several processes (coordinator "
+                  f"{launch.coordinator_address or 'detected by JAX'}; waiting up to "
+                  f"{launch.init_timeout} s for every process)", flush=True)
+            initialize(launch)
         train(parse_args(argv))
-    except (ConfigError, DataError, CheckpointError) as exc:
+    except (ConfigError, DataError, CheckpointError, LaunchError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:

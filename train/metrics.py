@@ -79,20 +79,24 @@ class Throughput:
 
 
 class JsonlLog:
-    """Appends one JSON object per line to `<run_dir>/metrics.jsonl`."""
+    """Appends one JSON object per line to `<run_dir>/metrics.jsonl` (only on the process that
+    is the `writer`; the others' writes do nothing)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, writer: bool = True):
         self.path = path
+        self.writer = writer
 
     def truncate_after(self, step: int):
         """Drop the records past `step` (a resumed run redoes those steps)."""
-        if not self.path.exists():
+        if not self.writer or not self.path.exists():
             return
         keep = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def write(self, record: dict):
+        if not self.writer:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -79,8 +79,10 @@ def run_on_host(fn):
     seconds); the CPU compiles it in seconds, and threefry gives the same bits on either backend.
     The explicit CPU output sharding, not `jax.default_device`, is what keeps it off the GPU; call
     it outside `jax.set_mesh` (a context mesh would claim the computation for its devices).
+    The CPU device is this process's own: in a run of several CPU processes, `jax.devices("cpu")`
+    lists the other processes' devices too.
     """
-    host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     return jax.jit(fn, out_shardings=host)()
 
 

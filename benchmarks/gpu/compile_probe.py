@@ -1,4 +1,6 @@
 """Where does compile time go? Each case in its own process with a time limit; one line each.
+(Compile times only: kernel speed is `python -m benchmarks.kernels`, training speed
+`python -m benchmarks.training`.)
 
     PYTHONPATH=. python3 -m benchmarks.gpu.compile_probe [--cases a,b] [--limit 100]
 

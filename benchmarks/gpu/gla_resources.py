@@ -1,4 +1,5 @@
-"""Registers, spills and shared memory of the GLA kernels for an H100, without a GPU.
+"""Registers, spills and shared memory of the GLA kernels for an H100, without a GPU (what the
+compiler makes of each kernel; their speed is `python -m benchmarks.kernels`, on the GPU).
 
     TRITON_PYTHON=/path/to/python PYTHONPATH=. python -m benchmarks.gpu.gla_resources \\
         [--shape B T H K V] [--dtype bfloat16] [--set field=value ...]
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax._src.pallas.triton import pallas_call_registration as registration
 
+from benchmarks.kernels import registry
 from pallas_kernels._common import lower_for_cuda, padded_dim
 from pallas_kernels.gla import BlockSizes, chunk_gla, fused_recurrent_gla
 
@@ -99,8 +101,10 @@ def capture_ttir(shape, dtype, bs: BlockSizes):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", type=int, nargs=5, default=[4, 4096, 16, 128, 128],
-                        metavar=("B", "T", "H", "K", "V"))
+    anchor = registry.shape_named("gla", "anchor").dims
+    parser.add_argument("--shape", type=int, nargs=5, default=[anchor[d] for d in "BTHKV"],
+                        metavar=("B", "T", "H", "K", "V"),
+                        help="default: the kernel benchmarks' GLA anchor shape")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
     args = parser.parse_args(argv)

@@ -1,16 +1,23 @@
-"""Which launch configuration of the GLA kernels is fastest: `python -m benchmarks.gpu.gla_tune`.
+"""Which launch configuration of the GLA kernels is fastest (a tuning tool: the speed of jaxla
+beside its anchors is `python -m benchmarks.kernels`, which runs them; this runs none).
 
-At the anchor shape (B=4, T=4096, H=16, K=V=128, bf16, g = logsigmoid(randn)/16) this times each
-of the four chunk kernels on its own over a handful of variants (tiles, num_warps, num_stages,
-chunks per program), then the whole op (fwd, fwd+bwd) with the default and with the fastest
-variant of each kernel. Correctness: the default op is compared with the xla path; every variant's
-kernel output with the default configuration's. It also times the exact intra-chunk path (taken by
-chunks with a decay span > 60, i.e. very strong gates) and the matmul path compiled without it.
-Writes `$OUT/gla_tune.json` when OUT is set. About 2-4 minutes on an H100, compiles included.
+    python -m benchmarks.gpu.gla_tune [--shape anchor] [--dims T=2048 ...] [--smoke]
+
+On the dense inputs of a registered GLA shape (`benchmarks/kernels/registry.py`; default
+"anchor": B=4, T=4096, H=16, K=V=128, bf16, g = logsigmoid(randn)/16; `--dims` overrides some of
+its dims) this times each of the four chunk kernels on its own over a handful of variants (tiles,
+num_warps, num_stages, chunks per program), then the whole op (fwd, fwd+bwd) with the default and
+with the fastest variant of each kernel. Correctness: the default op is compared with the xla
+path; every variant's kernel output with the default configuration's. It also times the exact
+intra-chunk path (taken by chunks with a decay span > 60, i.e. very strong gates) and the matmul
+path compiled without it. Writes `$OUT/gla_tune.json` when OUT is set. About 2-4 minutes on an
+H100, compiles included. `--smoke` checks this script on a CPU: B=1 T=256 H=2 K=V=32 in
+interpret mode, two variants per kernel.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import json
@@ -21,29 +28,26 @@ import time
 import jax
 import jax.numpy as jnp
 
+from benchmarks.kernels import registry
 from benchmarks.timing import time_jax
 from jaxla import ops
 from jaxla.testing import rel_error
+from pallas_kernels._common import default_interpret
 from pallas_kernels.gla import BlockSizes, chunk_gla
 from pallas_kernels.gla.chunk_bwd import chunk_grads
 from pallas_kernels.gla.chunk_fwd import chunk_fwd, chunk_output
 from pallas_kernels.gla.chunk_state import state_scan
 
-B, T, H, K, V = 4, 4096, 16, 128, 128
-# GLA_TUNE_SMOKE=1: a tiny shape in interpret mode, to check this script on a CPU.
-SMOKE = bool(os.environ.get("GLA_TUNE_SMOKE"))
-if SMOKE:
-    B, T, H, K, V = 1, 256, 2, 32, 32
-INTERPRET = SMOKE
-FLA_MS = {"fwd": 0.846, "fwd+bwd": 3.703}  # anchors.md, same shape, H100
+OP = "gla"
+SMOKE_DIMS = dict(B=1, T=256, H=2, K=32, V=32)
+INTERPRET = default_interpret()
 MISMATCH = 1e-2  # a variant whose kernel output differs more from the default's is wrong
 
 STATE_VARIANTS = [  # (block_k_state, block_v_state, num_warps, num_stages)
     (32, 128, 4, 2), (32, 128, 4, 3), (64, 128, 4, 2), (64, 128, 4, 3), (32, 128, 2, 3),
     (64, 128, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (16, 128, 4, 3),
 ]
-if SMOKE:
-    STATE_VARIANTS = [(16, 32, 4, 2), (32, 16, 4, 3)]
+SMOKE_STATE_VARIANTS = [(16, 32, 4, 2), (32, 16, 4, 3)]
 # Per-chunk kernels: (num_warps, num_stages, chunks_per_program, block_k). The offline compile
 # (Triton 3.6, sm_90) of the defaults: output 218 registers, no spills; grads 255 registers,
 # ~90 B spilled; 4 warps spill kilobytes in both.
@@ -51,26 +55,23 @@ OUTPUT_VARIANTS = [
     (8, 2, 1, 32), (8, 3, 1, 32), (8, 2, 2, 32), (8, 3, 4, 32), (8, 2, 1, 64), (8, 2, 1, 16),
     (4, 2, 1, 32), (16, 2, 1, 32),
 ]
-if SMOKE:
-    OUTPUT_VARIANTS = [(8, 2, 1, 32), (4, 2, 2, 16)]
+SMOKE_OUTPUT_VARIANTS = [(8, 2, 1, 32), (4, 2, 2, 16)]
 GRAD_VARIANTS = [
     (4, 2, 1, 32), (8, 2, 1, 32), (8, 1, 1, 32), (8, 3, 1, 32), (8, 2, 1, 16), (8, 2, 1, 64),
     (16, 2, 1, 32), (4, 3, 1, 32),
 ]  # chunks_per_program_bwd > 1 is refused (wrong gradients on the GPU, see config.py)
-if SMOKE:
-    GRAD_VARIANTS = [(8, 2, 1, 32), (4, 2, 1, 16)]
+SMOKE_GRAD_VARIANTS = [(8, 2, 1, 32), (4, 2, 1, 16)]
 
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def inputs():
-    kq, kk, kv, kg, kd = jax.random.split(jax.random.key(0), 5)
-    q, k, v, do = (jax.random.normal(x, (B, T, H, D), jnp.bfloat16)
-                   for x, D in ((kq, K), (kk, K), (kv, V), (kd, V)))
-    g = jax.nn.log_sigmoid(jax.random.normal(kg, (B, T, H, K), jnp.float32)) / 16
-    return q, k, v, g, do
+def inputs(shape: str, dims):
+    """dims, q, k, v, g of the registered case and a random bf16 cotangent `do`."""
+    dims, x = registry.case_inputs(OP, shape, dims=dims)
+    do = jax.random.normal(jax.random.key(1), x["v"].shape, jnp.bfloat16)
+    return dims, x["q"], x["k"], x["v"], x["g"], do
 
 
 def timed(name, fn, *args, reference=None):
@@ -92,8 +93,26 @@ def timed(name, fn, *args, reference=None):
     return ms, err, None, out
 
 
-def main():
-    q, k, v, g, do = inputs()
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="anchor",
+                        choices=[s.name for s in registry.OPS[OP].shapes],
+                        help="a registered GLA shape (benchmarks/kernels/registry.py)")
+    parser.add_argument("--dims", nargs="+", type=registry.dims_item, default=[],
+                        metavar="NAME=INT", help="override dims of the shape, e.g. T=2048")
+    parser.add_argument("--smoke", action="store_true",
+                        help="check this script on a CPU (tiny dims, two variants per kernel)")
+    opts = parser.parse_args(argv)
+    state_variants, output_variants, grad_variants = (
+        (SMOKE_STATE_VARIANTS, SMOKE_OUTPUT_VARIANTS, SMOKE_GRAD_VARIANTS) if opts.smoke
+        else (STATE_VARIANTS, OUTPUT_VARIANTS, GRAD_VARIANTS))
+    try:
+        smoke = list(SMOKE_DIMS.items()) if opts.smoke else []
+        dims, q, k, v, g, do = inputs(opts.shape, smoke + opts.dims)
+    except ValueError as e:
+        parser.error(f"argument --dims: {e}")
+    B, T, H, K, V = (dims[d] for d in "BTHKV")
     h0 = jnp.zeros((B, H, K, V), jnp.float32)
     default = BlockSizes.get_default(K, V)
     scale = K**-0.5
@@ -135,27 +154,27 @@ def main():
     make_state = lambda reverse: lambda p: functools.partial(  # noqa: E731
         state_scan, chunk=64, reverse=reverse, scale=scale if reverse else 1.0, block_k=p[0],
         block_v=p[1], num_warps=p[2], num_stages=p[3], interpret=INTERPRET, name="tune")
-    run_family("state_fwd", STATE_VARIANTS, make_state(False), (k, v, g, h0), describe_state)
+    run_family("state_fwd", state_variants, make_state(False), (k, v, g, h0), describe_state)
     log("state scan (backward state gradients)")
-    run_family("state_bwd", STATE_VARIANTS[:5], make_state(True), (q, do, g, h0), describe_state)
+    run_family("state_bwd", state_variants[:5], make_state(True), (q, do, g, h0), describe_state)
 
     describe_chunk = lambda p: f"w={p[0]} s={p[1]} cpp={p[2]} bk={p[3]}"  # noqa: E731
     log("output kernel: warps, stages, chunks per program, block_k")
     make_out = lambda p, sl=default.span_limit: functools.partial(  # noqa: E731
         chunk_output, scale=scale, chunk=64, block_k=p[3], block_v=default.block_v, span_limit=sl,
         chunks_per_program=p[2], num_warps=p[0], num_stages=p[1], interpret=INTERPRET)
-    run_family("output", OUTPUT_VARIANTS, make_out, (q, k, v, g, hs), describe_chunk)
+    run_family("output", output_variants, make_out, (q, k, v, g, hs), describe_chunk)
     log("gradient kernel: warps, stages, chunks per program, block_k")
     make_grad = lambda p, sl=default.span_limit: functools.partial(  # noqa: E731
         chunk_grads, scale=scale, chunk=64, block_k=p[3], block_v=default.block_v, span_limit=sl,
         chunks_per_program=p[2], num_warps=p[0], num_stages=p[1], interpret=INTERPRET)
-    run_family("grads", GRAD_VARIANTS, make_grad, (q, k, v, g, do, hs, dhs), describe_chunk)
+    run_family("grads", grad_variants, make_grad, (q, k, v, g, do, hs, dhs), describe_chunk)
 
     log("intra-chunk paths at the default launch: exact path forced / matmul path only")
     paths = {}
     for family, make, args, p in (
-        ("output", make_out, (q, k, v, g, hs), OUTPUT_VARIANTS[0]),
-        ("grads", make_grad, (q, k, v, g, do, hs, dhs), GRAD_VARIANTS[0]),
+        ("output", make_out, (q, k, v, g, hs), output_variants[0]),
+        ("grads", make_grad, (q, k, v, g, do, hs, dhs), grad_variants[0]),
     ):
         for name, sl in (("exact path (span > 60)", -1.0), ("matmul path only", float("inf"))):
             ms, _, msg, _ = timed(f"{family} {name}", make(p, sl), *args)
@@ -166,9 +185,9 @@ def main():
         ok = [r for r in tables[family] if r["ok"] and r["ms"] is not None]
         return min(ok, key=lambda r: r["ms"])["params"] if ok else default_params
 
-    bs_state = best("state_fwd", STATE_VARIANTS[0])
-    bs_out = best("output", OUTPUT_VARIANTS[0])
-    bs_grad = best("grads", GRAD_VARIANTS[0])
+    bs_state = best("state_fwd", state_variants[0])
+    bs_out = best("output", output_variants[0])
+    bs_grad = best("grads", grad_variants[0])
     tuned = dataclasses.replace(
         default, block_k_state=bs_state[0], block_v_state=bs_state[1],
         num_warps_state=bs_state[2], num_stages_state=bs_state[3],
@@ -203,7 +222,8 @@ def main():
         with open(os.path.join(out_dir, "gla_tune.json"), "w") as f:
             json.dump(results, f, indent=1, default=str)
 
-    print(f"GLA kernel tuning on {results['device']}, B={B} T={T} H={H} K=V={K} bf16")
+    print(f"GLA kernel tuning on {results['device']}, B={B} T={T} H={H} K={K} V={V} bf16 "
+          "(no anchor runs here: python -m benchmarks.kernels)")
     print(f"default vs xla: o rel err {results['default_vs_xla']:.2e}")
     for family, rows in tables.items():
         print(f"\n{family} (sorted; first listed variant = default)")
@@ -221,7 +241,6 @@ def main():
         fmt = lambda x: "failed" if x is None else f"{x:.3f}"  # noqa: E731
         err = "-" if r["o_vs_xla"] is None else f"{r['o_vs_xla']:.1e}"
         print(f"{name:<18}{fmt(r['fwd']):>10}{fmt(r['fwd+bwd']):>12}{err:>10}")
-    print(f"{'FLA (anchors.md)':<18}{FLA_MS['fwd']:>10.3f}{FLA_MS['fwd+bwd']:>12.3f}")
 
 
 if __name__ == "__main__":

@@ -1,36 +1,56 @@
-"""One-shot check of the GPU machine: versions, Pallas-Triton compile, cuDNN attention, FLA import."""
+"""One-shot check of a GPU machine before a benchmark call: versions, a Pallas-Triton kernel
+compiles and runs, cuDNN attention runs, and which anchors import (jla, FLA, mamba_ssm). One line
+each; it times nothing (`python -m benchmarks.kernels` does, with every anchor that imports).
 
-import time
+    PYTHONPATH=/tmp/site:. python3 -m benchmarks.gpu.probe     (after benchmarks/gpu/fla_env.sh)
+"""
+
+import importlib
 
 import jax
 import jax.numpy as jnp
-
-print("jax", jax.__version__, jax.devices())
-from jax.experimental import pallas as pl  # noqa: E402
+from jax.experimental import pallas as pl
 
 
-def add_one(x_ref, o_ref):
-    o_ref[...] = x_ref[...] + 1.0
+def check(name, fn):
+    try:
+        print(f"{name}: ok {fn() or ''}".rstrip(), flush=True)
+    except Exception as e:  # noqa: BLE001 - a probe reports every failure and goes on
+        print(f"{name}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
 
 
-x = jnp.arange(1024, dtype=jnp.float32).reshape(32, 32)
-y = pl.pallas_call(add_one, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
-print("pallas ok", bool(jnp.all(y == x + 1)))
-q = jax.random.normal(jax.random.key(0), (4, 4096, 16, 128), jnp.bfloat16)
-f = jax.jit(lambda q: jax.nn.dot_product_attention(q, q, q, is_causal=True, implementation="cudnn"))
-f(q).block_until_ready()
-t = time.perf_counter()
-for _ in range(20):
-    out = f(q)
-out.block_until_ready()
-print("cudnn causal fwd ms", (time.perf_counter() - t) / 20 * 1e3)
-try:
-    import torch
-    from fla.ops.gla import chunk_gla
-    from triton.testing import do_bench
+def pallas_add_one():
+    def add_one(x_ref, o_ref):
+        o_ref[...] = x_ref[...] + 1.0
 
-    qt = torch.randn(4, 4096, 16, 128, device="cuda", dtype=torch.bfloat16)
-    gt = torch.nn.functional.logsigmoid(torch.randn(4, 4096, 16, 128, device="cuda")) / 16
-    print("fla chunk_gla fwd ms", do_bench(lambda: chunk_gla(qt, qt, qt, gt), quantiles=[0.5]))
-except Exception as e:  # noqa: BLE001
-    print("FLA failed:", repr(e))
+    x = jnp.arange(1024, dtype=jnp.float32).reshape(32, 32)
+    y = pl.pallas_call(add_one, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
+    if not bool(jnp.all(y == x + 1)):
+        raise AssertionError("wrong result")
+
+
+def cudnn_attention():
+    q = jax.random.normal(jax.random.key(0), (1, 256, 2, 64), jnp.bfloat16)
+    jax.block_until_ready(jax.nn.dot_product_attention(q, q, q, is_causal=True,
+                                                       implementation="cudnn"))
+
+
+def imports(module, attribute):
+    def fn():
+        mod = importlib.import_module(module)
+        getattr(mod, attribute)
+        return getattr(importlib.import_module(module.split(".")[0]), "__version__", "")
+    return fn
+
+
+def main():
+    print("jax", jax.__version__, jax.devices(), flush=True)
+    check("pallas (triton)", pallas_add_one)
+    check("cudnn causal attention", cudnn_attention)
+    check("jla", imports("jla.ops", "linear_attention"))
+    check("FLA", imports("fla.ops.gla", "chunk_gla"))
+    check("mamba_ssm", imports("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"))
+
+
+if __name__ == "__main__":
+    main()

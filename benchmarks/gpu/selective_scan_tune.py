@@ -1,15 +1,18 @@
-"""Tune the selective scan kernels on the GPU: `python -m benchmarks.gpu.selective_scan_tune`.
+"""Tune the selective scan kernels' launch configuration on the GPU (a tuning tool: the speed
+of jaxla beside its anchors is `python -m benchmarks.kernels`, which runs them; this runs none).
+
+    python -m benchmarks.gpu.selective_scan_tune [--shape mamba-370m] [--dims T=2048 ...]
 
 Times `BlockSizes` variants of the time-parallel kernels (forward: channel block / warps, time
 chunk, unroll, prefetch; backward: time chunk, checkpoint interval, sub-chunk, channel block /
-warps) at the Mamba-370M layer shape B=4, T=4096, D=2048, N=16 (bf16, z, D, delta_bias,
-softplus), checks each against jaxla's xla path (largest relative error of the output and the
-eight gradients), and prints a table sorted by fwd+bwd time. Forward and backward parameters are
-independent: "bwd ms" = fwd+bwd - fwd (forward with saved states), so the best forward and the
-best backward settings can be combined. "one-chunk" runs both directions as one chunk (round
-one's schedule: no time parallelism) with the new tiles; round one's own best (bd16-w2, measured
-2026-11-24) is printed as a reference line. Stops starting new variants after `--budget`
-seconds (compiles dominate). Writes `selective_scan_tune.json` under $OUT when set.
+warps) on the dense inputs of a registered selective-scan shape (`benchmarks/kernels/registry.py`:
+a Mamba-370M layer, bf16, z, D, delta_bias, softplus; `--dims` overrides some of its dims),
+checks each against jaxla's xla path (largest relative error of the output and the eight
+gradients of `sum(out)`), and prints a table sorted by fwd+bwd time. Forward and backward
+parameters are independent: "bwd ms" = fwd+bwd - fwd (forward with saved states), so the best
+forward and the best backward settings can be combined. "one-chunk" runs both directions as one
+chunk (no time parallelism). Stops starting new variants after `--budget` seconds (compiles
+dominate). Writes `selective_scan_tune.json` under $OUT when set.
 
 `--forward-only` times instead the forward as training runs it (with the saved states) for the
 `FWD_VARIANTS` (forward fields only, so each compiles in seconds), checks its output against the
@@ -17,7 +20,8 @@ xla path, then runs the full fwd+bwd of the default and of the default with the 
 forward's fields (when that forward is over 2% faster), side by side (`--no-confirm`: not those).
 Forward rows carry `back to back` times too (`timing.time_jax_pipelined`).
 
-Options: --T 4096 --budget 240 --only name1 name2 ... --forward-only [--no-confirm]
+Options: --shape NAME --dims T=4096 --budget 240 --only name1 name2 ... --forward-only
+[--no-confirm]
 """
 
 from __future__ import annotations
@@ -32,22 +36,21 @@ import traceback
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
-from benchmarks.kernels.selective_scan import (
-    IMPLS,
-    MAMBA_SSM_MS,
-    block_sizes,
-    grads_of_sum,
-    inputs,
-    kernel_op,
-)
+from benchmarks.kernels import registry
 from benchmarks.timing import jax_peak_bytes, time_jax, time_jax_pipelined
+from jaxla import ops
 from jaxla.testing import rel_error
 from pallas_kernels._common import default_interpret
+from pallas_kernels.selective_scan import BlockSizes, selective_scan
 from pallas_kernels.selective_scan.api import _forward, _Static
 from pallas_kernels.selective_scan.fwd import Flags
 
-# Variants are BlockSizes fields over the op's defaults at the tuned T (`block_sizes`).
+OP = "selective_scan"
+ARGS = registry.DIFF_ARGS[OP]  # u, delta, A, B, C, D, z, delta_bias
+
+# Variants are BlockSizes fields over the op's defaults at the tuned shape (`block_sizes`).
 # Most informative first: the budget may cut the tail.
 VARIANTS = {
     "default": {},
@@ -88,8 +91,32 @@ FWD_VARIANTS = {  # most informative first: the budget may cut the tail
 
 FWD_FIELDS = ("block_d", "chunk", "unroll", "prefetch", "num_warps", "num_stages",
               "block_d_carry")
-# Round one's best, measured on the same H100 model (notes/scan_tune_run1.txt), not rerun.
-ROUND_ONE = ("round1 bd16-w2 (2026-11-24, not rerun)", 1.139, 4.952)
+
+
+def block_sizes(dims: dict, fields: dict) -> BlockSizes:
+    """The op's default blocks for this shape (`get_default(shape=...)`), `fields` over them."""
+    return BlockSizes.get_default(dims["N"], shape=(dims["B"], dims["T"], dims["D"]), **fields)
+
+
+def xla_op(u, delta, A, B, C, D, z, delta_bias):
+    """jaxla's chunked pure-JAX path: the reference every variant is checked against."""
+    return ops.selective_scan(u, delta, A, B, C, D, z, delta_bias=delta_bias,
+                              delta_softplus=True, implementation="xla")[0]
+
+
+def kernel_op(bs: BlockSizes):
+    """The Pallas kernels on `bs`, called directly (no op checks)."""
+    def fn(u, delta, A, B, C, D, z, delta_bias):
+        return selective_scan(u, delta, A, B, C, D, z, delta_bias=delta_bias,
+                              delta_softplus=True, block_sizes=bs)[0]
+    return fn
+
+
+def grads_of_sum(fn):
+    """The gradient of `sum(fn(...))` with respect to all eight inputs."""
+    def loss(*args):
+        return jnp.sum(fn(*args).astype(jnp.float32))
+    return jax.grad(loss, argnums=tuple(range(len(ARGS))))
 
 
 def run_variant(name, bs, args, ref):
@@ -116,12 +143,12 @@ def _fwd_save_fn(bs):
 
     def fn(u, delta, A, Bm, Cm, D, z, bias):
         out, _, states = _forward(static, u, delta, A, Bm[:, :, None], Cm[:, :, None], D, z,
-                                  bias, None, save=True)
+                                  bias, None, None, None, save=True)
         return out, states
     return fn
 
 
-def forward_only(names, T, args, ref_out, budget):
+def forward_only(names, dims, args, ref_out, budget):
     rows, start = [], time.perf_counter()
     for name in names:
         if time.perf_counter() - start > budget:
@@ -129,7 +156,8 @@ def forward_only(names, T, args, ref_out, budget):
             continue
         try:
             t0 = time.perf_counter()
-            fn = jax.jit(_fwd_save_fn(block_sizes(T, FWD_VARIANTS[name])))
+            bs = block_sizes(dims, FWD_VARIANTS[name]).for_channels(dims["D"])  # as the op
+            fn = jax.jit(_fwd_save_fn(bs))
             out, _ = jax.block_until_ready(fn(*args))
             compile_s = time.perf_counter() - t0
             row = {"name": name, "fwd_save_ms": time_jax(fn, *args),
@@ -150,7 +178,11 @@ def forward_only(names, T, args, ref_out, budget):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--T", type=int, default=4096)
+    parser.add_argument("--shape", default="mamba-370m",
+                        choices=[s.name for s in registry.OPS[OP].shapes],
+                        help="a registered selective-scan shape (benchmarks/kernels/registry.py)")
+    parser.add_argument("--dims", nargs="+", type=registry.dims_item, default=[],
+                        metavar="NAME=INT", help="override dims of the shape, e.g. T=2048")
     parser.add_argument("--budget", type=float, default=240.0, help="seconds for all variants")
     parser.add_argument("--only", nargs="+", help="variants to run")
     parser.add_argument("--forward-only", action="store_true")
@@ -162,34 +194,38 @@ def main(argv=None):
     unknown = sorted(set(args_ns.only or ()) - set(table))
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {sorted(table)}")
-    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, T={args_ns.T}", flush=True)
+    try:
+        dims, x = registry.case_inputs(OP, args_ns.shape, dims=args_ns.dims)
+    except ValueError as e:
+        parser.error(f"argument --dims: {e}")
+    label = " ".join(f"{k}={v}" for k, v in dims.items())
+    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {label}", flush=True)
 
-    args = inputs(args_ns.T)
+    args = [x[name] for name in ARGS]
     t0 = time.perf_counter()
     if args_ns.forward_only and not args_ns.confirm:  # the output is all that is checked
-        ref = [jax.jit(IMPLS["xla"])(*args)]
+        ref = [jax.jit(xla_op)(*args)]
     else:
-        xla_fwd, xla_grads = jax.jit(IMPLS["xla"]), jax.jit(grads_of_sum(IMPLS["xla"]))
+        xla_fwd, xla_grads = jax.jit(xla_op), jax.jit(grads_of_sum(xla_op))
         ref = [xla_fwd(*args)] + list(xla_grads(*args))
         xla_ms = (time_jax(xla_fwd, *args, iters=10), time_jax(xla_grads, *args, iters=10))
         print(f"xla path: fwd {xla_ms[0]:.3f} ms, fwd+bwd {xla_ms[1]:.3f} ms "
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
 
     if args_ns.forward_only:
-        fwd_rows = forward_only(args_ns.only or list(FWD_VARIANTS), args_ns.T, args, ref[0],
+        fwd_rows = forward_only(args_ns.only or list(FWD_VARIANTS), dims, args, ref[0],
                                 args_ns.budget)
         key = "fwd_save_pipe_ms"
         ok = sorted((r for r in fwd_rows if r.get("ok")), key=lambda r: r[key])
         default = next((r for r in ok if r["name"] == "default"), None)
-        default_bs = block_sizes(args_ns.T, VARIANTS["default"])
+        default_bs = block_sizes(dims, VARIANTS["default"])
         to_run = {"default": default_bs} if args_ns.confirm else {}
         if args_ns.confirm and ok and default and ok[0][key] < 0.98 * default[key]:
-            best = block_sizes(args_ns.T, FWD_VARIANTS[ok[0]["name"]])
+            best = block_sizes(dims, FWD_VARIANTS[ok[0]["name"]])
             to_run["default+" + ok[0]["name"]] = dataclasses.replace(
                 default_bs, **{f: getattr(best, f) for f in FWD_FIELDS})
         full = [run_variant(name, bs, args, ref) for name, bs in to_run.items()]
-        lines = [f"forward (saving states), B=4 T={args_ns.T} D=2048 N=16 bf16 on "
-                 f"{jax.devices()[0].device_kind}"]
+        lines = [f"forward (saving states), {label} bf16 on {jax.devices()[0].device_kind}"]
         lines += [f"  {r['name']:<14}{r['fwd_save_ms']:8.3f} ms, back to back {r[key]:.3f} ms, "
                   f"error {r['error']:.1e}" for r in ok]
         lines += [f"  {r['name']:<14}FAILED {r['failed']}" for r in fwd_rows if "failed" in r]
@@ -200,7 +236,7 @@ def main(argv=None):
         out = os.environ.get("OUT")
         if out:
             Path(out, "selective_scan_fwd_tune.json").write_text(json.dumps(
-                {"T": args_ns.T, "forward": fwd_rows, "full": full}, indent=1))
+                {"dims": dims, "forward": fwd_rows, "full": full}, indent=1))
         return
 
     results, skipped = [], []
@@ -210,7 +246,7 @@ def main(argv=None):
             skipped.append(name)
             continue
         try:
-            r = run_variant(name, block_sizes(args_ns.T, VARIANTS[name]), args, ref)
+            r = run_variant(name, block_sizes(dims, VARIANTS[name]), args, ref)
         except Exception as e:  # noqa: BLE001 - a variant that fails to compile or run
             traceback.print_exc()
             r = {"name": name, "failed": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
@@ -222,23 +258,17 @@ def main(argv=None):
             print(f"{name}: fwd {r['fwd_ms']:.3f} ms, fwd+bwd {r['fwd_bwd_ms']:.3f} ms, "
                   f"error {r['error']:.2e}, compile {r['compile_s']:.0f}s", flush=True)
 
-    anchor = MAMBA_SSM_MS.get(args_ns.T)
     good = sorted((r for r in results if "failed" not in r), key=lambda r: r["fwd_bwd_ms"])
-    lines = [f"selective_scan tuning, B=4 T={args_ns.T} D=2048 N=16 bf16 on "
-             f"{jax.devices()[0].device_kind}; xla path fwd {xla_ms[0]:.3f} / fwd+bwd "
-             f"{xla_ms[1]:.3f} ms" + (f"; mamba_ssm (anchors.md) {anchor[0]} / {anchor[1]} ms"
-                                      if anchor else ""),
-             f"{'variant':<14}{'fwd ms':>9}{'bwd ms':>9}{'f+b ms':>9}{'vs mamba':>9}"
+    lines = [f"selective_scan tuning, {label} bf16 on {jax.devices()[0].device_kind}; xla path "
+             f"fwd {xla_ms[0]:.3f} / fwd+bwd {xla_ms[1]:.3f} ms (no anchor runs here: "
+             "python -m benchmarks.kernels)",
+             f"{'variant':<14}{'fwd ms':>9}{'bwd ms':>9}{'f+b ms':>9}"
              f"{'vs xla':>8}{'error':>10}{'GiB':>7}  ok"]
     for r in good:
-        vs = f"{anchor[1] / r['fwd_bwd_ms']:.2f}x" if anchor else "-"
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
         lines.append(f"{r['name']:<14}{r['fwd_ms']:9.3f}{r['bwd_ms']:9.3f}{r['fwd_bwd_ms']:9.3f}"
-                     f"{vs:>9}{xla_ms[1] / r['fwd_bwd_ms']:7.1f}x{r['error']:10.2e}{peak:>7}"
+                     f"{xla_ms[1] / r['fwd_bwd_ms']:7.1f}x{r['error']:10.2e}{peak:>7}"
                      f"  {'yes' if r['ok'] else 'NO'}")
-    name, f_ms, fb_ms = ROUND_ONE
-    if args_ns.T == 4096:
-        lines.append(f"{name}: fwd {f_ms:.3f}, bwd {fb_ms - f_ms:.3f}, fwd+bwd {fb_ms:.3f} ms")
     for r in results:
         if "failed" in r:
             lines.append(f"{r['name']:<14} FAILED: {r['failed']}")
@@ -256,7 +286,7 @@ def main(argv=None):
     if out:
         path = Path(out) / "selective_scan_tune.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"T": args_ns.T, "xla_ms": xla_ms, "results": results,
+        path.write_text(json.dumps({"dims": dims, "xla_ms": xla_ms, "results": results,
                                     "skipped": skipped, "table": table}, indent=1))
         print(f"wrote {path}", file=sys.stderr)
 

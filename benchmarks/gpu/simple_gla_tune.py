@@ -1,15 +1,19 @@
-"""Time block-size / launch variants of the simple GLA kernels on the GPU, in one run.
+"""Time block-size / launch variants of the simple GLA kernels on the GPU, in one run (a tuning
+tool: the speed of jaxla beside its anchors is `python -m benchmarks.kernels`, which runs them;
+this runs none).
 
-`PYTHONPATH=. python3 -m benchmarks.gpu.simple_gla_tune [--gated] [--only NAME ...]`
+`PYTHONPATH=. python3 -m benchmarks.gpu.simple_gla_tune [--gated] [--only NAME ...]
+    [--shape anchor] [--dims T=2048 ...]`
 
-Lightning attention (FLA decay convention, layer 0 of 12) at B=4, T=4096, H=16, K=V=128 bf16:
-for each variant the forward and forward+backward (gradients of q, k, v for sum(o * do)) are
-checked against the xla path and timed. `--gated` adds a data-dependent gate g [B, T, H] with its
-gradient (the backward then also writes states and gate terms). Prints one line per variant as it
-goes and a table sorted by fwd+bwd time last; with $OUT set, writes $OUT/simple_gla_tune.json.
+On the dense inputs of a registered case (`benchmarks/kernels/registry.py`): "lightning"
+(FLA's decays, `registry.LIGHTNING_LAYER`; B=4, T=4096, H=16, K=V=128 bf16), or with `--gated`
+"simple_gla" (a data-dependent gate g [B, T, H] with its gradient: the backward then also writes
+states and gate terms); `--dims` overrides some of the shape's dims (a CPU check of the script).
+For each variant the forward and forward+backward (gradients of q, k, v (and g) for
+sum(o * do)) are checked against the xla path and timed. Prints one line per variant as it goes
+and a table sorted by fwd+bwd time last; with $OUT set, writes $OUT/simple_gla_tune.json.
 Times: `ms` = median of synchronised calls (benchmarks/timing.time_jax), `pipe` = mean of 50
-back-to-back calls (GPU time without per-call sync). Anchor: FLA chunk_lightning_attn fwd 0.257 ms,
-fwd+bwd 1.342 ms on an H100 (anchors.md).
+back-to-back calls (GPU time without per-call sync).
 """
 
 from __future__ import annotations
@@ -26,13 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.kernels import registry
 from benchmarks.timing import time_jax, time_jax_pipelined
 from jaxla import ops
 from jaxla.testing import rel_error
 from pallas_kernels import simple_gla as kernels
 
-B, T, H, D = 4, 4096, 16, 128
-LAYER_IDX, NUM_LAYERS = 0, 12
+D = 128  # the head dims the variants below are written for (tiles clamp to smaller heads)
 BS = kernels.BlockSizes
 
 # name -> BlockSizes. The first is the default; the rest change one or two things each.
@@ -56,19 +60,19 @@ VARIANTS = {
 }
 
 
-def inputs():
-    keys = jax.random.split(jax.random.key(0), 5)
-    q, k, v, do = (jax.random.normal(key, (B, T, H, D), jnp.bfloat16) for key in keys[:4])
-    g = jax.nn.log_sigmoid(jax.random.normal(keys[4], (B, T, H), jnp.float32)) / 16
-    return q, k, v, g, do
+def inputs(gated: bool, shape: str, dims):
+    """dims, q, k, v, g (None for lightning) of the registered case and a random bf16 `do`."""
+    dims, x = registry.case_inputs("simple_gla" if gated else "lightning", shape, dims=dims)
+    do = jax.random.normal(jax.random.key(1), x["v"].shape, jnp.bfloat16)
+    return dims, x["q"], x["k"], x["v"], x.get("g"), do
 
 
-def functions(block_sizes, gated):
-    """(forward, forward+backward) jitted for one implementation: block_sizes None = xla."""
-    g_gamma = ops.lightning_decay(H, LAYER_IDX, NUM_LAYERS, "fla")
+def functions(block_sizes, gated, H):
+    """(forward, forward+backward) jitted for one implementation: block_sizes None = xla.
+    Lightning: the constant decay g_gamma of `registry.LIGHTNING_LAYER`; gated: g only."""
+    g_gamma = None if gated else ops.lightning_decay(H, **registry.LIGHTNING_LAYER)
 
     def fn(q, k, v, g):
-        g = g if gated else None
         if block_sizes is None:
             return ops.simple_gla(q, k, v, g, g_gamma=g_gamma, implementation="xla")[0]
         return kernels.simple_gla(q, k, v, g, g_gamma, block_sizes=block_sizes)[0]
@@ -88,17 +92,19 @@ def main(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gated", action="store_true", help="data-dependent gate with gradient")
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="variants to run")
-    parser.add_argument("--shape", nargs=4, type=int, metavar=("B", "T", "H", "D"),
-                        help="override the shape (smoke tests on CPU)")
+    parser.add_argument("--shape", default="anchor", help="a registered shape of the op")
+    parser.add_argument("--dims", nargs="+", type=registry.dims_item, default=[],
+                        metavar="NAME=INT", help="override dims of the shape, e.g. T=2048")
     args = parser.parse_args(argv)
-    if args.shape:
-        global B, T, H, D
-        B, T, H, D = args.shape
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; B={B} T={T} H={H} K=V={D} "
-          f"bf16, {'gated (g + g_gamma)' if args.gated else 'lightning (g_gamma)'}", flush=True)
+    try:
+        dims, q, k, v, g, do = inputs(args.gated, args.shape, args.dims)
+    except ValueError as e:
+        parser.error(f"argument --shape/--dims: {e}")
+    label = " ".join(f"{name}={value}" for name, value in dims.items())
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; {label} bf16, "
+          f"{'gated (g)' if args.gated else 'lightning (g_gamma)'}", flush=True)
 
-    q, k, v, g, do = inputs()
-    fwd_ref, bwd_ref = functions(None, args.gated)
+    fwd_ref, bwd_ref = functions(None, args.gated, dims["H"])
     o_ref = np.asarray(fwd_ref(q, k, v, g), np.float32)
     grads_ref = [np.asarray(x, np.float32) for x in bwd_ref(q, k, v, g, do)]
 
@@ -108,7 +114,7 @@ def main(argv=None):
         row = {"variant": name, "block_sizes": dataclasses.asdict(bs)}
         start = time.perf_counter()
         try:
-            fwd, fwd_bwd = functions(bs, args.gated)
+            fwd, fwd_bwd = functions(bs, args.gated, dims["H"])
             o = fwd(q, k, v, g)
             grads = fwd_bwd(q, k, v, g, do)
             row["compile_s"] = time.perf_counter() - start
@@ -138,12 +144,12 @@ def main(argv=None):
     if ok:
         best_fwd = min(ok, key=lambda r: r["fwd_pipe"])
         print(f"best fwd: {best_fwd['variant']} ({best_fwd['fwd_pipe']:.3f} ms); best fwd+bwd: "
-              f"{ok[0]['variant']} ({ok[0]['fwd_bwd_pipe']:.3f} ms); FLA anchor 0.257 / 1.342 ms")
+              f"{ok[0]['variant']} ({ok[0]['fwd_bwd_pipe']:.3f} ms)")
     out = os.environ.get("OUT")
     if out:
         path = Path(out) / f"simple_gla_tune{'_gated' if args.gated else ''}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__}
+        meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "dims": dims}
         path.write_text(json.dumps({**meta, "rows": results}, indent=1))
         print(f"wrote {path}", file=sys.stderr)
 

@@ -5,7 +5,17 @@
 # Stages:
 #   tests    every `gpu`-marked test of TEST_FILES (default tests/ops tests/kernels), over WORKERS
 #            xdist processes (gpu_tests.sh)
-#   kernels  python -m benchmarks.kernels $KERNEL_ARGS (jaxla beside jla, FLA, cuDNN)
+#   mamba_ssm  (optional) mamba_ssm's CUDA selective scan for the kernel benchmarks' `mamba_ssm`
+#            variant (and the training anchor mamba_ssm_370m). Its sdist goes, unpacked, in
+#            .carry/mamba_ssm (`tar xzf mamba_ssm-2.3.2.post1.tar.gz` and rename the folder, so
+#            that .carry/mamba_ssm/csrc/selective_scan exists; ../shared/tools/get-anchor-wheels.sh
+#            downloads the archive). When the stage is listed and the folder is there, the build
+#            (benchmarks/gpu/mamba_ssm_ref.py: minutes of nvcc on the CPU, MAMBA_JOBS processes,
+#            default 8) starts in the background as this script starts; the stage waits for it
+#            (STAGE_S_mamba_ssm) and puts mamba_ssm on PYTHONPATH for the stages after it. List it
+#            after a stage that keeps the GPU busy meanwhile: STAGES="tests mamba_ssm kernels".
+#            Without the folder it says so, and the mamba_ssm rows say that it does not import.
+#   kernels  python -m benchmarks.kernels $KERNEL_ARGS (jaxla beside jla, FLA, mamba_ssm, cuDNN)
 #   before   the dense jaxla rows of the commit unpacked under .carry/before (`git archive REV
 #            jaxla pallas_kernels | tar -x -C .carry/before`), same command, label "before"
 #   script   any command: SCRIPT="python3 benchmarks/gpu/foo.py"
@@ -24,13 +34,35 @@ stage() {  # stage NAME SECONDS COMMAND...: at most SECONDS (and what is left of
   echo "== $name rc=$? in $(( $(date +%s) - t0 )) s"
 }
 BANDWIDTH=${BANDWIDTH:-}
+MAMBA_SRC=$PWD/.carry/mamba_ssm MAMBA_BUILD=/tmp/mamba_ssm_build
+if [[ " ${STAGES:-} " == *" mamba_ssm "* && -d $MAMBA_SRC ]]; then
+  python3 -m benchmarks.gpu.mamba_ssm_ref --src "$MAMBA_SRC" --build-dir "$MAMBA_BUILD" \
+    --jobs "${MAMBA_JOBS:-8}" > "$OUT/mamba_ssm_build.log" 2>&1 &
+  mamba_build=$!
+fi
+mamba_ssm() {  # wait for the build, then make mamba_ssm importable for the later stages
+  [ -n "${mamba_build:-}" ] || { echo "no mamba_ssm sdist under $MAMBA_SRC: not built"; return; }
+  local until=$(( $(date +%s) + ${STAGE_S_mamba_ssm:-400} ))
+  while kill -0 "$mamba_build" 2>/dev/null && [ "$(date +%s)" -lt "$until" ] \
+        && [ "$(date +%s)" -lt $(( DEADLINE - 30 )) ]; do sleep 5; done
+  if kill -0 "$mamba_build" 2>/dev/null; then
+    echo "mamba_ssm build still running: not used"; return
+  fi
+  if wait "$mamba_build"; then
+    export PYTHONPATH=$MAMBA_SRC:$MAMBA_BUILD:$PYTHONPATH
+    tail -1 "$OUT/mamba_ssm_build.log"
+  else
+    echo "mamba_ssm build failed:"; grep -i "error" "$OUT/mamba_ssm_build.log" | head -5
+  fi
+}
 for name in ${STAGES:-tests kernels before}; do
   case $name in
     tests) FILES=${TEST_FILES:-tests/ops tests/kernels} TOTAL_S=${STAGE_S_tests:-300} \
              bash benchmarks/gpu/gpu_tests.sh > "$OUT/tests_summary.log" 2>&1
            echo "== tests"; cat "$OUT/tests_summary.log" ;;
+    mamba_ssm) echo "== mamba_ssm"; mamba_ssm ;;
     kernels) stage kernels ${STAGE_S_kernels:-240} python3 -m benchmarks.kernels \
-               ${KERNEL_ARGS:---variant jaxla jla cudnn\ causal} --out "$OUT" \
+               ${KERNEL_ARGS:---variant jaxla jla cudnn\ causal mamba_ssm} --out "$OUT" \
                ${BANDWIDTH:+--bandwidth $BANDWIDTH} ;;
     before) stage before ${STAGE_S_before:-120} env PYTHONPATH=.carry/before:$PYTHONPATH \
               python3 -m benchmarks.kernels --packing dense --variant jaxla --label before \
@@ -40,6 +72,7 @@ for name in ${STAGES:-tests kernels before}; do
   esac
 done
 save_autotune
+[ -n "${mamba_build:-}" ] && kill "$mamba_build" 2>/dev/null  # a build no stage waited for
 for name in kernels before script; do
   [ -f "$OUT/$name.log" ] && { echo "== $name"; grep -av "^\[\|Constant folding\|slow_op" \
     "$OUT/$name.log" | tail -40; }

@@ -1,17 +1,21 @@
 """Kernel benchmarks: jaxla's ops beside their anchors, measured in one run on one GPU.
 
-    python -m benchmarks.kernels --op gla lightning selective_scan [--shape anchor ...]
-        [--packing dense packed] [--variant jaxla jla ...] [--modes fwd fwd+bwd] [--out DIR]
+    python -m benchmarks.kernels --op gla simple_gla lightning selective_scan
+        [--shape anchor ...] [--packing dense packed] [--variant jaxla jla fla mamba_ssm ...]
+        [--modes fwd fwd+bwd] [--out DIR]
 
 Cases come from `registry.py` (op x shape x dense/packed). For each case every variant gets the
 same inputs and is timed the same way: JAX variants as the mean of `--calls` back-to-back calls
 with one sync at the end (what `do_bench` does for PyTorch; the synchronised median is kept
-beside it in the JSON), PyTorch variants with `triton.testing.do_bench` (median). "fwd" times the
-output; "fwd+bwd" the gradient of `sum(out * do)` for a fixed random `do`, w.r.t. every input the
-op differentiates. `error` is the RMS relative error of each variant's output (fwd) or largest
-over its gradients (fwd+bwd) against the first variant that ran (jaxla). `floor` is the time to
-read every input once and write every output once at `--bandwidth` bytes/s (`--bandwidth` is a
-number measured on the machine, passed by whoever runs this; none is stored here).
+beside it in the JSON), PyTorch variants (FLA, mamba_ssm) with `triton.testing.do_bench`
+(median) on torch copies of the inputs, moved to the variant's own layout before the timing and
+back after it (mamba_ssm's time-last layout). A variant that cannot run a case (its package does
+not import, it has no packed kernel) says why in its row. "fwd" times the output; "fwd+bwd" the
+gradient of `sum(out * do)` for a fixed random `do`, w.r.t. every input the op differentiates.
+`error` is the RMS relative error of each variant's output (fwd) or largest over its gradients
+(fwd+bwd) against the first variant that ran (jaxla). `floor` is the time to read every input
+once and write every output once at `--bandwidth` bytes/s (`--bandwidth` is a number measured on
+the machine, passed by whoever runs this; none is stored here).
 The table printed last gives, per case, every variant's time and its ratio to jaxla's
 (> 1: jaxla is faster). Results go to `<out>/kernels.json`, written after every case.
 """
@@ -58,12 +62,15 @@ def _jax_timed(fn, args, do, mode, calls):
     return out, time_jax_pipelined(run, *args, calls=calls), time_jax(run, *args)
 
 
-def _torch_timed(fn, args, do, mode):
+def _torch_timed(fn, args, do, mode, layout=None):
+    """Times `fn` on torch copies of `args` in its own layout (`layout`, see `Variant`)."""
     import torch
+
+    layout = layout or (lambda t: t)
 
     def to_torch(x):
         t = torch.from_numpy(np.asarray(jnp.asarray(x, jnp.float32))).cuda()
-        return t.to(torch.bfloat16) if x.dtype == jnp.bfloat16 else t
+        return layout(t.to(torch.bfloat16) if x.dtype == jnp.bfloat16 else t)
 
     tensors = [to_torch(x) for x in args]
     tdo = to_torch(do)
@@ -82,7 +89,7 @@ def _torch_timed(fn, args, do, mode):
         run()
         outs = [t.grad for t in leaves]
     ms = time_torch(run)
-    outs = [jnp.asarray(o.detach().float().cpu().numpy()) for o in outs]
+    outs = [jnp.asarray(layout(o.detach()).float().cpu().numpy()) for o in outs]
     torch.cuda.empty_cache()
     return (outs[0] if mode == "fwd" else tuple(outs)), ms, None
 
@@ -92,9 +99,11 @@ def run_case(op: str, shape, packed: bool, variants, modes, calls, bandwidth, se
     x = bench.make(shape.dims, packed, seed)
     args = [x[n] for n in DIFF_ARGS[op]]
     out = None
-    for variant in bench.variants:  # the output's shape, from the first variant that traces
+    for variant in bench.variants:  # the output's shape, from the first JAX variant that traces
+        if variant.torch:
+            continue
         built = variant.build(x, packed)
-        if isinstance(built, str) or variant.torch:
+        if isinstance(built, str):
             continue
         try:
             out = jax.eval_shape(built, *args)
@@ -122,7 +131,7 @@ def run_case(op: str, shape, packed: bool, variants, modes, calls, bandwidth, se
             started = time.perf_counter()
             try:
                 if variant.torch:
-                    out, ms, ms_sync = _torch_timed(built, args, do, mode)
+                    out, ms, ms_sync = _torch_timed(built, args, do, mode, variant.torch_layout)
                 else:
                     out, ms, ms_sync = _jax_timed(built, args, do, mode, calls)
                 row.update(ms=ms, ms_sync=ms_sync)
@@ -175,10 +184,19 @@ def main(argv=None):
     parser.add_argument("--variant", nargs="+", help="variant names (default: all)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--calls", type=int, default=30, help="back-to-back calls per timing")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the inputs and cotangents")
     parser.add_argument("--bandwidth", type=float, help="measured bytes/s for the floor column")
     parser.add_argument("--label", default="", help="a label stored with the results")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args(argv)
+    if args.calls < 1:
+        parser.error(f"argument --calls: must be >= 1, got {args.calls}")
+    for option, given, known in (
+            ("--shape", args.shape, {s.name for op in args.op for s in OPS[op].shapes}),
+            ("--variant", args.variant, {v.name for op in args.op for v in OPS[op].variants})):
+        unknown = sorted(set(given or ()) - known)
+        if unknown:
+            parser.error(f"argument {option}: {unknown} not among the ops' {sorted(known)}")
 
     device = jax.devices()[0]
     meta = {"device": getattr(device, "device_kind", str(device)), "jax": jax.__version__,
@@ -192,7 +210,7 @@ def main(argv=None):
                 continue
             for packing in args.packing:
                 rows += run_case(op, shape, packing == "packed", args.variant, args.modes,
-                                 args.calls, args.bandwidth)
+                                 args.calls, args.bandwidth, args.seed)
                 name = f"kernels{'-' + args.label if args.label else ''}.json"
                 (args.out / name).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"{meta['device']}, jax {meta['jax']}, {meta['date']} {args.label}")

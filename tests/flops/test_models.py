@@ -29,7 +29,7 @@ def test_param_count_equals_num_params(name):
         variants.append({"use_short_conv": True})
     for over in variants:
         cfg = LMConfig.preset(name, **over)
-        model = nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0)))  # nothing allocated
+        model = nnx.eval_shape(lambda cfg=cfg: CausalLM(cfg, rngs=nnx.Rngs(0)))  # no arrays
         assert F.param_count(cfg) == model.num_params(), (name, over)
 
 

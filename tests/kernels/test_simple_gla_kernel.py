@@ -353,7 +353,7 @@ def test_recurrent_kernel_lowers_for_cuda(dtype):
     gates = ((jnp.zeros((2, 1, 3), F32), None), (None, jnp.zeros((3,), F32)), (None, None))
     for g, g_gamma in gates:
         text = lower_for_cuda(
-            lambda q, k, v, h: kernels.simple_gla_recurrent(
+            lambda q, k, v, h, g=g, g_gamma=g_gamma: kernels.simple_gla_recurrent(
                 q, k, v, g, g_gamma, initial_state=h, output_final_state=True, interpret=False),
             q, q, v, h0)
         assert text.count("__gpu$xla.gpu.triton") == 1

@@ -70,6 +70,15 @@ CASES = {
     "too many devices": (["--num_devices", "999"], "--num_devices: num_devices=999 but"),
     "batch over devices": (["--num_devices", "8", "--batch_size", "12"],
                            "--batch_size: must be divisible by the 8 devices"),
+    "launch option alone": (["--num_processes", "2"],
+                            "--num_processes: only with --distributed, got --num_processes 2"),
+    "coordinator without port": (["--distributed", "--coordinator_address", "host0"],
+                                 "--coordinator_address: must be HOST:PORT, got 'host0'"),
+    "process id out of range": (["--distributed", "--coordinator_address", "127.0.0.1:9",
+                                 "--num_processes", "2", "--process_id", "2"],
+                                "--process_id: must be < --num_processes 2, got 2"),
+    "launch option not a number": (["--distributed", "--num_processes", "two"],
+                                   "argument --num_processes: invalid int value: 'two'"),
 }
 
 

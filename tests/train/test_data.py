@@ -138,6 +138,59 @@ def test_mqar_and_random_datasets():
     assert rnd.train_batch(1)["weights"].all() and not rnd.has_accuracy
 
 
+@pytest.mark.parametrize("kind", ["text", "tokens", "mqar", "random"])
+def test_some_rows_of_a_batch_are_those_rows_of_the_whole_batch(tmp_path, rng, kind):
+    """What a process of several loads (`make_dataset(config, rows)`): its rows of every
+    training and validation batch, as one process loading the whole batches has them."""
+    argv = ["--data", kind, "--batch_size", "8", "--mqar_num_kv_pairs", "3"]
+    if kind in ("text", "tokens"):
+        path = tmp_path / ("corpus.txt" if kind == "text" else "tokens.npy")
+        tokens = rng.integers(97, 123, 5000)
+        if kind == "text":
+            path.write_bytes(tokens.astype(np.uint8).tobytes())
+        else:
+            np.save(path, tokens.astype(np.int32))
+        argv += ["--data_path", str(path)]
+    rows = np.sort(rng.choice(8, 3, replace=False))
+    ds, ds_rows = D.make_dataset(_config(*argv)), D.make_dataset(_config(*argv), rows)
+    step = int(rng.integers(1, 1000))
+    pairs = [(ds.train_batch(step), ds_rows.train_batch(step)),
+             *zip(ds.val_batches, ds_rows.val_batches, strict=True)]
+    for whole, part in pairs:
+        assert sorted(part) == sorted(whole)
+        for key in whole:
+            np.testing.assert_array_equal(part[key], whole[key][rows])
+    for bad in ([3, 1], [2, 2], [8], []):
+        with pytest.raises(ValueError, match=r"rows must be sorted distinct indices below "
+                                             r"batch_size=8, got \["):
+            D.make_dataset(_config(*argv), np.array(bad, np.int64))
+
+
+class _ReadsRecorded:
+    """A token array that records the start of every slice read from it."""
+
+    def __init__(self, tokens):
+        self.tokens, self.starts = tokens, []
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def __getitem__(self, window: slice):
+        self.starts.append(window.start)
+        return self.tokens[window]
+
+
+def test_rows_of_a_window_batch_read_only_their_windows(rng):
+    arr = _ReadsRecorded(rng.integers(0, 256, 5000))
+    seed = int(rng.integers(2**31))
+    D.window_batch(arr, np.random.default_rng(seed), 8, 16)
+    every_start, arr.starts = arr.starts, []
+    rows = np.array([1, 6])
+    part = D.window_batch(arr, np.random.default_rng(seed), 8, 16, rows=rows)
+    assert arr.starts == [every_start[1], every_start[6]]
+    assert part["inputs"].shape == part["weights"].shape == (2, 16)
+
+
 def test_prefetcher_yields_steps_in_order_and_reraises():
     ds = D.make_dataset(_config("--data", "random"))
     pf = D.Prefetcher(ds, 3, 6, lambda b: b)

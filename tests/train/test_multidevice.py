@@ -7,6 +7,7 @@ import pytest
 from jaxla.testing import assert_close
 from train import loop
 from train.checkpoint import Checkpointer
+from train.sharding import batch_sharding, make_mesh, process_rows, put_from_host, put_rows
 
 from .faults import Killed, kill_after
 from .helpers import corpus, tiny_config
@@ -56,3 +57,35 @@ def test_checkpoint_on_eight_devices_resumes_on_one(tmp_path, rng):
     assert_close(got, np.array([full["losses"][s] for s in steps], np.float32), name="losses")
     assert_close(np.float32(second["evals"][-1]["val_loss"]),
                  np.float32(full["evals"][-1]["val_loss"]), name="val loss")
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices (tests/conftest.py fakes them)")
+def test_rows_of_one_process_are_the_whole_batch_on_its_devices(rng):
+    """One process holds every device, so it loads every row; `put_rows` places row i of the
+    batch on the device of row i, as `jax.device_put` would (the two-process case:
+    tests/train/test_multiprocess.py)."""
+    mesh = make_mesh(fsdp=4)
+    sharding = batch_sharding(mesh)
+    rows = process_rows(sharding, 16)
+    np.testing.assert_array_equal(rows, np.arange(16))
+    batch = {"inputs": rng.integers(0, 256, (16, 5)).astype(np.int32),
+             "weights": rng.random((16, 5)).astype(np.float32)}
+    placed = put_rows(batch, rows, sharding, 16)
+    for name, x in batch.items():
+        want = jax.device_put(x, sharding)
+        assert placed[name].sharding == want.sharding
+        for got_shard, want_shard in zip(placed[name].addressable_shards,
+                                         want.addressable_shards, strict=True):
+            assert got_shard.device == want_shard.device
+            np.testing.assert_array_equal(np.asarray(got_shard.data), np.asarray(want_shard.data))
+    with pytest.raises(ValueError, match="inputs: 15 rows for the 16 rows of this process"):
+        put_rows({"inputs": batch["inputs"][:15]}, rows, sharding, 16)
+    # Rows that leave a device of this process without its rows are refused, not padded.
+    with pytest.raises(ValueError, match="inputs: a device of this process holds row 0, which "
+                                         "is not in rows"):
+        put_rows({"inputs": batch["inputs"][8:]}, np.arange(8, 16), sharding, 16)
+    state = {"w": rng.standard_normal((8, 12)).astype(np.float32)}
+    fsdp = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "fsdp"))
+    put = put_from_host(state, {"w": fsdp})
+    assert put["w"].sharding == fsdp
+    np.testing.assert_array_equal(np.asarray(put["w"]), state["w"])
