@@ -28,6 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pallas_kernels.aligned import Aligned as Aligned
+from pallas_kernels.aligned import align as align
+from pallas_kernels.aligned import aligned_length as aligned_length
+from pallas_kernels.aligned import from_aligned as from_aligned
+from pallas_kernels.aligned import to_aligned as to_aligned
+
 
 class Packing(NamedTuple):
     """What the implementations consume (exactly one of the two is set).
@@ -125,50 +131,6 @@ def starts_and_ends(docs) -> tuple[jax.Array, jax.Array]:
     differs = docs[1:] != docs[:-1]
     edge = jnp.ones((1,), bool)
     return jnp.concatenate([edge, differs]), jnp.concatenate([differs, edge])
-
-
-class Aligned(NamedTuple):
-    """Where each position goes when every document starts on a chunk boundary.
-
-    slots: `[T]` int32, the aligned position of every position.
-    sources: `[Tp]` int32, the position each aligned slot holds, or T for padding (a zero row).
-    chunk_docs: `[Tp / chunk]` int32, the document of every aligned chunk, -1 for padding chunks.
-    """
-
-    slots: jax.Array
-    sources: jax.Array
-    chunk_docs: jax.Array
-
-
-def aligned_length(seq_len: int, num_docs: int, chunk: int) -> int:
-    """A static bound on the aligned length: sum_n ceil(len_n / C) <= T / C + N chunks."""
-    return chunk * (-(-seq_len // chunk) + num_docs)
-
-
-def align(docs, num_docs: int, chunk: int) -> Aligned:
-    """The aligned layout of documents `docs [T]` for chunks of `chunk` steps."""
-    T = docs.shape[0]
-    Tp = aligned_length(T, num_docs, chunk)
-    lengths = jnp.zeros((num_docs,), jnp.int32).at[docs].add(1)
-    chunks = (lengths + chunk - 1) // chunk
-    first_chunk = jnp.cumsum(chunks) - chunks  # aligned chunk where each document starts
-    starts = jnp.cumsum(lengths) - lengths  # original position where each document starts
-    positions = jnp.arange(T, dtype=jnp.int32)
-    slots = (first_chunk[docs] * chunk + positions - starts[docs]).astype(jnp.int32)
-    sources = jnp.full((Tp,), T, jnp.int32).at[slots].set(positions)
-    chunk_docs = jnp.full((Tp // chunk,), -1, jnp.int32).at[slots // chunk].set(docs)
-    return Aligned(slots, sources, chunk_docs)
-
-
-def to_aligned(x, aligned: Aligned):
-    """`[1, T, ...]` -> `[1, Tp, ...]`: documents moved to chunk boundaries, zeros between."""
-    padded = jnp.concatenate([x, jnp.zeros_like(x[:, :1])], axis=1)
-    return jnp.take(padded, aligned.sources, axis=1)
-
-
-def from_aligned(x, aligned: Aligned):
-    """`[1, Tp, ...]` -> `[1, T, ...]`, the inverse of `to_aligned` on the documents' slots."""
-    return jnp.take(x, aligned.slots, axis=1)
 
 
 def chunk_edges(chunk_docs) -> tuple[jax.Array, jax.Array]:

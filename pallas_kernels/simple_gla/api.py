@@ -13,7 +13,7 @@ Packed documents (`packing.py`; a static mode, "none" is the dense path with no 
   kernel's chunk), g the total per-step gate (zero on padding rows; a g_gamma would decay them,
   so it is refused), states `[num_docs, H, K, V]`.
 * docs `[T]` (recurrent, B = 1): per-step document edges in the forward kernel. Its gradients
-  come from the chunked per-document backward on a copy aligned to chunks (`packing.align`)
+  come from the chunked per-document backward on a copy aligned to chunks (`pallas_kernels.aligned`)
   with the total gate per step: exact, and no second backward to keep; the alignment costs a
   gather of q, k, v, do and up to num_docs padding chunks, which a decoding-sized input bears.
 """
@@ -29,17 +29,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels._common import default_interpret, is_pow2, pad_axis, padded_dim
+from pallas_kernels.aligned import align, from_aligned, to_aligned
 from pallas_kernels.simple_gla.chunk_bwd import chunk_bwd
 from pallas_kernels.simple_gla.chunk_fwd import chunk_fwd
 from pallas_kernels.simple_gla.common import LOG2E
 from pallas_kernels.simple_gla.config import MAX_CHUNK, BlockSizes, check_head_dims
-from pallas_kernels.simple_gla.packing import (
-    align,
-    chunk_starts,
-    document_edges,
-    from_aligned,
-    to_aligned,
-)
+from pallas_kernels.simple_gla.packing import chunk_starts, document_edges
 from pallas_kernels.simple_gla.recurrent import recurrent_fwd
 
 DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))

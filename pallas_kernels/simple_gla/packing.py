@@ -9,13 +9,11 @@ jaxla):
   state. The chunked kernels take inputs already aligned so that every document starts on a
   chunk boundary, with `chunk_docs [NT]` (the document of each chunk, -1 on padding chunks whose
   inputs and gates are zero); both forms read `document_edges`.
-`align` / `to_aligned` / `from_aligned` build that layout (as `jaxla.ops.packing.align` does)
-for the recurrent form's backward, which runs the chunked backward kernels on it.
+`pallas_kernels.aligned` builds that layout (for the ops, and here for the recurrent form's
+backward, which runs the chunked backward kernels on it).
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,40 +41,3 @@ def document_edges(docs) -> jax.Array:
     first = jnp.where(real & (docs != before), docs, -1)
     last = jnp.where(real & (docs != after), docs, -1)
     return jnp.stack([first, last]).astype(jnp.int32)
-
-
-class Aligned(NamedTuple):
-    """slots `[T]`: the aligned position of each step; sources `[Tp]`: the step each aligned
-    position holds (T for padding, a zero row); chunk_docs `[Tp / chunk]` (-1 for padding)."""
-
-    slots: jax.Array
-    sources: jax.Array
-    chunk_docs: jax.Array
-
-
-def align(docs, num_docs: int, chunk: int) -> Aligned:
-    """Every document of `docs [T]` moved to start on a chunk boundary; static length
-    Tp = chunk * (ceil(T / chunk) + num_docs), a bound on sum_n ceil(len_n / chunk) chunks."""
-    T = docs.shape[0]
-    Tp = chunk * (-(-T // chunk) + num_docs)
-    docs = docs.astype(jnp.int32)
-    lengths = jnp.zeros((num_docs,), jnp.int32).at[docs].add(1)
-    chunks = (lengths + chunk - 1) // chunk
-    first_chunk = jnp.cumsum(chunks, dtype=jnp.int32) - chunks
-    starts = jnp.cumsum(lengths, dtype=jnp.int32) - lengths
-    positions = jnp.arange(T, dtype=jnp.int32)
-    slots = (first_chunk[docs] * chunk + positions - starts[docs]).astype(jnp.int32)
-    sources = jnp.full((Tp,), T, jnp.int32).at[slots].set(positions)
-    chunk_docs = jnp.full((Tp // chunk,), -1, jnp.int32).at[slots // chunk].set(docs)
-    return Aligned(slots, sources, chunk_docs)
-
-
-def to_aligned(x, aligned: Aligned):
-    """`[1, T, ...]` -> `[1, Tp, ...]`, zeros on padding rows."""
-    padded = jnp.concatenate([x, jnp.zeros_like(x[:, :1])], axis=1)
-    return jnp.take(padded, aligned.sources, axis=1)
-
-
-def from_aligned(x, aligned: Aligned):
-    """`[1, Tp, ...]` -> `[1, T, ...]`: the rows of the steps."""
-    return jnp.take(x, aligned.slots, axis=1)

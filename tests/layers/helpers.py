@@ -104,3 +104,19 @@ def gather_documents(y, docs):
 def packed_positions(y, docs):
     """The positions of every document of the packed `y [B, T, ...]`, concatenated in order."""
     return jnp.concatenate([y[b, start:end] for b, start, end in docs])
+
+
+def outputs_and_param_grads(module, x, cotangent, **kw):
+    """`(y, d sum(y * cotangent) / d params)` of `module(x, **kw)`, jitted (a layer or a model)."""
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+    @jax.jit
+    def run(params, x, cotangent, kw):
+        def loss(params):
+            y = nnx.merge(graphdef, params, rest)(x, **kw)
+            return jnp.sum(y * cotangent), y
+
+        (_, y), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return y, grads
+
+    return run(params, x, cotangent, kw)

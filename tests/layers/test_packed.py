@@ -29,6 +29,7 @@ from tests.layers.helpers import (
     float64_copy,
     gather_documents,
     one_document_per_row,
+    outputs_and_param_grads,
     packed_documents,
     packed_positions,
     randomize_params,
@@ -74,22 +75,6 @@ CASES = [("gla", 40, False), ("gla_conv_grouped", 100, True), ("lightning", 40, 
          ("attention_gqa", 100, True), ("short_conv", 40, False)]
 
 
-def _outputs_and_grads(module, x, cotangent, **kw):
-    """`(y, d sum(y * cotangent) / d params)`, jitted."""
-    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
-
-    @jax.jit
-    def run(params, x, cotangent, kw):
-        def loss(params):
-            y = nnx.merge(graphdef, params, rest)(x, **kw)
-            return jnp.sum(y * cotangent), y
-
-        (_, y), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        return y, grads
-
-    return run(params, x, cotangent, kw)
-
-
 def check_packed_equals_documents(module, rng, T, x64, *, reference=None, dtype=jnp.float32,
                                   length=None):
     """Packed rows of T through `module` against one document per row of `length` (default:
@@ -98,7 +83,7 @@ def check_packed_equals_documents(module, rng, T, x64, *, reference=None, dtype=
     x = normal(rng, (B, T, D), dtype)
     cotangent = normal(rng, (B, T, D), dtype)
     with jax.enable_x64(x64):
-        y, grads = _outputs_and_grads(module, x, cotangent,
+        y, grads = outputs_and_param_grads(module, x, cotangent,
                                       segment_ids=ids.astype(jnp.int64 if x64 else jnp.int32))
 
     L = length or max(end - start for _, start, end in docs)
@@ -106,10 +91,10 @@ def check_packed_equals_documents(module, rng, T, x64, *, reference=None, dtype=
     x_docs = one_document_per_row(x, docs, padding)
     ct_docs = one_document_per_row(cotangent, docs, jnp.zeros_like(padding))
     if reference is None:
-        y_docs, grads_docs = _outputs_and_grads(module, x_docs, ct_docs)
+        y_docs, grads_docs = outputs_and_param_grads(module, x_docs, ct_docs)
     else:
         with jax.enable_x64(True):
-            y_docs, grads_docs = _outputs_and_grads(reference(), x_docs.astype(jnp.float64),
+            y_docs, grads_docs = outputs_and_param_grads(reference(), x_docs.astype(jnp.float64),
                                                     ct_docs.astype(jnp.float64))
 
     assert_close(packed_positions(y, docs), gather_documents(y_docs, docs), name="output",

@@ -22,26 +22,12 @@ from tests.layers.helpers import (
     float64_copy,
     gather_documents,
     one_document_per_row,
+    outputs_and_param_grads,
     packed_documents,
     packed_positions,
 )
 
 B, V = 2, 64
-
-
-def _logits_and_grads(model, ids, cotangent, **kw):
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    @jax.jit
-    def run(params, ids, cotangent, kw):
-        def loss(params):
-            logits = nnx.merge(graphdef, params, rest)(ids, **kw)
-            return jnp.sum(logits * cotangent), logits
-
-        (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        return logits, grads
-
-    return run(params, ids, cotangent, kw)
 
 
 # The ops' step-by-step implementation compiles fastest (tests/ops holds the others to it on
@@ -75,7 +61,7 @@ def test_packed_model_equals_its_documents_run_alone(case, rng):
     tokens = jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32)
     cotangent = jnp.asarray(rng.standard_normal((B, T, V)), jnp.float32)
     with jax.enable_x64(x64):
-        logits, grads = _logits_and_grads(
+        logits, grads = outputs_and_param_grads(
             model, tokens, cotangent, segment_ids=ids.astype(jnp.int64 if x64 else jnp.int32))
 
     L = max(end - start for _, start, end in docs)
@@ -85,7 +71,7 @@ def test_packed_model_equals_its_documents_run_alone(case, rng):
     with jax.enable_x64(True):
         reference = float64_copy(lambda: CausalLM(
             config.replace(dtype="float64", param_dtype="float64"), rngs=nnx.Rngs(0)), model)
-        logits_docs, grads_docs = _logits_and_grads(reference, tokens_docs,
+        logits_docs, grads_docs = outputs_and_param_grads(reference, tokens_docs,
                                                     ct_docs.astype(jnp.float64))
 
     assert_close(packed_positions(logits, docs), gather_documents(logits_docs, docs),

@@ -157,7 +157,8 @@ def test_packed_loss_is_the_sum_over_documents_alone(tmp_path, rng):
     """The eval step on packed rows: its CE sum and target count equal those of every segment
     run alone (each in its own row from t = 0, padded after it with weight 0)."""
     config = tiny_config(tmp_path / "run", _text_folder(tmp_path, rng), "--seq_len", "48",
-                         "--val_fraction", "0.2")
+                         "--val_fraction", "0.2",
+                         "--initializer_range", "0.3")  # outputs that depend on the context
     batch = D.make_dataset(config).train_batch(1)
     graphdef, params, constants = split_model(build_model(config.model, seed=1))
     eval_step = jax.jit(make_eval_step(graphdef, constants))
