@@ -112,7 +112,7 @@ def main(argv=None):
     if not python:
         sys.exit("set TRITON_PYTHON to an interpreter with `pip install triton==3.6.0`")
     K, V = padded_dim(args.shape[3]), padded_dim(args.shape[4])
-    bs = BlockSizes.get_default(K, V)
+    bs = BlockSizes.get_default(head_dim_k=K, head_dim_v=V)
     bs = dataclasses.replace(bs, **{k: json.loads(v) for k, v in (s.split("=") for s in args.set)})
     ttir = capture_ttir(tuple(args.shape), jnp.dtype(args.dtype), bs)
     folder = tempfile.mkdtemp(prefix="gla_ttir_")

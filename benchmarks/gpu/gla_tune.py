@@ -114,7 +114,7 @@ def main(argv=None):
         parser.error(f"argument --dims: {e}")
     B, T, H, K, V = (dims[d] for d in "BTHKV")
     h0 = jnp.zeros((B, H, K, V), jnp.float32)
-    default = BlockSizes.get_default(K, V)
+    default = BlockSizes.get_default(head_dim_k=K, head_dim_v=V)
     scale = K**-0.5
     results = {"device": str(jax.devices()[0].device_kind), "default": dataclasses.asdict(default),
                "kernels": {}}

@@ -94,8 +94,9 @@ FWD_FIELDS = ("block_d", "chunk", "unroll", "prefetch", "num_warps", "num_stages
 
 
 def block_sizes(dims: dict, fields: dict) -> BlockSizes:
-    """The op's default blocks for this shape (`get_default(shape=...)`), `fields` over them."""
-    return BlockSizes.get_default(dims["N"], shape=(dims["B"], dims["T"], dims["D"]), **fields)
+    """The op's blocks for this shape (`get_default`, then `for_call`), `fields` over them."""
+    call = dict(state_size=dims["N"], batch=dims["B"], seq_len=dims["T"], channels=dims["D"])
+    return BlockSizes.get_default(**call, **fields).for_call(**call)
 
 
 def xla_op(u, delta, A, B, C, D, z, delta_bias):
@@ -156,7 +157,7 @@ def forward_only(names, dims, args, ref_out, budget):
             continue
         try:
             t0 = time.perf_counter()
-            bs = block_sizes(dims, FWD_VARIANTS[name]).for_channels(dims["D"])  # as the op
+            bs = block_sizes(dims, FWD_VARIANTS[name])
             fn = jax.jit(_fwd_save_fn(bs))
             out, _ = jax.block_until_ready(fn(*args))
             compile_s = time.perf_counter() - t0

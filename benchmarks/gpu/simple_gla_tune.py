@@ -41,8 +41,8 @@ BS = kernels.BlockSizes
 
 # name -> BlockSizes. The first is the default; the rest change one or two things each.
 VARIANTS = {
-    "default": BS.get_default(D, D, jnp.bfloat16),
-    "fuse_bwd": dataclasses.replace(BS.get_default(D, D, jnp.bfloat16), fuse_bwd=True),
+    "default": BS.get_default(head_dim_k=D, head_dim_v=D, dtype=jnp.bfloat16),
+    "fuse_bwd": BS.get_default(head_dim_k=D, head_dim_v=D, dtype=jnp.bfloat16, fuse_bwd=True),
     "tiles32": BS(block_v=32, block_k_dq=32, block_k_dk=32, block_v_dv=32),
     "tiles32_fuse": BS(block_v=32, block_k_dq=32, block_k_dk=32, block_v_dv=32, fuse_bwd=True),
     # Whole heads per program: fewer FLOPs (no recomputed q k^T / do v^T), fewer programs.

@@ -173,16 +173,16 @@ def chunk_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state:
     scale, q = _static_scale(scale, q)
     interpret = default_interpret() if interpret is None else interpret
     T, K, V = q.shape[1], q.shape[-1], v.shape[-1]
-    Kp, Vp = padded_dim(K), padded_dim(V)
     if documents:
         chunk_size = T // chunk_docs.shape[0]
         if chunk_size * chunk_docs.shape[0] != T or chunk_size > MAX_CHUNK:
             raise ValueError(f"aligned documents need T = NT * chunk with chunk <= {MAX_CHUNK}, "
                              f"got T={T}, chunk_docs.shape={chunk_docs.shape}")
-    bs = block_sizes or BlockSizes.get_default(Kp, Vp, chunk=chunk_size)
+    dims = dict(head_dim_k=K, head_dim_v=V, seq_len=T)
+    bs = block_sizes or BlockSizes.get_default(**dims, chunk=min(chunk_size, MAX_CHUNK))
     if documents:
         bs = dataclasses.replace(bs, chunk=chunk_size)
-    bs = bs.for_dims(Kp, Vp, T)
+    bs = bs.for_call(**dims)
     (qp, kp, vp, gp, h0), (T, K, V) = _prepare(q, k, v, g, initial_state, bs.chunk,
                                                num_docs if documents else None)
     if documents:
@@ -210,8 +210,8 @@ def fused_recurrent_gla(q, k, v, g, *, scale=None, initial_state=None,
     scale, q = _static_scale(scale, q)
     interpret = default_interpret() if interpret is None else interpret
     K, V = q.shape[-1], v.shape[-1]
-    Kp, Vp = padded_dim(K), padded_dim(V)
-    bs = (block_sizes or BlockSizes.get_default(Kp, Vp)).for_dims(Kp, Vp, q.shape[1])
+    dims = dict(head_dim_k=K, head_dim_v=V, seq_len=q.shape[1])
+    bs = (block_sizes or BlockSizes.get_default(**dims)).for_call(**dims)
     (qp, kp, vp, gp, h0), (T, K, V) = _prepare(q, k, v, g, initial_state, 1,
                                                num_docs if documents else None)
     if documents:

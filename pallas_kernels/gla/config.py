@@ -6,7 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from pallas_kernels._common import is_pow2
+from pallas_kernels._common import is_pow2, next_pow2, padded_dim
 
 MAX_HEAD_DIM = 256  # K and V (after padding to a power of two) the kernels take
 MAX_CHUNK = 128
@@ -99,16 +99,20 @@ class BlockSizes:
                 raise ValueError(f"{name} must be an int in [1, 8], got {value}")
 
     @classmethod
-    def get_default(cls, K: int = 128, V: int = 128, *, chunk: int = 64) -> BlockSizes:
-        """Defaults for padded head dims K, V (powers of two in [16, 256])."""
+    def get_default(cls, *, head_dim_k: int, head_dim_v: int, seq_len: int | None = None,
+                    **overrides) -> BlockSizes:
+        """Defaults for heads `[.., head_dim_k]` / `[.., head_dim_v]` (padded to powers of two
+        >= 16 here); `overrides` replace fields (e.g. `chunk`). `seq_len` is accepted for the
+        common `get_default(**dims)` / `for_call(**dims)` shape and does not change defaults."""
+        del seq_len
+        K, V = padded_dim(head_dim_k), padded_dim(head_dim_v)
         # Measured on an H100 at B=4, T=4096, H=16, K=V=128 bf16 (benchmarks/gpu/gla_tune.py,
         # 2026-11-24): state tiles of 16 x 128 with 3 stages (0.56 vs 0.71 ms for 32 x 128), and
         # 4-warp per-chunk kernels (output 0.56 vs 0.89 ms, grads 1.65 vs 1.96 ms with 8 warps)
         # although offline Triton 3.6 showed 4 warps spilling: whole op fwd+bwd 2.20 vs 2.54 ms.
         # Wider heads keep 8 warps (more live [C, block_k] tiles per program).
         wide = max(K, V) > 128
-        return cls(
-            chunk=min(chunk, MAX_CHUNK),
+        sizes = dict(
             # K/16 * B*H state-scan programs: 512 at the anchor shape (B*H = 64) for 132 SMs.
             block_k_state=min(K, 16),
             block_v_state=min(V, 128),
@@ -118,10 +122,13 @@ class BlockSizes:
             num_warps_fwd=8 if wide else 4,
             num_warps_bwd=8 if wide else 4,
         )
+        return cls(**(sizes | overrides))
 
-    def for_dims(self, K: int, V: int, T: int) -> BlockSizes:
-        """These sizes clipped to padded head dims K, V and sequence length T."""
-        chunk = min(self.chunk, max(16, 1 << max(0, T - 1).bit_length()))
+    def for_call(self, *, head_dim_k: int, head_dim_v: int, seq_len: int) -> BlockSizes:
+        """These sizes fitted to one call: tiles clipped to the padded head dims, the chunk to
+        `next_pow2(seq_len)` (at least 16)."""
+        K, V = padded_dim(head_dim_k), padded_dim(head_dim_v)
+        chunk = min(self.chunk, max(16, next_pow2(seq_len)))
         return dataclasses.replace(
             self,
             chunk=chunk,

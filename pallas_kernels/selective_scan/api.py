@@ -131,7 +131,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, delta_bias=None,
         (non-decreasing from 0); a document starts where t = 0 or docs[t] != docs[t - 1]
         (its initial state, or zero, replaces the state) and its final state is the state
         after its last step.
-      block_sizes: tiling (default `BlockSizes.get_default(N, shape=u.shape)`).
+      block_sizes: tiling (default `BlockSizes.get_default` for this call's dims).
 
     Returns:
       `(out [Bt, T, D] in u.dtype, final_state [Bt, D, N] float32)` (`[num_docs, D, N]` in
@@ -149,17 +149,16 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, *, delta_bias=None,
         raise ValueError(f"the pallas selective scan takes N <= {MAX_N}, got {A.shape=}")
     if interpret is None:
         interpret = default_interpret()
-    if block_sizes is None:
-        block_sizes = BlockSizes.get_default(N, shape=u.shape)
 
     B4 = B[:, :, None] if B.ndim == 3 else B
     C4 = C[:, :, None] if C.ndim == 3 else C
     G = math.lcm(B4.shape[2], C4.shape[2])
     B4, C4 = _expand_groups(B4, G), _expand_groups(C4, G)
+    dims = dict(state_size=N, batch=Bt, seq_len=T, channels=Dm, groups=G)
+    block_sizes = (block_sizes or BlockSizes.get_default(**dims)).for_call(**dims)
 
     # Pad the channels of each group to a multiple of the channel blocks and N to a power of two.
     Dg = Dm // G
-    block_sizes = block_sizes.for_channels(Dg)
     block = max(block_sizes.block_d, block_sizes.block_d_bwd)
     Dg_pad = -(-Dg // block) * block
     Np = next_pow2(N)

@@ -25,7 +25,7 @@ def unsupported(*, state_size: int, dtype) -> str | None:
 _FWD_ELEMENTS_PER_THREAD = 64
 # Default state elements per thread in a backward sub-chunk (sub x N).
 _BWD_SUB_ELEMENTS = 64
-# Chunks for `get_default(shape=...)`, longest first, and the programs a default chunk must
+# Chunks for `get_default` given the input's shape, longest first, and the programs a default chunk must
 # leave (measured on an H200 at B=4, D=2048, N=16, T=1024..8192, 2026-12-03; RESULTS.md).
 # Forward: about one wave of pass-2 programs (132 SMs x 4 resident programs of 2 warps at 255
 # registers); at every T the chunk leaving 512 programs beat the longer and shorter ones.
@@ -72,7 +72,7 @@ class BlockSizes:
 
     # Without a shape: chunk 64 / chunk_bwd 256, the fastest of the variants measured on an H100
     # at B=4, T=4096, D=2048, N=16 (benchmarks/gpu/selective_scan_tune.py, 2026-11-24). The op
-    # calls `get_default(N, shape=u.shape)`, which picks both chunks from the problem's size.
+    # calls `get_default` with the input's shape, which picks both chunks from the problem's size.
     block_d: int = 256
     chunk: int = 64
     unroll: int = 4
@@ -115,27 +115,31 @@ class BlockSizes:
             )
 
     @classmethod
-    def get_default(cls, N: int = 16, *, shape: tuple[int, int, int] | None = None,
+    def get_default(cls, *, state_size: int, batch: int | None = None,
+                    seq_len: int | None = None, channels: int | None = None, groups: int = 1,
                     **overrides) -> BlockSizes:
-        """Defaults for state size `N`: the channel blocks shrink as N grows.
+        """Defaults for state size N = `state_size`: the channel blocks shrink as N grows;
+        `overrides` replace fields.
 
-        shape: `(batch, T, channels)` of the input; when given, `chunk` and `chunk_bwd` (unless
-          overridden) are the longest of `_FWD_CHUNKS` / `_BWD_CHUNKS` that still leave
-          `_FWD_MIN_PROGRAMS` / `_BWD_MIN_PROGRAMS` programs (else the shortest): longer chunks
-          carry fewer states between chunks, but each program's steps are a serial chain, and
-          too few programs leave SMs idle.
+        batch, seq_len, channels: the input's `[batch, seq_len, channels]`; when all are given,
+          `chunk` and `chunk_bwd` (unless overridden) are the longest of `_FWD_CHUNKS` /
+          `_BWD_CHUNKS` that still leave `_FWD_MIN_PROGRAMS` / `_BWD_MIN_PROGRAMS` programs
+          (else the shortest): longer chunks carry fewer states between chunks, but each
+          program's steps are a serial chain, and too few programs leave SMs idle. `groups`
+          (of B and C) is accepted for the common `get_default(**dims)` / `for_call(**dims)`
+          shape and does not change defaults.
         """
-        if not 1 <= N <= MAX_N:
-            raise ValueError(f"state size N must be in [1, {MAX_N}], got {N=}")
-        n = next_pow2(N)
+        del groups
+        if not 1 <= state_size <= MAX_N:
+            raise ValueError(f"state size N must be in [1, {MAX_N}], got {state_size=}")
+        n = next_pow2(state_size)
         warps = overrides.get("num_warps", cls.__dataclass_fields__["num_warps"].default)
         per_thread = max(1, min(4, _FWD_ELEMENTS_PER_THREAD // n))
         sub = max(1, min(4, _BWD_SUB_ELEMENTS // n))
         unroll = overrides.get("unroll", cls.__dataclass_fields__["unroll"].default)
         sizes = dict(block_d=per_thread * 32 * warps, sub=sub, checkpoint=max(2 * sub, unroll))
         sizes.update(overrides)
-        if shape is not None:
-            batch, T, channels = shape
+        if None not in (batch, seq_len, channels):
 
             def field(name):
                 return sizes.get(name, cls.__dataclass_fields__[name].default)
@@ -146,16 +150,19 @@ class BlockSizes:
                     return
                 blocks = batch * -(-channels // block_d)
                 sizes[name] = next(
-                    (c for c in chunks if blocks * -(-T // c) >= min_programs), chunks[-1])
+                    (c for c in chunks if blocks * -(-seq_len // c) >= min_programs), chunks[-1])
 
             longest("chunk", _FWD_CHUNKS, field("block_d"), field("unroll"), _FWD_MIN_PROGRAMS)
             longest("chunk_bwd", _BWD_CHUNKS, field("block_d_bwd"), field("checkpoint"),
                     _BWD_MIN_PROGRAMS)
         return cls(**sizes)
 
-    def for_channels(self, channels_per_group: int) -> BlockSizes:
-        """Clamp the channel blocks to the channels of one group (rounded up to a power of two)."""
-        limit = next_pow2(channels_per_group)
+    def for_call(self, *, state_size: int, batch: int, seq_len: int, channels: int,
+                 groups: int = 1) -> BlockSizes:
+        """These sizes fitted to one call: the channel blocks clamped to the channels of one
+        group of B and C (`channels // groups`, rounded up to a power of two)."""
+        del state_size, batch, seq_len
+        limit = next_pow2(channels // groups)
         return dataclasses.replace(
             self, block_d=min(self.block_d, limit), block_d_carry=min(self.block_d_carry, limit),
             block_d_bwd=min(self.block_d_bwd, limit),

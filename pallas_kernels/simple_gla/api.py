@@ -236,9 +236,8 @@ def _static(q, v, g, g_gamma, scale, output_final_state, block_sizes, interpret,
     if jnp.dtype(q.dtype) not in DTYPES:
         raise TypeError(
             f"the Pallas kernel takes bfloat16, float16 or float32 inputs, got {q.dtype=}")
-    if block_sizes is None:
-        block_sizes = BlockSizes.get_default(K, V, q.dtype, chunk)
-    block_sizes = block_sizes.resolve(padded_dim(K), padded_dim(V), q.dtype)
+    dims = dict(head_dim_k=K, head_dim_v=V, dtype=q.dtype)
+    block_sizes = (block_sizes or BlockSizes.get_default(**dims, chunk=chunk)).for_call(**dims)
     if gate_grad is None:
         # A gate held as a constant (numpy, or a concrete array outside any trace) cannot be
         # differentiated: skip its gradient (lightning attention's g_gamma).

@@ -37,7 +37,7 @@ class BlockSizes:
     num_warps / num_stages: Triton launch parameters of the forward and backward kernels
       (None = the defaults chosen from the head dims).
     block_v_recurrent: V tile of the recurrent (decoding) kernel.
-    Tiles larger than the padded head dim are clamped to it (`resolve`).
+    Tiles larger than the padded head dim are clamped to it (`for_call`).
     """
 
     chunk: int = 64
@@ -70,9 +70,9 @@ class BlockSizes:
                 raise ValueError(f"{name} must be an int in [1, 8], got {name}={value!r}")
 
     @classmethod
-    def get_default(cls, head_dim_k: int = 128, head_dim_v: int = 128, dtype=jnp.bfloat16,
-                    chunk: int = 64) -> BlockSizes:
-        """Defaults for `[.., K]` / `[.., V]` heads.
+    def get_default(cls, *, head_dim_k: int, head_dim_v: int, dtype, **overrides) -> BlockSizes:
+        """Defaults for heads `[.., head_dim_k]` / `[.., head_dim_v]` of `dtype`; `overrides`
+        replace fields (e.g. `chunk`, which the launch parameters depend on).
 
         State tiles of at most 128 x 64 float32 (64 registers per thread at 4 warps); 8 warps
         once a head dim exceeds 128 or the chunk exceeds 64. Shared memory holds num_stages
@@ -81,10 +81,10 @@ class BlockSizes:
         state tiles, to stay under the H100's 227 KB.
         """
         Kp, Vp = padded_dim(head_dim_k), padded_dim(head_dim_v)
+        chunk = overrides.get("chunk", cls.__dataclass_fields__["chunk"].default)
         big = max(Kp, Vp) > 128 or chunk > 64
         tile = 32 if (big and jnp.dtype(dtype).itemsize >= 4 and max(Kp, Vp) > 128) else 64
-        return cls(
-            chunk=chunk,
+        sizes = dict(
             block_v=min(tile, Vp),
             block_k_dq=min(tile, Kp),
             block_k_dk=min(tile, Kp),
@@ -94,10 +94,14 @@ class BlockSizes:
             num_warps_bwd=8 if big else 4,
             num_stages_bwd=1 if big else 3,
         )
+        return cls(**(sizes | overrides))
 
-    def resolve(self, Kp: int, Vp: int, dtype=jnp.bfloat16) -> BlockSizes:
-        """Clamp tiles to the padded head dims `Kp`, `Vp`; fill unset launch parameters."""
-        default = BlockSizes.get_default(Kp, Vp, dtype, self.chunk)
+    def for_call(self, *, head_dim_k: int, head_dim_v: int, dtype) -> BlockSizes:
+        """These sizes fitted to one call: tiles clamped to the padded head dims, unset launch
+        parameters filled from the defaults for this chunk."""
+        Kp, Vp = padded_dim(head_dim_k), padded_dim(head_dim_v)
+        default = BlockSizes.get_default(head_dim_k=Kp, head_dim_v=Vp, dtype=dtype,
+                                         chunk=self.chunk)
         return dataclasses.replace(
             self,
             block_v=min(self.block_v, Vp),

@@ -57,6 +57,6 @@ def test_time_chunks_match_spec(rng, case, interpret):
 @pytest.mark.parametrize("chunk, chunk_bwd", [(64, 256), (256, 512)])
 def test_time_chunks_on_gpu_bfloat16(rng, chunk, chunk_bwd):
     """A GPU-sized shape whose T is a multiple of no chunk, default tiles otherwise."""
-    bs = BlockSizes.get_default(16, chunk=chunk, chunk_bwd=chunk_bwd)
+    bs = BlockSizes.get_default(state_size=16, chunk=chunk, chunk_bwd=chunk_bwd)
     check_against_spec(rng, 1000, 512, 16, 2, ALL, dtype=jnp.bfloat16, interpret=False,
                        block_sizes=bs)

@@ -33,7 +33,7 @@ FLAT = BlockSizes(block_d=16, unroll=2, chunk=24, checkpoint=8, block_d_bwd=16, 
                   sub=8, prefetch=False)
 
 
-BLOCKS = {"default": None, "small": SMALL, "flat": FLAT, "wide": BlockSizes.get_default(64)}
+BLOCKS = {"default": None, "small": SMALL, "flat": FLAT, "wide": BlockSizes.get_default(state_size=64)}
 
 # (T, D, N, groups, use_D, use_z, use_bias, softplus, with_h0, blocks): each option on and off,
 # T in {1, 63, 65, 300}, N in {4, 12, 16, 64}, D not a multiple of the channel block (24, 40, 48;
@@ -185,11 +185,11 @@ def test_mamba_370m_layer_shape(rng, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bs", [
-    BlockSizes.get_default(16, chunk=1 << 20, chunk_bwd=1 << 20),
-    BlockSizes.get_default(16, sub=4, checkpoint=16, chunk=64, chunk_bwd=256),
-    BlockSizes.get_default(16, num_warps=1, block_d=128, unroll=2, prefetch=True,
+    BlockSizes.get_default(state_size=16, chunk=1 << 20, chunk_bwd=1 << 20),
+    BlockSizes.get_default(state_size=16, sub=4, checkpoint=16, chunk=64, chunk_bwd=256),
+    BlockSizes.get_default(state_size=16, num_warps=1, block_d=128, unroll=2, prefetch=True,
                            num_warps_bwd=2, block_d_bwd=64, sub=2, checkpoint=8),
-    BlockSizes.get_default(16, num_warps=4, block_d=512, unroll=8, sub=8, checkpoint=8,
+    BlockSizes.get_default(state_size=16, num_warps=4, block_d=512, unroll=8, sub=8, checkpoint=8,
                            num_stages=2, num_stages_bwd=2),
 ], ids=["one-chunk", "s4-c16-fc64-cb256", "fw1-u2-pf-bw2-s2", "fw4-u8-s8-stages2"])
 def test_block_variants_on_gpu(rng, bs):
@@ -216,8 +216,8 @@ def test_block_sizes_validation():
     with pytest.raises(ValueError, match="num_warps must be a power of two"):
         BlockSizes(num_warps=3)
     with pytest.raises(ValueError, match="state size N must be in"):
-        BlockSizes.get_default(MAX_N + 1)
-    wide = BlockSizes.get_default(64)  # at most 64 forward state elements per thread
+        BlockSizes.get_default(state_size=MAX_N + 1)
+    wide = BlockSizes.get_default(state_size=64)  # at most 64 forward state elements per thread
     assert wide.block_d * 64 <= 64 * 32 * wide.num_warps and wide.sub * 64 <= 64
 
 
@@ -231,13 +231,15 @@ def test_block_sizes_validation():
 ])
 def test_default_chunks_follow_the_shape(shape, chunk, chunk_bwd):
     """The longest chunks that leave a wave of programs (config._FWD/_BWD_MIN_PROGRAMS)."""
-    bs = BlockSizes.get_default(16, shape=shape)
+    dims = dict(state_size=16, batch=shape[0], seq_len=shape[1], channels=shape[2])
+    bs = BlockSizes.get_default(**dims)
     assert (bs.chunk, bs.chunk_bwd) == (chunk, chunk_bwd)
-    assert BlockSizes.get_default(16, shape=shape, chunk=32).chunk == 32  # overrides win
-    assert BlockSizes.get_default(16, shape=shape, chunk_bwd=64).chunk_bwd == 64
+    assert BlockSizes.get_default(**dims, chunk=32).chunk == 32  # overrides win
+    assert BlockSizes.get_default(**dims, chunk_bwd=64).chunk_bwd == 64
     # only chunks the other fields allow: chunk_bwd a multiple of checkpoint
-    assert BlockSizes.get_default(16, shape=shape, checkpoint=256).chunk_bwd == 256
-    assert BlockSizes.get_default(16) == BlockSizes.get_default(16, chunk=64, chunk_bwd=256)
+    assert BlockSizes.get_default(**dims, checkpoint=256).chunk_bwd == 256
+    assert BlockSizes.get_default(state_size=16) == BlockSizes.get_default(
+        state_size=16, chunk=64, chunk_bwd=256)
 
 
 def test_unsupported_inputs_raise(rng):
@@ -344,7 +346,8 @@ def _check_lowering(batch, T, D, N, groups, dtype, bs, optional, packing, x64):
         return vjp(outs)
 
     # The chunk-state passes run only when there is more than one time chunk.
-    blocks = bs or BlockSizes.get_default(N, shape=(batch, T, D))  # what the op picks
+    dims = dict(state_size=N, batch=batch, seq_len=T, channels=D, groups=groups or 1)
+    blocks = (bs or BlockSizes.get_default(**dims)).for_call(**dims)  # what the op picks
     fwd_names = ["selective_scan_fwd"] + ["selective_scan_fwd_states",
                                           "selective_scan_fwd_carry"] * (T > blocks.chunk)
     bwd_names = ["selective_scan_bwd"] + ["selective_scan_bwd_states"] * (T > blocks.chunk_bwd)
@@ -361,8 +364,7 @@ def _check_lowering(batch, T, D, N, groups, dtype, bs, optional, packing, x64):
     assert text.count("fma.rn.f32") >= len(fwd_names) + len(bwd_names)
     # The backward's channel sums are lane shuffles where one warp holds 32 channels.
     Np = next_pow2(N)
-    block_d_bwd = blocks.for_channels(D // (groups or 1)).block_d_bwd
-    butterfly = butterfly_sums(Np, block_d_bwd, blocks.num_warps_bwd)
+    butterfly = butterfly_sums(Np, blocks.block_d_bwd, blocks.num_warps_bwd)
     assert ("shfl.sync.bfly.b32" in text) == butterfly
     # Index arithmetic in the kernels is int32 (a Python int is int64 under x64).
     dtypes = _computed_dtypes(jax.make_jaxpr(fwd_bwd)(*args))

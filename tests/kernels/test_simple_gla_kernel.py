@@ -394,12 +394,16 @@ def test_block_sizes_validation(bad):
 
 
 def test_default_block_sizes():
-    bs = kernels.BlockSizes.get_default(128, 128, BF16)
+    default = kernels.BlockSizes.get_default
+    bs = default(head_dim_k=128, head_dim_v=128, dtype=BF16)
     assert (bs.chunk, bs.block_v, bs.num_warps_fwd) == (64, 64, 4)
-    big = kernels.BlockSizes.get_default(256, 256, F32)
+    big = default(head_dim_k=256, head_dim_v=256, dtype=F32)
     assert big.num_warps_fwd == 8 and big.num_stages_fwd == 1 and big.block_v == 32
-    assert kernels.BlockSizes.get_default(256, 100, BF16).block_k_dq == 64
-    assert kernels.BlockSizes(block_v=128).resolve(32, 16).block_v == 16
+    assert default(head_dim_k=256, head_dim_v=100, dtype=BF16).block_k_dq == 64
+    long = default(head_dim_k=64, head_dim_v=64, dtype=BF16, chunk=128)  # launch follows chunk
+    assert long.chunk == 128 and long.num_warps_fwd == 8 and long.num_stages_fwd == 1
+    fitted = kernels.BlockSizes(block_v=128).for_call(head_dim_k=32, head_dim_v=10, dtype=BF16)
+    assert fitted.block_v == 16 and fitted.num_warps_fwd == 4
 
 
 # --- packed documents -------------------------------------------------------------------------

@@ -75,7 +75,8 @@ def gla_chunk(B, T, H, K, V, dtype) -> KernelCase:
     from pallas_kernels.gla.config import BlockSizes
 
     q, v, g = S((B, T, H, K), dtype), S((B, T, H, V), dtype), S((B, T, H, K), F32)
-    bs = BlockSizes.get_default(K, V).for_dims(K, V, T)
+    dims = dict(head_dim_k=K, head_dim_v=V, seq_len=T)
+    bs = BlockSizes.get_default(**dims).for_call(**dims)
     kw = dict(chunk=bs.chunk, block_v_state=bs.block_v_state, block_v=bs.block_v, dtype=dtype)
     return KernelCase(
         "gla", _size(B, T, H, K, V, dtype=dtype),
@@ -87,7 +88,8 @@ def gla_recurrent(B, T, H, K, V, dtype) -> KernelCase:
     from pallas_kernels.gla.config import BlockSizes
 
     q, v, g = S((B, T, H, K), dtype), S((B, T, H, V), dtype), S((B, T, H, K), F32)
-    bv = BlockSizes.get_default(K, V).for_dims(K, V, T).block_v_recurrent
+    dims = dict(head_dim_k=K, head_dim_v=V, seq_len=T)
+    bv = BlockSizes.get_default(**dims).for_call(**dims).block_v_recurrent
     op = lambda *a: ops.gla_recurrent(*a, implementation="pallas")  # noqa: E731
     return KernelCase(
         "gla_recurrent", _size(B, T, H, K, V, dtype=dtype),
@@ -109,7 +111,8 @@ def simple_gla_chunk(B, T, H, K, V, dtype, gate: str) -> KernelCase:
         name, args = "lightning_attention", (q, q, v)
         op = lambda *a: ops.lightning_attention(  # noqa: E731
             *a, layer_idx=3, num_layers=24, implementation="pallas")
-    bs = BlockSizes.get_default(K, V, dtype)
+    dims = dict(head_dim_k=K, head_dim_v=V, dtype=dtype)
+    bs = BlockSizes.get_default(**dims).for_call(**dims)
     kw = dict(chunk=bs.chunk, dtype=dtype, gate_mode=gate, initial_state=False)
     return KernelCase(
         name, _size(B, T, H, K, V, dtype=dtype), lambda: forward_backward(op, *args),
@@ -126,7 +129,8 @@ def simple_gla_recurrent(B, T, H, K, V, dtype) -> KernelCase:
 
     q, v = S((B, T, H, K), dtype), S((B, T, H, V), dtype)
     op = lambda *a: ops.simple_gla_recurrent(*a, implementation="pallas")[0]  # noqa: E731
-    bv = min(BlockSizes.get_default(K, V, dtype).block_v_recurrent, V)
+    dims = dict(head_dim_k=K, head_dim_v=V, dtype=dtype)
+    bv = min(BlockSizes.get_default(**dims).for_call(**dims).block_v_recurrent, V)
     return KernelCase(
         "simple_gla_recurrent (fwd)", _size(B, T, H, K, V, dtype=dtype),
         lambda: estimates(op, q, q, v, S((B, T, H), F32)),
@@ -144,7 +148,8 @@ def selective_scan(B, T, D, N, dtype) -> KernelCase:
         return ops.selective_scan(u, delta, A, Bm, Cm, Dv, z, delta_bias=bias,
                                   delta_softplus=True, implementation="pallas")
 
-    bs = BlockSizes.get_default(N, shape=(B, T, D))
+    dims = dict(state_size=N, batch=B, seq_len=T, channels=D)
+    bs = BlockSizes.get_default(**dims).for_call(**dims)
     return KernelCase(
         "selective_scan", _size(B, T, D, N, dtype=dtype),
         lambda: forward_backward(op, u, u, A, Bm, Bm, Dv, u, Dv),
