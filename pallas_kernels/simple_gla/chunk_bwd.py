@@ -86,6 +86,8 @@ from pallas_kernels.simple_gla.common import (
     itemsize,
     loop,
     replace_state,
+    side_inputs,
+    state_spec,
     store_state,
 )
 
@@ -303,29 +305,12 @@ def _bwd_call(roles, q, k, v, do, gate, h0, dht, states, *, scale, seq_len, gate
     def seq_spec(width):
         return pl.BlockSpec((None, Tp, None, width), lambda i, b, h: (b, 0, h, 0))
 
-    state_spec = pl.BlockSpec((None, None, Kp, Vp), lambda i, b, h: (b, h, 0, 0))
-    n_states = B
-    if packing == "docs":  # every program holds all documents' states (B = 1)
-        n_states = num_docs
-        state_spec = pl.BlockSpec((num_docs, None, Kp, Vp), lambda i, b, h: (0, h, 0, 0))
-    in_specs = [seq_spec(Kp), seq_spec(Kp), seq_spec(Vp), seq_spec(Vp)]
-    args = [q, k, v, do]
-    if gate_mode == "g":
-        in_specs.append(pl.BlockSpec((None, None, Tp), lambda i, b, h: (b, h, 0)))
-        args.append(gate)
-    elif gate_mode == "gamma":
-        in_specs.append(pl.BlockSpec((None, C), lambda i, b, h: (h, 0)))
-        args.append(gate)
-    if packing == "resets":
-        in_specs.append(pl.BlockSpec((None, Tp), lambda i, b, h: (b, 0)))
-        args.append(starts)
-    elif packing == "docs":
-        in_specs.append(pl.BlockSpec((2, N), lambda i, b, h: (0, 0)))
-        args.append(edges)
-    for x in (h0, dht):
-        if x is not None:
-            in_specs.append(state_spec)
-            args.append(x)
+    n_states = num_docs if packing == "docs" else B  # "docs": each program holds all documents
+    state = state_spec(packing, num_docs, Kp, Vp, tiled=False)
+    specs, side = side_inputs(gate_mode, gate, packing, starts if packing == "resets" else edges,
+                              [h0, dht], state)
+    in_specs = [seq_spec(Kp), seq_spec(Kp), seq_spec(Vp), seq_spec(Vp), *specs]
+    args = [q, k, v, do, *side]
     states_spec = pl.BlockSpec((None, None, N, Kp, Vp), lambda i, b, h: (b, h, 0, 0, 0))
     if gate_grad and "dk" in roles and "dq" not in roles:
         in_specs.append(states_spec)
@@ -338,7 +323,7 @@ def _bwd_call(roles, q, k, v, do, gate, h0, dht, states, *, scale, seq_len, gate
         out_specs.append(seq_spec(width))
         if role == "dk":
             out_shape.append(jax.ShapeDtypeStruct((n_states, H, Kp, Vp), jnp.float32))
-            out_specs.append(state_spec)
+            out_specs.append(state)
         if role in ("dq", "dk") and gate_grad:
             for _ in range(2):  # per K tile: (a, crossing) from dq, (b, P) from dk
                 out_shape.append(jax.ShapeDtypeStruct((n, B, H, Tp), jnp.float32))

@@ -44,6 +44,8 @@ from pallas_kernels.simple_gla.common import (
     itemsize,
     loop,
     replace_state,
+    side_inputs,
+    state_spec,
     store_state,
 )
 
@@ -117,29 +119,11 @@ def chunk_fwd(q, k, v, gate, h0, *, scale, seq_len, gate_mode, block_sizes, inte
     )
     qk_spec = pl.BlockSpec((None, Tp, None, Kp), lambda iv, b, h: (b, 0, h, 0))
     v_spec = pl.BlockSpec((None, Tp, None, bv), lambda iv, b, h: (b, 0, h, iv))
-    if packing == "docs":  # every program holds all documents' states of its tile
-        states = num_docs
-        state_spec = pl.BlockSpec((num_docs, None, Kp, bv), lambda iv, b, h: (0, h, 0, iv))
-    else:
-        states = B
-        state_spec = pl.BlockSpec((None, None, Kp, bv), lambda iv, b, h: (b, h, 0, iv))
-    in_specs = [qk_spec, qk_spec, v_spec]
-    args = [q, k, v]
-    if gate_mode == "g":
-        in_specs.append(pl.BlockSpec((None, None, Tp), lambda iv, b, h: (b, h, 0)))
-        args.append(gate)
-    elif gate_mode == "gamma":
-        in_specs.append(pl.BlockSpec((None, C), lambda iv, b, h: (h, 0)))
-        args.append(gate)
-    if packing == "resets":
-        in_specs.append(pl.BlockSpec((None, Tp), lambda iv, b, h: (b, 0)))
-        args.append(starts)
-    elif packing == "docs":
-        in_specs.append(pl.BlockSpec((2, N), lambda iv, b, h: (0, 0)))
-        args.append(edges)
-    if h0 is not None:
-        in_specs.append(state_spec)
-        args.append(h0)
+    states = num_docs if packing == "docs" else B  # "docs": each program holds all documents
+    state = state_spec(packing, num_docs, Kp, bv)
+    specs, side = side_inputs(gate_mode, gate, packing, starts if packing == "resets" else edges,
+                              [h0], state)
+    in_specs, args = [qk_spec, qk_spec, v_spec, *specs], [q, k, v, *side]
     NV = Vp // bv
     # Per chunk and V tile: the dots, the gates, the scores' decay and scale, the inter-chunk
     # output's scale and sum, v's decay, the state update (jaxla.flops.kernels).
@@ -157,7 +141,7 @@ def chunk_fwd(q, k, v, gate, h0, *, scale, seq_len, gate_mode, block_sizes, inte
         ),
         grid=(NV, B, H),
         in_specs=in_specs,
-        out_specs=(v_spec, state_spec),
+        out_specs=(v_spec, state),
         compiler_params=compiler_params(bs.num_warps_fwd, bs.num_stages_fwd),
         cost_estimate=cost(flops, B * H * NV * Tp * (C + 2), nbytes),
         interpret=interpret,

@@ -209,3 +209,41 @@ def compiler_params(num_warps, num_stages):
 
     return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
+
+
+def state_spec(packing: str, num_docs: int, Kp: int, width: int, *,
+               tiled: bool = True) -> pl.BlockSpec:
+    """The `[Kp, width]` state block (initial state, final state or their cotangents) of the
+    program at grid `(i, b, h)`: row b's V tile `i` (`tiled`) or its whole state (`width` = Vp,
+    whatever i), or with "docs" packing the same of all `num_docs` documents (B = 1)."""
+    def tile(i):
+        return i if tiled else 0
+
+    if packing == "docs":
+        return pl.BlockSpec((num_docs, None, Kp, width), lambda i, b, h: (0, h, 0, tile(i)))
+    return pl.BlockSpec((None, None, Kp, width), lambda i, b, h: (b, h, 0, tile(i)))
+
+def side_inputs(gate_mode: str, gate, packing: str, flags, states, spec: pl.BlockSpec):
+    """BlockSpecs and arrays of the inputs every simple GLA kernel takes after its sequences, in
+    the order its kernel pops them (grid `(tile, b, h)`): the gate ("g": `[B, H, Tp]` per-step
+    log-decays; "gamma": `[H, n]` per head; "none": nothing), the documents' flags ("resets":
+    `[B, Tp]`; "docs": edges `[2, n]` shared by every program; "none": nothing), then every state
+    in `states` that is not None, under `spec`."""
+    specs, args = [], []
+    if gate_mode == "g":
+        specs.append(pl.BlockSpec((None, None, gate.shape[-1]), lambda i, b, h: (b, h, 0)))
+    elif gate_mode == "gamma":
+        specs.append(pl.BlockSpec((None, gate.shape[-1]), lambda i, b, h: (h, 0)))
+    if gate_mode != "none":
+        args.append(gate)
+    if packing == "resets":
+        specs.append(pl.BlockSpec((None, flags.shape[-1]), lambda i, b, h: (b, 0)))
+    elif packing == "docs":
+        specs.append(pl.BlockSpec(flags.shape, lambda i, b, h: (0, 0)))
+    if packing != "none":
+        args.append(flags)
+    for state in states:
+        if state is not None:
+            specs.append(spec)
+            args.append(state)
+    return specs, args

@@ -29,6 +29,8 @@ from pallas_kernels.simple_gla.common import (
     itemsize,
     loop,
     replace_state,
+    side_inputs,
+    state_spec,
     store_state,
 )
 
@@ -88,28 +90,11 @@ def recurrent_fwd(q, k, v, gate, h0, *, scale, gate_mode, block_sizes, interpret
                                packing=packing, has_h0=h0 is not None)
     qk_spec = pl.BlockSpec((None, T, None, Kp), lambda iv, b, h: (b, 0, h, 0))
     v_spec = pl.BlockSpec((None, T, None, bv), lambda iv, b, h: (b, 0, h, iv))
-    if packing == "docs":  # every program holds all documents' states of its tile
-        states = num_docs
-        state_spec = pl.BlockSpec((num_docs, None, Kp, bv), lambda iv, b, h: (0, h, 0, iv))
-    else:
-        states = B
-        state_spec = pl.BlockSpec((None, None, Kp, bv), lambda iv, b, h: (b, h, 0, iv))
-    in_specs, args = [qk_spec, qk_spec, v_spec], [q, k, v]
-    if gate_mode == "g":
-        in_specs.append(pl.BlockSpec((None, None, T), lambda iv, b, h: (b, h, 0)))
-        args.append(gate)
-    elif gate_mode == "gamma":
-        in_specs.append(pl.BlockSpec((None, gate.shape[-1]), lambda iv, b, h: (h, 0)))
-        args.append(gate)
-    if packing == "resets":
-        in_specs.append(pl.BlockSpec((None, T), lambda iv, b, h: (b, 0)))
-        args.append(resets)
-    elif packing == "docs":
-        in_specs.append(pl.BlockSpec((2, T), lambda iv, b, h: (0, 0)))
-        args.append(edges)
-    if h0 is not None:
-        in_specs.append(state_spec)
-        args.append(h0)
+    states = num_docs if packing == "docs" else B  # "docs": each program holds all documents
+    state = state_spec(packing, num_docs, Kp, bv)
+    specs, side = side_inputs(gate_mode, gate, packing, resets if packing == "resets" else edges,
+                              [h0], state)
+    in_specs, args = [qk_spec, qk_spec, v_spec, *specs], [q, k, v, *side]
     NV = Vp // bv
     nbytes = (itemsize(q) * B * T * H * (2 * Kp + 2 * Vp) + gate_bytes(gate)
               + 4 * states * H * Kp * Vp * (2 if h0 is not None else 1))
@@ -122,7 +107,7 @@ def recurrent_fwd(q, k, v, gate, h0, *, scale, gate_mode, block_sizes, interpret
         ),
         grid=(NV, B, H),
         in_specs=in_specs,
-        out_specs=(v_spec, state_spec),
+        out_specs=(v_spec, state),
         compiler_params=compiler_params(block_sizes.num_warps_recurrent, 1),
         cost_estimate=cost(B * H * T * (5 * Kp * Vp + Vp), B * H * T * NV, nbytes),
         interpret=interpret,
