@@ -5,6 +5,7 @@ assertions), run on the GPU machine with `JAXLA_TEST_GPU=1 pytest tests/kernels 
 The spec runs in float64 on the upcast inputs; float32 kernels must land within the float32
 bound, bf16-input kernels within the bf16 bound (for every output, gradients included).
 Compiled functions are cached per configuration, so the gate regimes of one shape share a compile.
+On the GPU every shape meets every gate regime; in interpret mode each shape meets one (`gate_cases`).
 """
 
 from __future__ import annotations
@@ -112,23 +113,30 @@ def case_id(case):
     return shape_id(case[0]) + "-" + jnp.dtype(case[1]).name
 
 
-@pytest.mark.parametrize("interpret", MODES)
-@pytest.mark.parametrize("gate", GATES)
-@pytest.mark.parametrize("shape", CHUNK_SHAPES, ids=shape_id)
+def gate_cases(shapes):
+    """`(shape, gate, interpret)` params: compiled on the GPU, every shape with every gate
+    regime; in interpret mode (slow, on the CPU), shape i with regime `GATES[(i + 1) % 3]`, so
+    each regime still meets several shapes."""
+    cases = []
+    for i, shape in enumerate(shapes):
+        cases += [pytest.param(shape, gate, False, id=f"{shape_id(shape)}-{gate}-gpu",
+                               marks=pytest.mark.gpu) for gate in GATES]
+        gate = GATES[(i + 1) % len(GATES)]
+        cases.append(pytest.param(shape, gate, True, id=f"{shape_id(shape)}-{gate}-interpret"))
+    return cases
+
+
+@pytest.mark.parametrize("shape, gate, interpret", gate_cases(CHUNK_SHAPES))
 def test_chunk_float32(rng, shape, gate, interpret):
     _run_and_compare(rng, shape, kind="chunk", interpret=interpret, gate=gate)
 
 
-@pytest.mark.parametrize("interpret", MODES)
-@pytest.mark.parametrize("gate", GATES)
-@pytest.mark.parametrize("shape", BF16_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("shape, gate, interpret", gate_cases(BF16_SHAPES))
 def test_chunk_bfloat16(rng, shape, gate, interpret):
     _run_and_compare(rng, shape, kind="chunk", interpret=interpret, gate=gate, dtype=jnp.bfloat16)
 
 
-@pytest.mark.parametrize("interpret", MODES)
-@pytest.mark.parametrize("gate", GATES)
-@pytest.mark.parametrize("shape", RECURRENT_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("shape, gate, interpret", gate_cases(RECURRENT_SHAPES))
 def test_recurrent_float32(rng, shape, gate, interpret):
     _run_and_compare(rng, shape, kind="recurrent", interpret=interpret, gate=gate)
 
