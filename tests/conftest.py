@@ -99,6 +99,15 @@ def _fast_compile_on_cpu(request):
             jax.config.update("jax_disable_most_optimizations", False)
 
 
+def pytest_runtest_logreport(report):
+    """With JAXLA_TEST_FAILURES=FILE, each failure's report is appended to FILE as it happens:
+    the GPU scripts' time limit can stop pytest before it prints its summary."""
+    path = os.environ.get("JAXLA_TEST_FAILURES")
+    if path and report.failed and "PYTEST_XDIST_WORKER" not in os.environ:  # once, in the main
+        with open(path, "a") as f:
+            f.write(f"== {report.nodeid} ({report.when})\n{report.longreprtext}\n")
+
+
 @pytest.fixture
 def rng(request):
     """A generator seeded by the session seed and the test's id: fresh per run, replayable."""

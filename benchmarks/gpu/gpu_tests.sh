@@ -15,6 +15,8 @@ source benchmarks/gpu/fla_env.sh
 export JAXLA_TEST_GPU=1 XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_ALLOCATOR=platform
 FILES=${FILES:-tests/ops tests/kernels}
 log="$OUT/gpu_tests.log"
+# Each failure's report as it happens (tests/conftest.py): the time limit may stop pytest first.
+export JAXLA_TEST_FAILURES="$OUT/gpu_failures.log"
 timeout "${TOTAL_S:-570}" python3 -m pytest -v --tb=short -p no:cacheprovider -m gpu \
   -n "${WORKERS:-6}" $FILES > "$log" 2>&1
 echo "pytest rc=$? ($(grep -o '[0-9]* workers' "$log" | head -1))"
@@ -24,6 +26,7 @@ for f in $FILES; do  # files or node ids (fixed strings: ids have brackets)
        "skipped $(grep -c " SKIPPED" <<<"$lines")"
 done
 tail -1 "$log"
+[ -s "$JAXLA_TEST_FAILURES" ] && grep -h "^== \|^E " "$JAXLA_TEST_FAILURES" | head -40
 failed=$(grep -o '^FAILED [^ ]*' "$log" | cut -d' ' -f2 | sort -u)
 if [ -n "$failed" ]; then
   echo "again, one at a time:"
