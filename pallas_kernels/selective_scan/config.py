@@ -25,8 +25,8 @@ def unsupported(*, state_size: int, dtype) -> str | None:
 _FWD_ELEMENTS_PER_THREAD = 64
 # Default state elements per thread in a backward sub-chunk (sub x N).
 _BWD_SUB_ELEMENTS = 64
-# Chunks for `get_default` given the input's shape, longest first, and the programs a default chunk must
-# leave (measured on an H200 at B=4, D=2048, N=16, T=1024..8192, 2026-12-03; RESULTS.md).
+# Chunks for `get_default` given the input's shape, longest first, and the programs a default
+# chunk must leave (measured on an H200 at B=4, D=2048, N=16, T=1024..8192, 2026-12-03; RESULTS.md).
 # Forward: about one wave of pass-2 programs (132 SMs x 4 resident programs of 2 warps at 255
 # registers); at every T the chunk leaving 512 programs beat the longer and shorter ones.
 # Backward (one-warp programs, ~8 resident per SM): the chunk leaving 4096 programs beat the

@@ -1,5 +1,5 @@
 """Pieces shared by the simple GLA kernels: dots, per-chunk gates, the intra-chunk decay mask,
-document masks and edges, loops with an int32 index.
+document masks and edges, loops with an int32 index, the launches' state and side-input specs.
 
 Gate modes (static): "g" = a `[Tp]` ref of per-step log-decays (float32, g + g_gamma, zero on
 padded steps); "gamma" = a `[C]` ref holding the head's constant log-decay (no gate tensor at
@@ -210,7 +210,6 @@ def compiler_params(num_warps, num_stages):
     return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
 
-
 def state_spec(packing: str, num_docs: int, Kp: int, width: int, *,
                tiled: bool = True) -> pl.BlockSpec:
     """The `[Kp, width]` state block (initial state, final state or their cotangents) of the
@@ -222,6 +221,7 @@ def state_spec(packing: str, num_docs: int, Kp: int, width: int, *,
     if packing == "docs":
         return pl.BlockSpec((num_docs, None, Kp, width), lambda i, b, h: (0, h, 0, tile(i)))
     return pl.BlockSpec((None, None, Kp, width), lambda i, b, h: (b, h, 0, tile(i)))
+
 
 def side_inputs(gate_mode: str, gate, packing: str, flags, states, spec: pl.BlockSpec):
     """BlockSpecs and arrays of the inputs every simple GLA kernel takes after its sequences, in

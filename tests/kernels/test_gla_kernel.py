@@ -5,7 +5,8 @@ assertions), run on the GPU machine with `JAXLA_TEST_GPU=1 pytest tests/kernels 
 The spec runs in float64 on the upcast inputs; float32 kernels must land within the float32
 bound, bf16-input kernels within the bf16 bound (for every output, gradients included).
 Compiled functions are cached per configuration, so the gate regimes of one shape share a compile.
-On the GPU every shape meets every gate regime; in interpret mode each shape meets one (`gate_cases`).
+On the GPU every shape meets every gate regime; in interpret mode each shape meets one
+(`gate_cases`).
 """
 
 from __future__ import annotations

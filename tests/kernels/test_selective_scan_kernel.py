@@ -33,7 +33,8 @@ FLAT = BlockSizes(block_d=16, unroll=2, chunk=24, checkpoint=8, block_d_bwd=16, 
                   sub=8, prefetch=False)
 
 
-BLOCKS = {"default": None, "small": SMALL, "flat": FLAT, "wide": BlockSizes.get_default(state_size=64)}
+BLOCKS = {"default": None, "small": SMALL, "flat": FLAT,
+          "wide": BlockSizes.get_default(state_size=64)}
 
 # (T, D, N, groups, use_D, use_z, use_bias, softplus, with_h0, blocks): each option on and off,
 # T in {1, 63, 65, 300}, N in {4, 12, 16, 64}, D not a multiple of the channel block (24, 40, 48;
