@@ -91,7 +91,7 @@ def _prepare(q, k, v, g, g_gamma, h0, marks, st: _Static):
             _pad_state(h0, Kp, Vp), packing)
 
 
-def _chunked_forward(q, k, v, g, g_gamma, h0, marks, st: _Static):
+def _chunked_forward(st: _Static, q, k, v, g, g_gamma, h0, marks):
     B, T, H, K = q.shape
     V = v.shape[-1]
     qp, kp, vp, mode, gate, h0p, packing = _prepare(q, k, v, g, g_gamma, h0, marks, st)
@@ -137,14 +137,14 @@ def _backward(st: _Static, q, k, v, g, g_gamma, h0, marks, do, dht):
 # --- chunked --------------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
-def _chunked(q, k, v, g, g_gamma, h0, marks, st):
-    o, ht = _chunked_forward(q, k, v, g, g_gamma, h0, marks, st)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunked(st, q, k, v, g, g_gamma, h0, marks):
+    o, ht = _chunked_forward(st, q, k, v, g, g_gamma, h0, marks)
     return o, (ht if st.output_final_state else None)
 
 
-def _chunked_fwd_rule(q, k, v, g, g_gamma, h0, marks, st):
-    o, ht = _chunked_forward(q, k, v, g, g_gamma, h0, marks, st)
+def _chunked_fwd_rule(st, q, k, v, g, g_gamma, h0, marks):
+    o, ht = _chunked_forward(st, q, k, v, g, g_gamma, h0, marks)
     return (o, ht if st.output_final_state else None), (q, k, v, g, g_gamma, h0, marks)
 
 
@@ -159,7 +159,7 @@ _chunked.defvjp(_chunked_fwd_rule, _chunked_bwd_rule)
 # --- recurrent ------------------------------------------------------------------------------
 
 
-def _recurrent_forward(q, k, v, g, g_gamma, h0, marks, st: _Static):
+def _recurrent_forward(st: _Static, q, k, v, g, g_gamma, h0, marks):
     B, T, H, K = q.shape
     V = v.shape[-1]
     Kp, Vp = padded_dim(K), padded_dim(V)
@@ -178,14 +178,14 @@ def _recurrent_forward(q, k, v, g, g_gamma, h0, marks, st: _Static):
     return o[..., :V], ht[:, :, :K, :V]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
-def _recurrent(q, k, v, g, g_gamma, h0, marks, st):
-    o, ht = _recurrent_forward(q, k, v, g, g_gamma, h0, marks, st)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _recurrent(st, q, k, v, g, g_gamma, h0, marks):
+    o, ht = _recurrent_forward(st, q, k, v, g, g_gamma, h0, marks)
     return o, (ht if st.output_final_state else None)
 
 
-def _recurrent_fwd_rule(q, k, v, g, g_gamma, h0, marks, st):
-    o, ht = _recurrent_forward(q, k, v, g, g_gamma, h0, marks, st)
+def _recurrent_fwd_rule(st, q, k, v, g, g_gamma, h0, marks):
+    o, ht = _recurrent_forward(st, q, k, v, g, g_gamma, h0, marks)
     return (o, ht if st.output_final_state else None), (q, k, v, g, g_gamma, h0, marks)
 
 
@@ -348,7 +348,7 @@ def simple_gla(q, k, v, g=None, g_gamma=None, *, scale=None, initial_state=None,
                  gate_grad, packing, num_docs)
     g = None if g is None else jnp.asarray(g)
     g_gamma = None if g_gamma is None else jnp.asarray(g_gamma)
-    return _chunked(q, k, v, g, g_gamma, initial_state, marks, st)
+    return _chunked(st, q, k, v, g, g_gamma, initial_state, marks)
 
 
 def simple_gla_recurrent(q, k, v, g=None, g_gamma=None, *, scale=None, initial_state=None,
@@ -367,4 +367,4 @@ def simple_gla_recurrent(q, k, v, g=None, g_gamma=None, *, scale=None, initial_s
                  None, packing, num_docs)
     g = None if g is None else jnp.asarray(g)
     g_gamma = None if g_gamma is None else jnp.asarray(g_gamma)
-    return _recurrent(q, k, v, g, g_gamma, initial_state, marks, st)
+    return _recurrent(st, q, k, v, g, g_gamma, initial_state, marks)
