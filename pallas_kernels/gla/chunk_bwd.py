@@ -310,7 +310,7 @@ def chunk_bwd(q, k, v, g, hs, do, dht, *, scale: float, block_sizes: BlockSizes,
     dq, dk, dv, dg = chunk_grads(
         q, k, v, g, do, hs, dhs, scale=scale, chunk=bs.chunk, block_k=bs.block_k,
         block_v=bs.block_v,
-        span_limit=bs.span_limit, chunks_per_program=bs.chunks_per_program_bwd,
+        span_limit=bs.span_limit_for(q.dtype), chunks_per_program=bs.chunks_per_program_bwd,
         num_warps=bs.num_warps_bwd, num_stages=bs.num_stages_bwd,
         interpret=interpret,
         starts=packed[1] if packed is not None and packed[0] == "segments" else None,

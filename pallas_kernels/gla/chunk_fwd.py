@@ -213,16 +213,16 @@ def chunk_fwd(q, k, v, g, h0, *, scale: float, block_sizes: BlockSizes, interpre
     documents), chunk states hs).
     """
     bs = block_sizes
+    span_limit = bs.span_limit_for(q.dtype)
     hs, ht = state_scan(
         k, v, g, h0, chunk=bs.chunk, reverse=False, scale=1.0, block_k=bs.block_k_state,
         block_v=bs.block_v_state, num_warps=bs.num_warps_state, num_stages=bs.num_stages_state,
-        interpret=interpret, name="gla_chunk_fwd_states", span_limit=bs.span_limit,
+        interpret=interpret, name="gla_chunk_fwd_states", span_limit=span_limit,
         packed=packed,
     )
     o = chunk_output(
         q, k, v, g, hs, scale=scale, chunk=bs.chunk, block_k=bs.block_k, block_v=bs.block_v,
-        span_limit=bs.span_limit,
-        chunks_per_program=bs.chunks_per_program_fwd, num_warps=bs.num_warps_fwd,
+        span_limit=span_limit, chunks_per_program=bs.chunks_per_program_fwd, num_warps=bs.num_warps_fwd,
         num_stages=bs.num_stages_fwd, interpret=interpret,
         starts=packed[1] if packed is not None and packed[0] == "segments" else None,
     )

@@ -105,11 +105,12 @@ def _state_scan_kernel(x_ref, y_ref, g_ref, s0_ref, *refs, chunk, reverse, scale
 
 def state_scan(x, y, g, s0, *, chunk: int, reverse: bool, scale: float, block_k: int,
                block_v: int, num_warps: int, num_stages: int, interpret: bool, name: str,
-               span_limit: float = DEFAULT_SPAN_LIMIT, packed=None):
+               span_limit: float | None = None, packed=None):
     """Chunk states (or state gradients) `[B, H, NT, K, V]` in x's dtype and the end state.
 
     x, g: `[B, Tp, H, K]` (k or q; g float32); y: `[B, Tp, H, V]` (v or do); s0: `[B, H, K, V]`
     float32 (initial state, or the final-state cotangent when `reverse`). Tp % chunk == 0.
+    span_limit (forward): as BlockSizes.span_limit; None takes DEFAULT_SPAN_LIMIT of x's dtype.
     packed: None, `("segments", starts [B, Tp] float32)` or `("documents", (first, last, docs))`
     (`[NT]` each; then s0 and the returned end states are `[N, H, K, V]`, B = 1): see the module
     docstring.
@@ -119,6 +120,8 @@ def state_scan(x, y, g, s0, *, chunk: int, reverse: bool, scale: float, block_k:
     NT = Tp // chunk
     NK, NV = K // block_k, V // block_v
     dot_dtype, precision = operand_dtype(x.dtype)
+    if span_limit is None:
+        span_limit = DEFAULT_SPAN_LIMIT[jnp.dtype(x.dtype)]
 
     def xmap(kk, vv, i):
         b, h = split_bh(i, H)

@@ -23,12 +23,16 @@ def unsupported(*, head_dim_k: int, head_dim_v: int, dtype) -> str | None:
     return None
 
 # Largest per-channel decay span `-sum(g)` over one chunk for which the intra-chunk attention
-# is one matmul of `q * exp(G - G_last/2)` and `k * exp(G_last/2 - G)`: both factors then lie in
-# [exp(-span/2), exp(span/2)] = [e^-30, e^30], far from float32/bfloat16 overflow (e^88), and each
-# product q_i k_j exp(G_i - G_j) of a causal pair is formed with the rounding of an ordinary matmul.
-# Chunks with a larger span (log-decay below about -0.9 per step on average in some channel) take
-# the exact path: a loop over key rows with per-pair exponents, all <= 0.
-DEFAULT_SPAN_LIMIT = 60.0
+# is one matmul of `q * exp(G - G_last/2)` and `k * exp(G_last/2 - G)`, by input dtype: both
+# factors then lie in [exp(-span/2), exp(span/2)], far from float32/bfloat16 overflow (e^88).
+# Chunks with a larger span take the exact path: a loop over key rows with per-pair exponents,
+# all <= 0, each summed from the key row on. The matmul path's exponents carry the rounding of the
+# in-chunk cumsum G (~eps * |G|), so its relative error grows with the span: at span 60 it reaches
+# 0.3-0.4 of the float32 tolerance (1e-5) in the final state and in dk, dv (interpret mode; the
+# GPU's exp adds to it), at span 16 about 0.1. Float32 inputs therefore take the matmul path up
+# to span 16 (real gates, such as GLA's log-sigmoid / 16, span ~3 per 64 rows), bfloat16 inputs
+# (tolerance 5e-3) up to 60 (log-decay down to about -0.9 per step on average).
+DEFAULT_SPAN_LIMIT = {jnp.dtype(jnp.float32): 16.0, jnp.dtype(jnp.bfloat16): 60.0}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -48,7 +52,8 @@ class BlockSizes:
       gradient (backward) kernel handles in a loop (power of two; fewer programs, but Triton can
       prefetch the next chunk while computing this one). Clipped to divide the number of chunks.
     span_limit: chunks whose largest decay span `-sum(g)` exceeds this take the exact intra-chunk
-      path (see DEFAULT_SPAN_LIMIT); `inf` forces the matmul path, a negative value the exact one.
+      path; None: DEFAULT_SPAN_LIMIT of the input dtype (`span_limit_for`); `inf` forces the
+      matmul path, a negative value the exact one.
     num_warps_* / num_stages_*: Triton launch parameters of each kernel family.
     """
 
@@ -60,7 +65,7 @@ class BlockSizes:
     block_v_recurrent: int = 32
     chunks_per_program_fwd: int = 1
     chunks_per_program_bwd: int = 1
-    span_limit: float = DEFAULT_SPAN_LIMIT
+    span_limit: float | None = None
     num_warps_state: int = 4
     num_stages_state: int = 3
     num_warps_fwd: int = 4
@@ -123,6 +128,10 @@ class BlockSizes:
             num_warps_bwd=8 if wide else 4,
         )
         return cls(**(sizes | overrides))
+
+    def span_limit_for(self, dtype) -> float:
+        """The span limit the kernels apply to inputs of `dtype`."""
+        return DEFAULT_SPAN_LIMIT[jnp.dtype(dtype)] if self.span_limit is None else self.span_limit
 
     def for_call(self, *, head_dim_k: int, head_dim_v: int, seq_len: int) -> BlockSizes:
         """These sizes fitted to one call: tiles clipped to the padded head dims, the chunk to
