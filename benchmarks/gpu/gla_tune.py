@@ -160,12 +160,13 @@ def main(argv=None):
 
     describe_chunk = lambda p: f"w={p[0]} s={p[1]} cpp={p[2]} bk={p[3]}"  # noqa: E731
     log("output kernel: warps, stages, chunks per program, block_k")
-    make_out = lambda p, sl=default.span_limit_for(q.dtype): functools.partial(  # noqa: E731
+    span_limit = default.span_limit_for(q.dtype)
+    make_out = lambda p, sl=span_limit: functools.partial(  # noqa: E731
         chunk_output, scale=scale, chunk=64, block_k=p[3], block_v=default.block_v, span_limit=sl,
         chunks_per_program=p[2], num_warps=p[0], num_stages=p[1], interpret=INTERPRET)
     run_family("output", output_variants, make_out, (q, k, v, g, hs), describe_chunk)
     log("gradient kernel: warps, stages, chunks per program, block_k")
-    make_grad = lambda p, sl=default.span_limit_for(q.dtype): functools.partial(  # noqa: E731
+    make_grad = lambda p, sl=span_limit: functools.partial(  # noqa: E731
         chunk_grads, scale=scale, chunk=64, block_k=p[3], block_v=default.block_v, span_limit=sl,
         chunks_per_program=p[2], num_warps=p[0], num_stages=p[1], interpret=INTERPRET)
     run_family("grads", grad_variants, make_grad, (q, k, v, g, do, hs, dhs), describe_chunk)
