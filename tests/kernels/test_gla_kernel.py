@@ -20,7 +20,7 @@ import pytest
 
 from jaxla import ops
 from jaxla.ops.reference.gla import naive_gla
-from jaxla.testing import assert_close, outputs_and_grads, random_like, rel_error
+from jaxla.testing import assert_close, outputs_and_grads, random_like, rel_error, tolerance
 from pallas_kernels._common import lower_for_cuda
 from pallas_kernels.gla import BlockSizes, chunk_gla, fused_recurrent_gla
 from tests.inputs import GATES, gla_inputs
@@ -71,9 +71,12 @@ def _spec(with_h0: bool, scale, o_dtype):
 
 
 def _run_and_compare(rng, shape, *, kind, interpret, gate="medium", dtype=jnp.float32,
-                     with_h0=True, scale=None, block_sizes=None):
-    args = gla_inputs(rng, *shape, gate=gate, dtype=dtype, initial_state=with_h0)
-    args = args if with_h0 else args[:4]
+                     with_h0=True, scale=None, block_sizes=None, args=None, bound_fraction=1.0):
+    """Kernel against the float64 spec on `gla_inputs` (or the given `args`), every output
+    within `bound_fraction` of the dtype's bound."""
+    if args is None:
+        args = gla_inputs(rng, *shape, gate=gate, dtype=dtype, initial_state=with_h0)
+        args = args if with_h0 else args[:4]
     seed = int(rng.integers(1 << 30))
     kernel = _kernel(kind, interpret, with_h0, scale, block_sizes)
     (o, h), grads = outputs_and_grads(kernel, args, np.random.default_rng(seed))
@@ -83,12 +86,13 @@ def _run_and_compare(rng, shape, *, kind, interpret, gate="medium", dtype=jnp.fl
             _spec(with_h0, scale, jnp.dtype(dtype)), up, np.random.default_rng(seed))
     assert o.dtype == dtype and o.shape == o_ref.shape
     assert h.dtype == jnp.float32 and h.shape == h_ref.shape
-    assert_close(o, o_ref, dtype=dtype, name="o")
-    assert_close(h, h_ref, dtype=dtype, name="final_state")
+    bound = bound_fraction * tolerance(dtype)
+    assert_close(o, o_ref, dtype=dtype, name="o", bound=bound)
+    assert_close(h, h_ref, dtype=dtype, name="final_state", bound=bound)
     names = GRAD_NAMES if with_h0 else GRAD_NAMES[:4]
     for name, a, b in zip(names, grads, grads_ref, strict=True):
         assert a.dtype == (jnp.float32 if name in ("dg", "dh0") else dtype), (name, a.dtype)
-        assert_close(a, b, dtype=dtype, name=name)
+        assert_close(a, b, dtype=dtype, name=name, bound=bound)
     return o, h, grads
 
 
@@ -174,6 +178,17 @@ def test_chunk_forced_paths(rng, path, gate, span_limit, dtype, interpret):
     bs = BlockSizes(span_limit=span_limit)
     _run_and_compare(rng, (1, 130, 2, 32, 64), kind="chunk", interpret=interpret, gate=gate,
                      dtype=dtype, block_sizes=bs)
+
+
+def test_float32_margin_at_large_decay_spans(rng):
+    """Float32 inputs whose one chunk spans 58 in its widest channel take the exact intra-chunk
+    path (the float32 span limit is 16) and land within a quarter of the float32 bound. On the
+    matmul path (bfloat16's limit, 60) such inputs reach 0.25-0.4 of it in interpret mode, and a
+    medium-gate draw near span 60 failed test_chunk_float32 on an H100 (2026-12-05)."""
+    q, k, v, g, h0 = gla_inputs(rng, 1, 64, 1, 64, 64, gate="medium")
+    g = g * (58.0 / float(-jnp.sum(g, axis=1).min()))
+    _run_and_compare(rng, None, kind="chunk", interpret=True, args=(q, k, v, g, h0),
+                     bound_fraction=0.25)
 
 
 @pytest.mark.parametrize("interpret", MODES)
