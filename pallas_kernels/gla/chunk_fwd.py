@@ -222,8 +222,8 @@ def chunk_fwd(q, k, v, g, h0, *, scale: float, block_sizes: BlockSizes, interpre
     )
     o = chunk_output(
         q, k, v, g, hs, scale=scale, chunk=bs.chunk, block_k=bs.block_k, block_v=bs.block_v,
-        span_limit=span_limit, chunks_per_program=bs.chunks_per_program_fwd, num_warps=bs.num_warps_fwd,
-        num_stages=bs.num_stages_fwd, interpret=interpret,
+        span_limit=span_limit, chunks_per_program=bs.chunks_per_program_fwd,
+        num_warps=bs.num_warps_fwd, num_stages=bs.num_stages_fwd, interpret=interpret,
         starts=packed[1] if packed is not None and packed[0] == "segments" else None,
     )
     return o, ht, hs
