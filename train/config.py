@@ -82,6 +82,7 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     clip_norm: float = 1.0
+    loss_chunk: int = 0
 
     # Divergence guard (NaN/Inf always stops the run; this also stops it on a loss spike).
     spike_factor: float = 3.0
@@ -228,6 +229,7 @@ FIELD_RULES: dict[str, Rule] = {
     "beta2": within(0, 1, "[)"),
     "eps": above(0),
     "clip_norm": at_least(0),
+    "loss_chunk": at_least(0),
     "spike_factor": Rule(lambda v: v == 0 or v > 1, "must be 0 (off) or > 1"),
     "spike_window": at_least(1),
     "log_every": at_least(1),
@@ -357,6 +359,9 @@ TRAIN_HELP = {
     "beta2": "AdamW beta2",
     "eps": "AdamW epsilon",
     "clip_norm": "clip gradients to this global norm (0: no clipping)",
+    "loss_chunk": "form the LM head's logits and the cross-entropy this many positions per row "
+                  "at a time, recomputed in the backward pass: at most [batch, loss_chunk, vocab] "
+                  "logits live instead of [batch, seq_len, vocab] (0: all at once)",
     "spike_factor": "stop, before saving, at a loss above this many times the median loss of the "
                     "previous --spike_window steps (and over 1 nat above it); 0: off. A NaN or "
                     "Inf loss or gradient norm always stops the run",

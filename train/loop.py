@@ -336,10 +336,11 @@ def _compile(config, mesh, state, state_sh, batch_sh, example_batch, graphdef, c
     batch_abstract = {k: jax.ShapeDtypeStruct((B, T), v.dtype, sharding=batch_sh)
                       for k, v in example_batch.items()}
     replicated = NamedSharding(mesh, P())
-    step_fn = jax.jit(make_train_step(graphdef, constants, tx, lr_schedule(config)),
+    step_fn = jax.jit(make_train_step(graphdef, constants, tx, lr_schedule(config),
+                                      config.loss_chunk),
                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
                       donate_argnums=0)
-    eval_fn = jax.jit(make_eval_step(graphdef, constants),
+    eval_fn = jax.jit(make_eval_step(graphdef, constants, config.loss_chunk),
                       in_shardings=(state_sh["params"], batch_sh), out_shardings=replicated)
     with jax.set_mesh(mesh):
         t0 = time.perf_counter()

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxla.models import CausalLM, LMConfig
+from jaxla.models import CausalLM, LMConfig, head_logits
 
 # Parameters without weight decay, by name (besides every vector: norm scales, biases).
 NO_DECAY_NAMES = ("A_log", "D")
@@ -108,14 +108,60 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array):
     return jnp.sum(ce * weights), jnp.sum(weights), jnp.sum(hits * weights)
 
 
+def chunked_head_cross_entropy(x: jax.Array, head: jax.Array, targets: jax.Array,
+                               weights: jax.Array, chunk: int):
+    """`cross_entropy(head_logits(x, head), targets, weights)` without the `[B, T, vocab]`
+    logits: a `lax.scan` over chunks of `chunk` positions per row, each chunk's logits formed,
+    reduced and (in the backward pass) formed again, so at most `[B, chunk, vocab]` float32
+    logits are live. x: `[B, T, D]` final hidden states; head `[D, vocab]`; targets, weights
+    `[B, T]`. T is padded to a multiple of `chunk` with weight-0 positions. The batch axis stays
+    leading (data-parallel sharding is kept)."""
+    B, T, D = x.shape
+    pad = -T % chunk
+    if pad:
+        x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+        weights = jnp.pad(weights, ((0, 0), (0, pad)))
+    n = (T + pad) // chunk
+    # [n, B, chunk, ...]: the scan walks the chunks.
+    x = x.reshape(B, n, chunk, D).swapaxes(0, 1)
+    targets = targets.reshape(B, n, chunk).swapaxes(0, 1)
+    weights = weights.reshape(B, n, chunk).swapaxes(0, 1)
+
+    def chunk_sums(xc, tc, wc):
+        return cross_entropy(head_logits(xc, head), tc, wc)
+
+    @jax.checkpoint
+    def body(sums, xs):
+        return tuple(a + b for a, b in zip(sums, chunk_sums(*xs), strict=True)), None
+
+    shapes = jax.eval_shape(chunk_sums, x[0], targets[0], weights[0])
+    sums, _ = jax.lax.scan(body, tuple(jnp.zeros((), s.dtype) for s in shapes),
+                           (x, targets, weights))
+    return sums
+
+
+def loss_sums(model: CausalLM, batch: dict, loss_chunk: int = 0):
+    """`(sum of weighted CE, sum of weights, sum of weighted hits)` of the model on a batch;
+    `loss_chunk > 0` forms the logits that many positions per row at a time
+    (`chunked_head_cross_entropy`), 0 all at once."""
+    segment_ids = batch.get("segment_ids")
+    if loss_chunk:
+        x = model.hidden_states(batch["inputs"], segment_ids=segment_ids)
+        return chunked_head_cross_entropy(x, model.head_matrix(), batch["targets"],
+                                          batch["weights"], loss_chunk)
+    logits = model(batch["inputs"], segment_ids=segment_ids)
+    return cross_entropy(logits, batch["targets"], batch["weights"])
+
+
 def make_train_step(graphdef, constants: nnx.State, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule):
-    """`train_step(state, batch) -> (state, metrics)`, to be jitted with the state donated."""
+                    schedule: optax.Schedule, loss_chunk: int = 0):
+    """`train_step(state, batch) -> (state, metrics)`, to be jitted with the state donated;
+    `loss_chunk` as in `loss_sums`."""
 
     def loss_fn(params, batch):
         model = nnx.merge(graphdef, params, constants)
-        logits = model(batch["inputs"], segment_ids=batch.get("segment_ids"))
-        ce_sum, count, hits = cross_entropy(logits, batch["targets"], batch["weights"])
+        ce_sum, count, hits = loss_sums(model, batch, loss_chunk)
         count = jnp.maximum(count, 1.0)
         return ce_sum / count, hits / count
 
@@ -136,13 +182,12 @@ def make_train_step(graphdef, constants: nnx.State, tx: optax.GradientTransforma
     return train_step
 
 
-def make_eval_step(graphdef, constants: nnx.State):
-    """`eval_step(params, batch) -> (sum CE, sum weights, sum hits)`, to be jitted."""
+def make_eval_step(graphdef, constants: nnx.State, loss_chunk: int = 0):
+    """`eval_step(params, batch) -> (sum CE, sum weights, sum hits)`, to be jitted;
+    `loss_chunk` as in `loss_sums`."""
 
     def eval_step(params, batch):
-        logits = nnx.merge(graphdef, params, constants)(batch["inputs"],
-                                                        segment_ids=batch.get("segment_ids"))
-        return cross_entropy(logits, batch["targets"], batch["weights"])
+        return loss_sums(nnx.merge(graphdef, params, constants), batch, loss_chunk)
 
     return eval_step
 

@@ -2,7 +2,7 @@
 
 from jaxla.models.config import MIXER_KINDS, LMConfig
 from jaxla.models.generate import Sampling, generate, generate_stream, sample_logits
-from jaxla.models.lm import Block, CausalLM, make_mixer
+from jaxla.models.lm import Block, CausalLM, head_logits, make_mixer
 
 __all__ = [
     "MIXER_KINDS",
@@ -12,6 +12,7 @@ __all__ = [
     "Sampling",
     "generate",
     "generate_stream",
+    "head_logits",
     "make_mixer",
     "sample_logits",
 ]

@@ -130,6 +130,13 @@ def scan_groups(blocks, period: int):
     return groups
 
 
+def head_logits(x: jax.Array, head: jax.Array) -> jax.Array:
+    """Logits `[..., vocab]` of hidden states `x [..., D]` through the LM head `[D, vocab]`: the
+    head cast to x's dtype, accumulated and returned in float32 (float64 for float64 x)."""
+    return jnp.dot(x, head.astype(x.dtype),
+                   preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
+
+
 class CausalLM(nnx.Module):
     """A decoder-only language model: `input_ids [B, T] int -> logits [B, T, vocab] float32`.
 
@@ -181,6 +188,21 @@ class CausalLM(nnx.Module):
         return tuple(block.mixer.init_cache(batch_size, max_len) for block in self.blocks)
 
     def __call__(self, input_ids: jax.Array, cache: tuple | None = None, *, segment_ids=None):
+        out = self.hidden_states(input_ids, cache, segment_ids=segment_ids)
+        if cache is None:
+            return head_logits(out, self.head_matrix())
+        x, new_cache = out
+        return head_logits(x, self.head_matrix()), new_cache
+
+    def head_matrix(self) -> jax.Array:
+        """The LM head `[D, vocab]` in param_dtype (the embedding's transpose when tied)."""
+        return self.embed.embedding[...].T if self.lm_head is None else self.lm_head[...]
+
+    def hidden_states(self, input_ids: jax.Array, cache: tuple | None = None, *,
+                      segment_ids=None):
+        """The final-normed hidden states `[B, T, D]` in the compute dtype, the input of the LM
+        head (`(states, new_cache)` with a cache): `model(ids)` is
+        `head_logits(model.hidden_states(ids), model.head_matrix())`."""
         if input_ids.ndim != 2 or not jnp.issubdtype(input_ids.dtype, jnp.integer):
             raise ValueError(f"input_ids must be an int array [B, T], got {input_ids.shape=}, "
                              f"{input_ids.dtype=}")
@@ -205,10 +227,7 @@ class CausalLM(nnx.Module):
                 else:
                     x = block(x, segment_ids=segment_ids)
         x = self.norm(x)
-        head = self.embed.embedding[...].T if self.lm_head is None else self.lm_head[...]
-        logits = jnp.dot(x, head.astype(x.dtype),
-                         preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
-        return logits if cache is None else (logits, tuple(new_cache))
+        return x if cache is None else (x, tuple(new_cache))
 
     def _scanned_blocks(self, x: jax.Array, groups, segment_ids) -> jax.Array:
         """The blocks as one `lax.scan` over repetitions of the layer pattern: XLA compiles one

@@ -54,7 +54,8 @@ def test_every_option_has_help_and_appears_in_help_text():
 
 @pytest.mark.parametrize("argv", [["--data", "nope"], ["--data", "tokens"], ["--steps", "0"],
                                   ["--val_fraction", "1.5"], ["--preset", "nope"],
-                                  ["--num_heads", "3"], ["--mlp", "maybe"]])
+                                  ["--num_heads", "3"], ["--mlp", "maybe"],
+                                  ["--loss_chunk", "-1"]])
 def test_bad_options_are_refused(argv):
     with pytest.raises((ValueError, SystemExit)):
         parse_args(argv, backend="cpu")

@@ -15,7 +15,10 @@ from train.step import (
     build_model,
     cross_entropy,
     decay_mask,
+    init_state,
+    loss_sums,
     lr_schedule,
+    make_train_step,
     model_constants,
     split_model,
 )
@@ -107,3 +110,56 @@ def test_split_model_separates_parameters_from_constants():
     for a, b in zip(jax.tree.leaves(rebuilt), jax.tree.leaves(constants), strict=True):
         assert isinstance(a, np.ndarray)
         np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def _packed_batch(rng, B, T, vocab):
+    """Random tokens, 0/1 weights (some 1), two documents per row."""
+    cut = rng.integers(1, T, B)
+    return {"inputs": jnp.asarray(rng.integers(0, vocab, (B, T)), jnp.int32),
+            "targets": jnp.asarray(rng.integers(0, vocab, (B, T)), jnp.int32),
+            "weights": jnp.asarray(rng.integers(0, 2, (B, T)), jnp.float32).at[:, 0].set(1.0),
+            "segment_ids": jnp.asarray(np.arange(T)[None, :] >= cut[:, None], jnp.int32)}
+
+
+@pytest.mark.parametrize("tied,chunk", [(True, 4), (False, 5)])  # 5: T=12 padded to 15
+def test_chunked_loss_equals_the_full_logits(rng, tied, chunk):
+    config = parse_args(["--preset", "tiny_hybrid",
+                         "--tie_embeddings" if tied else "--no-tie_embeddings"],
+                        backend="cpu").model
+    assert config.tie_embeddings == tied
+    graphdef, params, constants = split_model(build_model(config, 0))
+    batch = _packed_batch(rng, 2, 12, config.vocab_size)
+
+    def mean_loss(params, loss_chunk):
+        ce, count, hits = loss_sums(nnx.merge(graphdef, params, constants), batch, loss_chunk)
+        return ce / count, (count, hits)
+
+    grad = jax.jit(jax.value_and_grad(mean_loss, has_aux=True), static_argnums=1)
+    (full, (n_full, hits_full)), g_full = grad(params, 0)
+    (chunked, (n_chunked, hits_chunked)), g_chunked = grad(params, chunk)
+    assert_close(chunked, full, name="loss")
+    assert float(n_chunked) == float(n_full) and float(hits_chunked) == float(hits_full)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(g_chunked)[0],
+                            jax.tree.leaves(g_full), strict=True):
+        assert_close(a, b, name=jax.tree_util.keystr(path))
+
+
+def test_chunked_loss_keeps_the_logits_out_of_memory():
+    """XLA's memory analysis of the compiled train step: with a large vocabulary the full
+    `[B, T, vocab]` float32 logits (and their gradient) dominate the step's temporaries; chunks
+    of 16 positions hold an eighth of them at a time and save at least one whole logits array."""
+    config = parse_args(["--preset", "tiny", "--vocab_size", "8192", "--batch_size", "4",
+                         "--seq_len", "128"], backend="cpu")
+    tx = optax.adamw(1e-3)
+    state = jax.eval_shape(lambda: init_state(config.model, tx, 0))
+    graphdef, _, constants = split_model(build_model(config.model, 0))
+    batch = {k: jax.ShapeDtypeStruct((4, 128), d) for k, d in
+             (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))}
+    temp = {}
+    for loss_chunk in (0, 16):
+        step = make_train_step(graphdef, constants, tx, lr_schedule(config), loss_chunk)
+        compiled = jax.jit(step).lower(state, batch).compile()
+        temp[loss_chunk] = compiled.memory_analysis().temp_size_in_bytes
+    logits_bytes = 4 * 128 * 8192 * 4
+    assert temp[0] > 2 * logits_bytes, temp
+    assert temp[16] < temp[0] - logits_bytes, temp  # 2026-12-06: 18.4 MB against 44.5 MB
