@@ -114,9 +114,10 @@ def chunked_head_cross_entropy(x: jax.Array, head: jax.Array, targets: jax.Array
     logits: a `lax.scan` over chunks of `chunk` positions per row, each chunk's logits formed,
     reduced and (in the backward pass) formed again, so at most `[B, chunk, vocab]` float32
     logits are live. x: `[B, T, D]` final hidden states; head `[D, vocab]`; targets, weights
-    `[B, T]`. T is padded to a multiple of `chunk` with weight-0 positions. The batch axis stays
-    leading (data-parallel sharding is kept)."""
+    `[B, T]`. T is padded to a multiple of `chunk` (at most T) with weight-0 positions. The
+    batch axis stays leading (data-parallel sharding is kept)."""
     B, T, D = x.shape
+    chunk = min(chunk, T)
     pad = -T % chunk
     if pad:
         x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
