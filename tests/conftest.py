@@ -70,9 +70,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid in SMOKE:
             item.add_marker(pytest.mark.smoke)
-    # The training tests (whole runs, subprocesses: the longest) first, so that the workers do
-    # not end on them one at a time while the other waits.
-    items.sort(key=lambda item: not item.nodeid.startswith("tests/train/"))
     if jax.default_backend() == "gpu":
         return
     skip = pytest.mark.skip(reason="needs a GPU (run with JAXLA_TEST_GPU=1 on a GPU machine)")
