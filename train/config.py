@@ -360,8 +360,8 @@ TRAIN_HELP = {
     "eps": "AdamW epsilon",
     "clip_norm": "clip gradients to this global norm (0: no clipping)",
     "loss_chunk": "form the LM head's logits and the cross-entropy this many positions per row "
-                  "at a time, recomputed in the backward pass: at most [batch, loss_chunk, vocab] "
-                  "logits live instead of [batch, seq_len, vocab] (0: all at once)",
+                  "at a time, with their gradients in the same pass: at most [batch, loss_chunk, "
+                  "vocab] logits live instead of [batch, seq_len, vocab] (0: all at once)",
     "spike_factor": "stop, before saving, at a loss above this many times the median loss of the "
                     "previous --spike_window steps (and over 1 nat above it); 0: off. A NaN or "
                     "Inf loss or gradient norm always stops the run",

@@ -10,6 +10,8 @@ metrics. Loss: next-token cross-entropy in float32, averaged over the positions 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,11 +113,18 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array):
 def chunked_head_cross_entropy(x: jax.Array, head: jax.Array, targets: jax.Array,
                                weights: jax.Array, chunk: int):
     """`cross_entropy(head_logits(x, head), targets, weights)` without the `[B, T, vocab]`
-    logits: a `lax.scan` over chunks of `chunk` positions per row, each chunk's logits formed,
-    reduced and (in the backward pass) formed again, so at most `[B, chunk, vocab]` float32
-    logits are live. x: `[B, T, D]` final hidden states; head `[D, vocab]`; targets, weights
-    `[B, T]`. T is padded to a multiple of `chunk` (at most T) with weight-0 positions. The
-    batch axis stays leading (data-parallel sharding is kept)."""
+    logits: a `lax.scan` over chunks of `chunk` positions per row, so at most `[B, chunk, vocab]`
+    float32 logits are live. x: `[B, T, D]` final hidden states; head `[D, vocab]`; targets,
+    weights `[B, T]`. T is padded to a multiple of `chunk` (at most T) with weight-0 positions.
+    The batch axis stays leading (data-parallel sharding is kept).
+
+    Differentiated, each chunk's logits are formed once (a custom VJP): the forward pass also
+    takes the gradient of the weighted CE sum with respect to them, `(softmax - onehot) *
+    weight`, casts it to x's dtype (bf16 matmuls in a bf16 model, as FLA's fused linear
+    cross-entropy does; autodiff of the full logits multiplies the float32 cotangent) and folds
+    it into the gradients of x and of the head (accumulated in float32); the backward pass only
+    scales those by the incoming cotangents. Three head-sized matmuls per chunk, as for the full
+    logits, and no recomputation."""
     B, T, D = x.shape
     chunk = min(chunk, T)
     pad = -T % chunk
@@ -125,21 +134,71 @@ def chunked_head_cross_entropy(x: jax.Array, head: jax.Array, targets: jax.Array
         weights = jnp.pad(weights, ((0, 0), (0, pad)))
     n = (T + pad) // chunk
     # [n, B, chunk, ...]: the scan walks the chunks.
-    x = x.reshape(B, n, chunk, D).swapaxes(0, 1)
+    xs = x.reshape(B, n, chunk, D).swapaxes(0, 1)
     targets = targets.reshape(B, n, chunk).swapaxes(0, 1)
     weights = weights.reshape(B, n, chunk).swapaxes(0, 1)
+    return _fused_head_cross_entropy(xs, head, targets, weights, head.dtype, weights.dtype)
 
-    def chunk_sums(xc, tc, wc):
-        return cross_entropy(head_logits(xc, head), tc, wc)
 
-    @jax.checkpoint
-    def body(sums, xs):
-        return tuple(a + b for a, b in zip(sums, chunk_sums(*xs), strict=True)), None
+def _chunk_terms(xc, head, tc):
+    """One chunk `[B, c, D]`: its logits and per-position `(ce, hits)` (float32 or wider)."""
+    logits = head_logits(xc, head)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tc)
+    hits = (jnp.argmax(logits, axis=-1) == tc).astype(ce.dtype)
+    return logits, ce, hits
 
-    shapes = jax.eval_shape(chunk_sums, x[0], targets[0], weights[0])
-    sums, _ = jax.lax.scan(body, tuple(jnp.zeros((), s.dtype) for s in shapes),
-                           (x, targets, weights))
+
+def _add_chunk(sums, ce, hits, wc):
+    return (sums[0] + jnp.sum(ce * wc), sums[1] + jnp.sum(wc), sums[2] + jnp.sum(hits * wc))
+
+
+def _zero_sums(xs):
+    return tuple(jnp.zeros((), jnp.promote_types(xs.dtype, jnp.float32)) for _ in range(3))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _fused_head_cross_entropy(xs, head, targets, weights, head_dtype, weights_dtype):
+    """`chunked_head_cross_entropy` on `[n, B, c, ...]` chunks (the undifferentiated pass)."""
+    def body(sums, inputs):
+        xc, tc, wc = inputs
+        _, ce, hits = _chunk_terms(xc, head, tc)
+        return _add_chunk(sums, ce, hits, wc), None
+
+    sums, _ = jax.lax.scan(body, _zero_sums(xs), (xs, targets, weights))
     return sums
+
+
+def _fused_fwd(xs, head, targets, weights, head_dtype, weights_dtype):
+    acc = jnp.promote_types(xs.dtype, jnp.float32)
+    compute_head = head.astype(xs.dtype)
+
+    def body(carry, inputs):
+        sums, dhead = carry
+        xc, tc, wc = inputs
+        logits, ce, hits = _chunk_terms(xc, head, tc)
+        # d(sum of w * ce) / d logits, then through the head's matmul to x and to the head.
+        probs = jax.nn.softmax(logits, axis=-1)
+        onehot = jax.nn.one_hot(tc, logits.shape[-1], dtype=logits.dtype)
+        dlogits = ((probs - onehot) * wc[..., None].astype(logits.dtype)).astype(xs.dtype)
+        dx = jnp.dot(dlogits, compute_head.T, preferred_element_type=acc).astype(xs.dtype)
+        dhead = dhead + jnp.einsum("bcd,bcv->dv", xc, dlogits, preferred_element_type=acc)
+        return (_add_chunk(sums, ce, hits, wc), dhead), (dx, ce, hits)
+
+    init = (_zero_sums(xs), jnp.zeros(head.shape, acc))
+    (sums, dhead), (dxs, ce, hits) = jax.lax.scan(body, init, (xs, targets, weights))
+    return sums, (dxs, dhead, ce, hits, targets)
+
+
+def _fused_bwd(head_dtype, weights_dtype, residuals, cotangents):
+    dxs, dhead, ce, hits, targets = residuals
+    g_ce, g_count, g_hits = cotangents
+    # The sums are linear in the weights: d/dw is ce, 1 and hits per position.
+    dweights = g_ce * ce + g_count + g_hits * hits
+    return ((g_ce * dxs).astype(dxs.dtype), (g_ce * dhead).astype(head_dtype),
+            np.zeros(targets.shape, jax.dtypes.float0), dweights.astype(weights_dtype))
+
+
+_fused_head_cross_entropy.defvjp(_fused_fwd, _fused_bwd)
 
 
 def loss_sums(model: CausalLM, batch: dict, loss_chunk: int = 0):

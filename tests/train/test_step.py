@@ -7,12 +7,15 @@ import optax
 import pytest
 from flax import nnx
 
+from jaxla.flops.report import walker
 from jaxla.layers.lightning import FixedDecay
+from jaxla.models import head_logits
 from jaxla.testing import assert_close
 from train.config import parse_args
 from train.sharding import fsdp_spec, make_mesh
 from train.step import (
     build_model,
+    chunked_head_cross_entropy,
     cross_entropy,
     decay_mask,
     init_state,
@@ -142,6 +145,55 @@ def test_chunked_loss_equals_the_full_logits(rng, tied, chunk):
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(g_chunked)[0],
                             jax.tree.leaves(g_full), strict=True):
         assert_close(a, b, name=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_chunked_head_cross_entropy_matches_the_float64_full_logits(rng, x64, dtype):
+    """Sums and the vector-Jacobian product for x, the head and the weights (random cotangents
+    for all three sums; fractional weights, so d/dw is more than a count) against the full
+    logits in float64. T=13 in chunks of 4: a padded last chunk."""
+    B, T, D, V = 2, 13, 16, 40
+    x = jnp.asarray(rng.standard_normal((B, T, D)), dtype)
+    head = jnp.asarray(rng.standard_normal((D, V)) / np.sqrt(D), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32)
+    weights = jnp.asarray(rng.uniform(0.0, 1.0, (B, T)) * (rng.uniform(size=(B, T)) > 0.2),
+                          jnp.float32)
+    cotangents = tuple(jnp.asarray(rng.standard_normal(()), jnp.float32) for _ in range(3))
+
+    def full(x, head, weights):
+        return cross_entropy(head_logits(x, head), targets, weights)
+
+    (ce, count, hits), vjp = jax.vjp(
+        lambda x, h, w: chunked_head_cross_entropy(x, h, targets, w, 4), x, head, weights)
+    grads = vjp(cotangents)
+    f64 = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731
+    (ce64, count64, hits64), vjp64 = jax.vjp(full, f64(x), f64(head), f64(weights))
+    grads64 = vjp64(tuple(f64(c) for c in cotangents))
+    assert_close(ce, ce64, dtype=dtype, name="ce sum")
+    assert_close(count, count64, name="weight sum")
+    # A bf16 x can flip a near-tie argmax; the hits of the same-dtype full logits are exact.
+    assert float(hits) == float(full(x, head, weights)[2])
+    for name, g, g64, arg in zip(("dx", "dhead", "dweights"), grads, grads64,
+                                 (x, head, weights), strict=True):
+        assert g.dtype == arg.dtype, name
+        assert_close(g, g64, dtype=dtype, name=name)
+
+
+def test_chunked_loss_forms_each_chunk_of_logits_once():
+    """The gradient of the chunked loss costs the three head matmuls of the full logits'
+    (forward, d x, d head: 6 B T D V FLOPs) and no recomputed fourth (8 B T D V)."""
+    B, T, D, V = 2, 64, 32, 4096
+    S = jax.ShapeDtypeStruct
+    args = (S((B, T, D), jnp.float32), S((D, V), jnp.float32), S((B, T), jnp.int32),
+            S((B, T), jnp.float32))
+
+    def grad_flops(chunk):
+        loss = lambda x, h, t, w: chunked_head_cross_entropy(x, h, t, w, chunk)[0]  # noqa: E731
+        return walker.count(jax.grad(loss, argnums=(0, 1)), *args).flops
+
+    matmuls = 2 * B * T * D * V
+    assert 3 * matmuls < grad_flops(16) < 3.5 * matmuls
+    assert 3 * matmuls < grad_flops(64) < 3.5 * matmuls  # one chunk: no loop at all
 
 
 def test_chunked_loss_keeps_the_logits_out_of_memory():
