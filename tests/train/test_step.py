@@ -18,10 +18,8 @@ from train.step import (
     chunked_head_cross_entropy,
     cross_entropy,
     decay_mask,
-    init_state,
     loss_sums,
     lr_schedule,
-    make_train_step,
     model_constants,
     split_model,
 )
@@ -124,8 +122,9 @@ def _packed_batch(rng, B, T, vocab):
             "segment_ids": jnp.asarray(np.arange(T)[None, :] >= cut[:, None], jnp.int32)}
 
 
-# T=12: chunks of 4 divide it, of 5 pad it to 15, of 64 are clipped to 12.
-@pytest.mark.parametrize("tied,chunk", [(True, 4), (False, 5), (True, 64)])
+# T=12: chunks of 5 pad it to 15, of 64 are clipped to 12 (padding within the head + loss:
+# test_chunked_head_cross_entropy_matches_the_float64_full_logits).
+@pytest.mark.parametrize("tied,chunk", [(True, 5), (False, 64)])
 def test_chunked_loss_equals_the_full_logits(rng, tied, chunk):
     config = parse_args(["--preset", "tiny", "--tie_embeddings" if tied else "--no-tie_embeddings"],
                         backend="cpu").model
@@ -197,21 +196,23 @@ def test_chunked_loss_forms_each_chunk_of_logits_once():
 
 
 def test_chunked_loss_keeps_the_logits_out_of_memory():
-    """XLA's memory analysis of the compiled train step: with a large vocabulary the full
-    `[B, T, vocab]` float32 logits (and their gradient) dominate the step's temporaries; chunks
-    of 16 positions hold an eighth of them at a time and save at least one whole logits array."""
-    config = parse_args(["--preset", "tiny", "--vocab_size", "8192", "--batch_size", "4",
-                         "--seq_len", "128"], backend="cpu")
-    tx = optax.adamw(1e-3)
-    state = jax.eval_shape(lambda: init_state(config.model, tx, 0))
-    graphdef, _, constants = split_model(build_model(config.model, 0))
-    batch = {k: jax.ShapeDtypeStruct((4, 128), d) for k, d in
-             (("inputs", jnp.int32), ("targets", jnp.int32), ("weights", jnp.float32))}
+    """XLA's memory analysis of the compiled gradient of the head + cross-entropy: with a large
+    vocabulary the full `[B, T, vocab]` float32 logits (and their gradient) dominate the
+    temporaries; chunks of 16 positions hold an eighth of them at a time and save at least one
+    whole logits array."""
+    B, T, D, V = 4, 128, 64, 8192
+    S = jax.ShapeDtypeStruct
+    args = (S((B, T, D), jnp.float32), S((D, V), jnp.float32), S((B, T), jnp.int32),
+            S((B, T), jnp.float32))
     temp = {}
-    for loss_chunk in (0, 16):
-        step = make_train_step(graphdef, constants, tx, lr_schedule(config), loss_chunk)
-        compiled = jax.jit(step).lower(state, batch).compile()
-        temp[loss_chunk] = compiled.memory_analysis().temp_size_in_bytes
-    logits_bytes = 4 * 128 * 8192 * 4
+    for chunk in (0, 16):
+        def loss(x, head, targets, weights, chunk=chunk):
+            if chunk:
+                return chunked_head_cross_entropy(x, head, targets, weights, chunk)[0]
+            return cross_entropy(head_logits(x, head), targets, weights)[0]
+
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*args).compile()
+        temp[chunk] = compiled.memory_analysis().temp_size_in_bytes
+    logits_bytes = B * T * V * 4
     assert temp[0] > 2 * logits_bytes, temp
-    assert temp[16] < temp[0] - logits_bytes, temp  # 2026-12-06: 18.4 MB against 44.5 MB
+    assert temp[16] < temp[0] - logits_bytes, temp
