@@ -137,7 +137,8 @@ def chunked_head_cross_entropy(x: jax.Array, head: jax.Array, targets: jax.Array
     xs = x.reshape(B, n, chunk, D).swapaxes(0, 1)
     targets = targets.reshape(B, n, chunk).swapaxes(0, 1)
     weights = weights.reshape(B, n, chunk).swapaxes(0, 1)
-    return _fused_head_cross_entropy(xs, head, targets, weights, head.dtype, weights.dtype)
+    return _fused_head_cross_entropy(xs, head, targets, weights, x.dtype, head.dtype,
+                                     weights.dtype)
 
 
 def _chunk_terms(xc, head, tc):
@@ -156,8 +157,8 @@ def _zero_sums(xs):
     return tuple(jnp.zeros((), jnp.promote_types(xs.dtype, jnp.float32)) for _ in range(3))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _fused_head_cross_entropy(xs, head, targets, weights, head_dtype, weights_dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _fused_head_cross_entropy(xs, head, targets, weights, x_dtype, head_dtype, weights_dtype):
     """`chunked_head_cross_entropy` on `[n, B, c, ...]` chunks (the undifferentiated pass)."""
     def body(sums, inputs):
         xc, tc, wc = inputs
@@ -168,7 +169,7 @@ def _fused_head_cross_entropy(xs, head, targets, weights, head_dtype, weights_dt
     return sums
 
 
-def _fused_fwd(xs, head, targets, weights, head_dtype, weights_dtype):
+def _fused_fwd(xs, head, targets, weights, x_dtype, head_dtype, weights_dtype):
     acc = jnp.promote_types(xs.dtype, jnp.float32)
     compute_head = head.astype(xs.dtype)
 
@@ -180,7 +181,8 @@ def _fused_fwd(xs, head, targets, weights, head_dtype, weights_dtype):
         probs = jax.nn.softmax(logits, axis=-1)
         onehot = jax.nn.one_hot(tc, logits.shape[-1], dtype=logits.dtype)
         dlogits = ((probs - onehot) * wc[..., None].astype(logits.dtype)).astype(xs.dtype)
-        dx = jnp.dot(dlogits, compute_head.T, preferred_element_type=acc).astype(xs.dtype)
+        # float32 until the backward scales it: one rounding to x's dtype, not two.
+        dx = jnp.dot(dlogits, compute_head.T, preferred_element_type=acc)
         dhead = dhead + jnp.einsum("bcd,bcv->dv", xc, dlogits, preferred_element_type=acc)
         return (_add_chunk(sums, ce, hits, wc), dhead), (dx, ce, hits)
 
@@ -189,12 +191,12 @@ def _fused_fwd(xs, head, targets, weights, head_dtype, weights_dtype):
     return sums, (dxs, dhead, ce, hits, targets)
 
 
-def _fused_bwd(head_dtype, weights_dtype, residuals, cotangents):
+def _fused_bwd(x_dtype, head_dtype, weights_dtype, residuals, cotangents):
     dxs, dhead, ce, hits, targets = residuals
     g_ce, g_count, g_hits = cotangents
     # The sums are linear in the weights: d/dw is ce, 1 and hits per position.
     dweights = g_ce * ce + g_count + g_hits * hits
-    return ((g_ce * dxs).astype(dxs.dtype), (g_ce * dhead).astype(head_dtype),
+    return ((g_ce * dxs).astype(x_dtype), (g_ce * dhead).astype(head_dtype),
             np.zeros(targets.shape, jax.dtypes.float0), dweights.astype(weights_dtype))
 
 
