@@ -103,11 +103,20 @@ def init_state(model_config: LMConfig, tx: optax.GradientTransformation, seed: i
             "opt_state": tx.init(params), "rng": jax.random.key_data(jax.random.key(seed))}
 
 
+def token_cross_entropy(logits: jax.Array, targets: jax.Array):
+    """Per position `(CE, hit)` in float32: `[..., vocab]` logits, `[...]` integer targets."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    return ce, (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+
+
+def weighted_sums(ce: jax.Array, hits: jax.Array, weights: jax.Array):
+    """`(sum of weighted CE, sum of weights, sum of weighted hits)`."""
+    return jnp.sum(ce * weights), jnp.sum(weights), jnp.sum(hits * weights)
+
+
 def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array):
     """`(sum of weighted CE, sum of weights, sum of weighted hits)` over `[B, T]` positions."""
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-    hits = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    return jnp.sum(ce * weights), jnp.sum(weights), jnp.sum(hits * weights)
+    return weighted_sums(*token_cross_entropy(logits, targets), weights)
 
 
 def chunked_head_cross_entropy(x: jax.Array, head: jax.Array, targets: jax.Array,
@@ -141,20 +150,13 @@ def chunked_head_cross_entropy(x: jax.Array, head: jax.Array, targets: jax.Array
                                      weights.dtype)
 
 
-def _chunk_terms(xc, head, tc):
-    """One chunk `[B, c, D]`: its logits and per-position `(ce, hits)` (float32 or wider)."""
-    logits = head_logits(xc, head)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tc)
-    hits = (jnp.argmax(logits, axis=-1) == tc).astype(ce.dtype)
-    return logits, ce, hits
+def _add_sums(sums, chunk_sums):
+    return tuple(a + b for a, b in zip(sums, chunk_sums, strict=True))
 
 
-def _add_chunk(sums, ce, hits, wc):
-    return (sums[0] + jnp.sum(ce * wc), sums[1] + jnp.sum(wc), sums[2] + jnp.sum(hits * wc))
-
-
-def _zero_sums(xs):
-    return tuple(jnp.zeros((), jnp.promote_types(xs.dtype, jnp.float32)) for _ in range(3))
+def _zero_sums(weights):
+    """Zeros of the sums' dtype (that of `weighted_sums` on float32 CE and these weights)."""
+    return tuple(jnp.zeros((), jnp.promote_types(jnp.float32, weights.dtype)) for _ in range(3))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
@@ -162,10 +164,9 @@ def _fused_head_cross_entropy(xs, head, targets, weights, x_dtype, head_dtype, w
     """`chunked_head_cross_entropy` on `[n, B, c, ...]` chunks (the undifferentiated pass)."""
     def body(sums, inputs):
         xc, tc, wc = inputs
-        _, ce, hits = _chunk_terms(xc, head, tc)
-        return _add_chunk(sums, ce, hits, wc), None
+        return _add_sums(sums, cross_entropy(head_logits(xc, head), tc, wc)), None
 
-    sums, _ = jax.lax.scan(body, _zero_sums(xs), (xs, targets, weights))
+    sums, _ = jax.lax.scan(body, _zero_sums(weights), (xs, targets, weights))
     return sums
 
 
@@ -176,7 +177,8 @@ def _fused_fwd(xs, head, targets, weights, x_dtype, head_dtype, weights_dtype):
     def body(carry, inputs):
         sums, dhead = carry
         xc, tc, wc = inputs
-        logits, ce, hits = _chunk_terms(xc, head, tc)
+        logits = head_logits(xc, head)
+        ce, hits = token_cross_entropy(logits, tc)
         # d(sum of w * ce) / d logits, then through the head's matmul to x and to the head.
         probs = jax.nn.softmax(logits, axis=-1)
         onehot = jax.nn.one_hot(tc, logits.shape[-1], dtype=logits.dtype)
@@ -184,9 +186,9 @@ def _fused_fwd(xs, head, targets, weights, x_dtype, head_dtype, weights_dtype):
         # float32 until the backward scales it: one rounding to x's dtype, not two.
         dx = jnp.dot(dlogits, compute_head.T, preferred_element_type=acc)
         dhead = dhead + jnp.einsum("bcd,bcv->dv", xc, dlogits, preferred_element_type=acc)
-        return (_add_chunk(sums, ce, hits, wc), dhead), (dx, ce, hits)
+        return (_add_sums(sums, weighted_sums(ce, hits, wc)), dhead), (dx, ce, hits)
 
-    init = (_zero_sums(xs), jnp.zeros(head.shape, acc))
+    init = (_zero_sums(weights), jnp.zeros(head.shape, acc))
     (sums, dhead), (dxs, ce, hits) = jax.lax.scan(body, init, (xs, targets, weights))
     return sums, (dxs, dhead, ce, hits, targets)
 

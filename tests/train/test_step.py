@@ -182,13 +182,18 @@ def test_chunked_head_cross_entropy_matches_the_float64_full_logits(rng, x64, dt
         assert_close(g, g64, dtype=dtype, name=name)
 
 
+def _head_loss_shapes(B, T, D, V):
+    """Abstract float32 `(x [B, T, D], head [D, V], targets, weights [B, T])`."""
+    S = jax.ShapeDtypeStruct
+    return (S((B, T, D), jnp.float32), S((D, V), jnp.float32), S((B, T), jnp.int32),
+            S((B, T), jnp.float32))
+
+
 def test_chunked_loss_forms_each_chunk_of_logits_once():
     """The gradient of the chunked loss costs the three head matmuls of the full logits'
     (forward, d x, d head: 6 B T D V FLOPs) and no recomputed fourth (8 B T D V)."""
     B, T, D, V = 2, 64, 32, 4096
-    S = jax.ShapeDtypeStruct
-    args = (S((B, T, D), jnp.float32), S((D, V), jnp.float32), S((B, T), jnp.int32),
-            S((B, T), jnp.float32))
+    args = _head_loss_shapes(B, T, D, V)
 
     def grad_flops(chunk):
         loss = lambda x, h, t, w: chunked_head_cross_entropy(x, h, t, w, chunk)[0]  # noqa: E731
@@ -205,9 +210,7 @@ def test_chunked_loss_keeps_the_logits_out_of_memory():
     temporaries; chunks of 16 positions hold an eighth of them at a time and save at least one
     whole logits array."""
     B, T, D, V = 4, 128, 64, 8192
-    S = jax.ShapeDtypeStruct
-    args = (S((B, T, D), jnp.float32), S((D, V), jnp.float32), S((B, T), jnp.int32),
-            S((B, T), jnp.float32))
+    args = _head_loss_shapes(B, T, D, V)
     temp = {}
     for chunk in (0, 16):
         def loss(x, head, targets, weights, chunk=chunk):
