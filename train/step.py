@@ -84,7 +84,7 @@ def run_on_host(fn):
     The CPU device is this process's own: in a run of several CPU processes, `jax.devices("cpu")`
     lists the other processes' devices too.
     """
-    host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    host = jax.sharding.make_single_device_sharding(jax.local_devices(backend="cpu")[0])
     return jax.jit(fn, out_shardings=host)()
 
 

@@ -185,7 +185,7 @@ def read_run_params(run_dir: Path, step: int) -> dict[str, np.ndarray]:
         tree = getattr(tree, "item_metadata", tree)
         tree = dict(getattr(tree, "tree", tree))
         names = [n for n in tree if n.startswith("params.")]
-        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        cpu = jax.sharding.make_single_device_sharding(jax.devices("cpu")[0])
         target = {n: jax.ShapeDtypeStruct(tuple(tree[n].shape), tree[n].dtype, sharding=cpu)
                   for n in names}
         restore_args = ocp.checkpoint_utils.construct_restore_args(target)
