@@ -82,7 +82,7 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     clip_norm: float = 1.0
-    loss_chunk: int = 0
+    loss_chunk: int = 256
 
     # Divergence guard (NaN/Inf always stops the run; this also stops it on a loss spike).
     spike_factor: float = 3.0
