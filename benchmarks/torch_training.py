@@ -60,9 +60,14 @@ def main(argv=None) -> int:
     p.add_argument("--seq_len", type=int, default=2048)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after the run, trace N more steps with torch.profiler and print their "
+                        "CUDA time by kernel (benchmarks.step_profile is jaxla's counterpart)")
     args = p.parse_args(argv)
     if not 0 <= args.warmup < args.steps:
         p.error(f"--warmup must be in [0, --steps), got {args.warmup}, {args.steps}")
+    if args.profile < 0:
+        p.error(f"--profile must be >= 0, got {args.profile}")
 
     import torch
 
@@ -73,17 +78,21 @@ def main(argv=None) -> int:
                             fused=True)
     gen = torch.Generator(device="cuda").manual_seed(0)
     torch.cuda.reset_peak_memory_stats()
-    start = None
-    for step in range(args.steps):
-        if step == args.warmup:
-            torch.cuda.synchronize()
-            start = time.perf_counter()
+    def train_step():
         tokens = torch.randint(0, vocab, (args.batch_size, args.seq_len), device="cuda",
                                generator=gen)
         loss = _loss(args.model, model, tokens)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss
+
+    start = None
+    for step in range(args.steps):
+        if step == args.warmup:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+        loss = train_step()
         torch.cuda.synchronize()
         if step % 10 == 0:
             print(f"step {step} loss {loss.item():.4f}", flush=True)
@@ -93,6 +102,16 @@ def main(argv=None) -> int:
                   step_ms=1e3 * elapsed / timed, params=params,
                   peak_memory_bytes=int(torch.cuda.max_memory_allocated()))
     print("RESULT " + json.dumps(result), flush=True)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(args.profile):
+                train_step()
+            torch.cuda.synchronize()
+        print(f"CUDA time of {args.profile} steps by kernel (divide by {args.profile} for a step):")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40,
+                                        max_name_column_width=90))
     return 0
 
 
