@@ -658,16 +658,21 @@ def _recomputed(forward: Flops, outputs: int) -> Flops:
 def recomputed_chains(kind: str, config: LMConfig, tokens: int) -> Flops:
     """What the backward of one block of `kind` recomputes of the elementwise chains it wraps in
     `jaxla.layers._common.recomputed` (instead of saving their float32 intermediates): the
-    RMSNorms, the SwiGLU activation, the short convolutions (taps, bias, silu), GLA's norm and
-    output gate, Lightning's qkv silu and its norm and output gate (see `_recomputed`)."""
+    RMSNorms, the SwiGLU activation, the short convolutions (taps, bias, silu), GLA's log-sigmoid
+    gates and its norm and output gate, Lightning's qkv silu and its norm and output gate (see
+    `_recomputed`). The SwiGLU chain holds the down projection, whose weight gradient reads the
+    activation's product: that product is recomputed too (the projection is not)."""
     D, H = config.hidden_size, config.num_heads
     out = _recomputed(rmsnorm(tokens, D), tokens * D)
     if config.mlp:
         F_ = config.mlp_size
         out += _recomputed(rmsnorm(tokens, D), tokens * D)
-        out += _recomputed(swiglu_activation(tokens, F_), tokens * F_)
+        out += swiglu_activation(tokens, F_)
     if kind == "gla":
         Kd, Vd = config.key_dim, config.value_dim
+        # log_sigmoid, then / gate_logit_normalizer (the last op: its output is the op's input)
+        out += _recomputed(elementwise(tokens * Kd, "log_sigmoid") + elementwise(tokens * Kd),
+                           tokens * Kd)
         if config.use_short_conv:
             width = 2 * Kd + Vd
             out += _recomputed(_conv(tokens, width, config.conv_size, bias=False, act=True),

@@ -20,7 +20,10 @@ def recomputed(fn):
     For the float32 elementwise chains around the matmuls (norms, gates, activations): autodiff
     would save several float32 copies of the activations per chain (2.3 GiB per GLA-340M layer
     at B=8, T=2048 with all of them saved); recomputing them is one fused elementwise pass that
-    reads the chain's inputs, which the neighbouring matmuls keep anyway.
+    reads the chain's inputs, which the neighbouring matmuls keep anyway. The chain's output is
+    still saved when a later matmul's weight gradient reads it; a chain that ends in that matmul
+    (SwiGLU's down projection) recomputes the output instead, and not the matmul, whose result
+    the backward does not need.
     """
     return jax.checkpoint(fn)
 

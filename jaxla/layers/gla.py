@@ -152,9 +152,12 @@ class GatedLinearAttention(nnx.Module):
                     self.q_conv1d(q, cache.conv_q), self.k_conv1d(k, cache.conv_k),
                     self.v_conv1d(v, cache.conv_v))
                 convs = (cq, ck, cv)
-        gk = jax.nn.log_sigmoid(self.gk_proj(x).astype(jnp.float32)) / self.gate_logit_normalizer
-        if self.clamp_min is not None:
-            gk = jnp.maximum(gk, self.clamp_min)
+        def log_decays(logits):
+            gk = jax.nn.log_sigmoid(logits.astype(jnp.float32)) / self.gate_logit_normalizer
+            return gk if self.clamp_min is None else jnp.maximum(gk, self.clamp_min)
+
+        # Recomputed: the backward keeps the compute-dtype logits, not float32 activations.
+        gk = recomputed(log_decays)(self.gk_proj(x))
 
         H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
         G = H // self.num_kv_heads

@@ -25,7 +25,12 @@ class SwiGLU(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         cd = compute_dtype(self.dtype, x)
-        h = recomputed(lambda gate, up: (jax.nn.silu(gate.astype(jnp.float32))
-                                         * up.astype(jnp.float32)).astype(cd))(
-            self.gate_proj(x), self.up_proj(x))
-        return self.down_proj(h)
+
+        def product_and_down(gate, up):
+            return self.down_proj((jax.nn.silu(gate.astype(jnp.float32))
+                                   * up.astype(jnp.float32)).astype(cd))
+
+        # The down projection sits inside the recomputed chain so that the product, which its
+        # weight gradient reads, is recomputed from gate and up in the backward rather than saved
+        # (FLA's swiglu kernel does the same); the projection itself is not rerun.
+        return recomputed(product_and_down)(self.gate_proj(x), self.up_proj(x))

@@ -1,0 +1,50 @@
+"""What a block keeps for its backward pass (`jax.ad_checkpoint.print_saved_residuals`).
+
+At gla_340m's B=8, T=2048 every `[B, T, width]` activation a layer saves costs 16-88 MiB, times
+24 layers: the recomputed chains must keep their float32 intermediates and the products that
+only feed a matmul's weight gradient out of memory (benchmarks/RESULTS.md, "What a gla_340m
+layer keeps for the backward")."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+from jax.ad_checkpoint import print_saved_residuals
+
+from jaxla.models.config import LMConfig
+from jaxla.models.lm import Block
+
+
+def _saved_shapes(config, B, T, capsys):
+    """`[(dtype, shape)]` of the residuals one block's backward keeps."""
+    block = Block(config, 0, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(block)
+    x = jax.random.normal(jax.random.key(0), (B, T, config.hidden_size), jnp.bfloat16)
+
+    def loss(state, x):
+        return nnx.merge(graphdef, state)(x).astype(jnp.float32).sum()
+
+    capsys.readouterr()
+    print_saved_residuals(loss, state, x)
+    saved = []
+    for line in capsys.readouterr().out.splitlines():
+        m = re.match(r"\s*(\w+)\[([\d,]*)\]", line)
+        if m:
+            saved.append((m.group(1), tuple(int(d) for d in m.group(2).split(",") if d)))
+    assert saved, "print_saved_residuals printed nothing"
+    return saved
+
+
+@pytest.mark.parametrize("implementation", ["xla", "pallas"])
+def test_gla_block_saves_no_gate_activations_or_swiglu_product(implementation, capsys):
+    B, T = 2, 96  # > 64: the chunked op
+    config = LMConfig.tiny("gla", dtype="bfloat16", param_dtype="bfloat16", intermediate_size=96,
+                           implementation=implementation)
+    saved = _saved_shapes(config, B, T, capsys)
+    # SwiGLU: gate and up (the product is recomputed for the down projection's weight gradient).
+    assert saved.count(("bf16", (B, T, 96))) == 2, saved
+    # The gates: the bf16 logits, not float32 log-sigmoid activations.
+    assert ("bf16", (B, T, config.key_dim)) in saved, saved
+    assert ("f32", (B, T, config.key_dim)) not in saved, saved
