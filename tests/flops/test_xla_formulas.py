@@ -198,8 +198,11 @@ def test_gla_xla_path(rng):
     einsum_excess = B * H * n * (M * c_ * c_ * K + (M * M * c_ * K if M > 1 else 0))
     assert lo.flops == pytest.approx(formula.total + einsum_excess, rel=5e-3)
     assert lo.transcendentals == formula.transcendentals
-    # Compiled: the broadcast products become plain multiplies; fusion may duplicate a little.
-    assert co.flops == pytest.approx(formula.total, rel=2e-2)
+    # Compiled: the broadcast products become plain multiplies, and fusion duplicates some
+    # elementwise producers into several consumers (XLA's choice, shape-dependent). Over all 486
+    # shapes this test can draw the compiled count lies within -0.52 % and +2.41 % of the formula
+    # (the most at C=32, V=16, K=64; +-2 % failed there, e.g. JAXLA_TEST_SEED=47336).
+    assert -0.006 <= co.flops / formula.total - 1 <= 0.025, co.flops / formula.total
 
 
 @pytest.mark.parametrize("form", ["simple_gla", "lightning"])
