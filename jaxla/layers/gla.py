@@ -152,6 +152,7 @@ class GatedLinearAttention(nnx.Module):
                     self.q_conv1d(q, cache.conv_q), self.k_conv1d(k, cache.conv_k),
                     self.v_conv1d(v, cache.conv_v))
                 convs = (cq, ck, cv)
+
         def log_decays(logits):
             gk = jax.nn.log_sigmoid(logits.astype(jnp.float32)) / self.gate_logit_normalizer
             return gk if self.clamp_min is None else jnp.maximum(gk, self.clamp_min)
