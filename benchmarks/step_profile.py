@@ -49,43 +49,43 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def device_lines(xspace: jp.ProfileData):
-    """`(line, events)` of the traced device work: the GPU's streams where a GPU plane exists,
-    else the CPU client's XLA threads."""
-    planes = list(xspace.planes)
-    gpu = [p for p in planes if p.name.startswith("/device:GPU")]
-    for plane in gpu or [p for p in planes if p.name == "/host:CPU"]:
-        for line in plane.lines:
-            if line.name.startswith("Stream") if gpu else "PjRtCpuClient" in line.name:
-                yield line.name, list(line.events)
+def device_events(planes: list, gpu: bool):
+    """The events of the traced device work: the GPU's streams (`gpu`), else the CPU client's
+    XLA threads."""
+    for plane in planes:
+        if plane.name.startswith("/device:GPU") if gpu else plane.name == "/host:CPU":
+            for line in plane.lines:
+                if line.name.startswith("Stream") if gpu else "PjRtCpuClient" in line.name:
+                    yield from line.events
 
 
 def summarize(xspace: jp.ProfileData, steps: int) -> dict:
     """Milliseconds per step by kind, by event name (with calls per step) and, for copies, by the
     HLO op behind them."""
+    planes = list(xspace.planes)
+    gpu = any(p.name.startswith("/device:GPU") for p in planes)
     ns, calls = collections.Counter(), collections.Counter()
     copies = collections.defaultdict(lambda: [0, 0, 0])  # (name, hlo op) -> [ns, calls, bytes]
-    for _, events in device_lines(xspace):
-        for e in events:
-            if e.name.startswith("ThunkExecutor::"):  # (CPU) wraps the thunks it runs
-                continue
-            ns[e.name] += e.duration_ns
-            calls[e.name] += 1
-            if e.name.startswith("Memcpy"):
-                stats = {str(k): str(v) for k, v in e.stats}
-                # CUPTI's details: "kind_src:device kind_dst:device size:N dest:0 async:1".
-                nbytes = re.search(r"(?:^|\s)size:(\d+)", stats.get("memcpy_details", ""))
-                op = stats.get("hlo_op") or stats.get("tf_op") or "?"
-                entry = copies[(e.name, op)]
-                entry[0] += e.duration_ns
-                entry[1] += 1
-                entry[2] += int(nbytes.group(1)) if nbytes else 0
+    for e in device_events(planes, gpu):
+        if e.name.startswith("ThunkExecutor::"):  # (CPU) wraps the thunks it runs
+            continue
+        ns[e.name] += e.duration_ns
+        calls[e.name] += 1
+        if e.name.startswith("Memcpy"):
+            stats = {str(k): str(v) for k, v in e.stats}
+            # CUPTI's details: "kind_src:device kind_dst:device size:N dest:0 async:1".
+            nbytes = re.search(r"(?:^|\s)size:(\d+)", stats.get("memcpy_details", ""))
+            op = stats.get("hlo_op") or stats.get("tf_op") or "?"
+            entry = copies[(e.name, op)]
+            entry[0] += e.duration_ns
+            entry[1] += 1
+            entry[2] += int(nbytes.group(1)) if nbytes else 0
     by_kind = dict.fromkeys(KINDS, 0.0)
     for name, total in ns.items():
         by_kind[kind_of(name)] += total / 1e6 / steps
     return {
         "steps": steps,
-        "gpu": any(p.name.startswith("/device:GPU") for p in xspace.planes),
+        "gpu": gpu,
         "device_ms_per_step": sum(ns.values()) / 1e6 / steps,
         "by_kind_ms": by_kind,
         "by_name": [{"name": n, "kind": kind_of(n), "ms": t / 1e6 / steps,
@@ -133,19 +133,33 @@ def main(argv=None) -> int:
         if option in train_args:
             p.error(f"the train option {option} is set by this script")
 
+    with tempfile.TemporaryDirectory(prefix="step_profile_") as tmp:
+        result = _profile(p, args, train_args, Path(tmp))
+    result["device"] = jax.devices()[0].device_kind
+    result["train_args"] = train_args
+    print(f"{result['device']}: python -m train {' '.join(train_args)}; {args.steps} steps traced "
+          f"after {args.warmup}")
+    print(table(result, args.top))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def _profile(p, args, train_args, tmp: Path) -> dict:
+    """Train `--warmup` + `--steps` steps in a run folder under `tmp`, tracing the steps after the
+    warm-up into `tmp`: the summary and the traced steps' wall time."""
     from train.config import ConfigError, parse_args
     from train.loop import train
 
     last = args.warmup + args.steps
-    run_dir = tempfile.mkdtemp(prefix="step_profile_")
+    run_dir, trace_dir = tmp / "run", tmp / "trace"
     try:
         config = parse_args(train_args + [
-            "--steps", str(last), "--no-checkpoint", "--run_dir", run_dir, "--overwrite",
+            "--steps", str(last), "--no-checkpoint", "--run_dir", str(run_dir), "--overwrite",
             "--eval_every", str(10 * last), "--eval_batches", "1", "--progress", "off",
             "--no-plot"])
     except ConfigError as exc:
         p.error(f"train options: {exc}")
-    trace_dir = tempfile.mkdtemp(prefix="step_profile_trace_")
     options = jp.ProfileOptions()
     options.python_tracer_level = 0
     # The GPU's kernels are device events; the CPU's thunks are host events.
@@ -155,7 +169,7 @@ def main(argv=None) -> int:
     def on_step(step, metrics):
         if step == args.warmup:
             jax.block_until_ready(metrics)
-            jp.start_trace(trace_dir, profiler_options=options)
+            jp.start_trace(str(trace_dir), profiler_options=options)
             started.append(time.perf_counter())
         elif step == last:
             jax.block_until_ready(metrics)
@@ -167,17 +181,10 @@ def main(argv=None) -> int:
         train(config, echo=lambda *a, **k: None, on_step=on_step)
     except ConfigError as exc:
         p.error(f"train options: {exc}")
-    path = max(Path(trace_dir).rglob("*.xplane.pb"), key=lambda f: f.stat().st_mtime)
+    (path,) = trace_dir.rglob("*.xplane.pb")
     result = summarize(jp.ProfileData.from_file(str(path)), args.steps)
     result["wall_ms_per_step"] = 1e3 * (started[1] - started[0]) / args.steps
-    result["device"] = jax.devices()[0].device_kind
-    result["train_args"] = train_args
-    print(f"{result['device']}: python -m train {' '.join(train_args)}; {args.steps} steps traced "
-          f"after {args.warmup}")
-    print(table(result, args.top))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    return 0
+    return result
 
 
 if __name__ == "__main__":

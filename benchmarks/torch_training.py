@@ -78,6 +78,7 @@ def main(argv=None) -> int:
                             fused=True)
     gen = torch.Generator(device="cuda").manual_seed(0)
     torch.cuda.reset_peak_memory_stats()
+
     def train_step():
         tokens = torch.randint(0, vocab, (args.batch_size, args.seq_len), device="cuda",
                                generator=gen)
