@@ -39,7 +39,9 @@ KINDS = ("matmuls", "Pallas kernels", "copies and memsets", "other")
 def kind_of(name: str) -> str:
     """The kind of a device event, from its name."""
     low = name.lower()
-    if name.startswith(("Memcpy", "Memset")):
+    # CUDA's copies and memsets ("MemcpyD2D", "Memset 0") and XLA's own copy kernels
+    # ("memcpy128", "memcpy32_post": what a dynamic slice or update becomes inside a loop).
+    if low.startswith(("memcpy", "memset")):
         return "copies and memsets"
     if name.startswith(PALLAS_PREFIXES):
         return "Pallas kernels"
@@ -71,7 +73,7 @@ def summarize(xspace: jp.ProfileData, steps: int) -> dict:
             continue
         ns[e.name] += e.duration_ns
         calls[e.name] += 1
-        if e.name.startswith("Memcpy"):
+        if e.name.lower().startswith("memcpy"):
             stats = {str(k): str(v) for k, v in e.stats}
             # CUPTI's details: "kind_src:device kind_dst:device size:N dest:0 async:1".
             nbytes = re.search(r"(?:^|\s)size:(\d+)", stats.get("memcpy_details", ""))

@@ -32,7 +32,7 @@ def _xspace(gpu_lines: dict, names: list[str]) -> jp.ProfileData:
 
 def test_summary_per_step_by_kind_and_copies_by_op():
     names = ["gla_chunk_bwd_grads", "nvjet_sm90_tst_256x128_NNT", "MemcpyD2D", "Memset 3",
-             "loop_add_fusion", "gemm_fusion_dot_12"]
+             "loop_add_fusion", "gemm_fusion_dot_12", "memcpy128"]
 
     def copy(start, op, size):
         stats = (f'stats {{ metadata_id: 90 str_value: "{op}" }} stats {{ metadata_id: 91 '
@@ -43,7 +43,9 @@ def test_summary_per_step_by_kind_and_copies_by_op():
         "Stream #14(Compute,MemcpyD2D)": [
             _event(1, 0, 30), _event(2, 40, 10), copy(60, "copy.7", 2_000_000),
             copy(70, "copy.7", 4_000_000), copy(80, "dynamic-slice.2", 1_000_000),
-            _event(4, 90, 2), _event(5, 100, 6), _event(6, 110, 8), _event(1, 200, 30)],
+            _event(4, 90, 2), _event(5, 100, 6), _event(6, 110, 8), _event(1, 200, 30),
+            # XLA's copy kernel (a dynamic-update-slice in a loop): a copy, with no CUPTI size.
+            _event(7, 120, 5, 'stats { metadata_id: 90 str_value: "dynamic-update-slice.3" }')],
         "Stream #15(MemcpyH2D)": [_event(5, 0, 6)],
         # A summary line over the streams' work: counting it would count kernels twice.
         "XLA Ops": [_event(5, 0, 500)],
@@ -52,13 +54,13 @@ def test_summary_per_step_by_kind_and_copies_by_op():
     assert r["gpu"] is True
     assert r["by_kind_ms"] == pytest.approx({
         "matmuls": (10 + 8) / 2e3, "Pallas kernels": 60 / 2e3,
-        "copies and memsets": (3 * 4 + 2) / 2e3, "other": 12 / 2e3})
-    assert r["device_ms_per_step"] == pytest.approx(104 / 2e3)
+        "copies and memsets": (3 * 4 + 2 + 5) / 2e3, "other": 12 / 2e3})
+    assert r["device_ms_per_step"] == pytest.approx(109 / 2e3)
     first = r["by_name"][0]
     assert (first["name"], first["kind"], first["calls"]) == ("gla_chunk_bwd_grads",
                                                               "Pallas kernels", 1.0)
     assert [(c["hlo_op"], c["calls"], c["mb_each"]) for c in r["copies_by_op"]] == [
-        ("copy.7", 1.0, 3.0), ("dynamic-slice.2", 0.5, 1.0)]
+        ("copy.7", 1.0, 3.0), ("dynamic-update-slice.3", 0.5, 0.0), ("dynamic-slice.2", 0.5, 1.0)]
 
 
 def test_every_pallas_kernel_is_counted_as_one():
