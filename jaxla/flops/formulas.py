@@ -661,12 +661,14 @@ def recomputed_chains(kind: str, config: LMConfig, tokens: int) -> Flops:
     RMSNorms, the SwiGLU activation, the short convolutions (taps, bias, silu), GLA's log-sigmoid
     gates and its norm and output gate, Lightning's qkv silu and its norm and output gate (see
     `_recomputed`). The SwiGLU chain holds the down projection, whose weight gradient reads the
-    activation's product: that product is recomputed too (the projection is not)."""
+    activation's product: that product is recomputed too (the projection is not). Likewise the
+    block's norms are recomputed whole, their output for the weight gradients of the projections
+    that read it (`jaxla.layers._common.input_projections`)."""
     D, H = config.hidden_size, config.num_heads
-    out = _recomputed(rmsnorm(tokens, D), tokens * D)
+    out = rmsnorm(tokens, D)
     if config.mlp:
         F_ = config.mlp_size
-        out += _recomputed(rmsnorm(tokens, D), tokens * D)
+        out += rmsnorm(tokens, D)
         out += swiglu_activation(tokens, F_)
     if kind == "gla":
         Kd, Vd = config.key_dim, config.value_dim

@@ -5,7 +5,9 @@ Every mixer maps `x [B, T, D] -> [B, T, D]`, takes keyword-only `rngs`, `dtype` 
 decoding, `init_cache(batch_size, max_len)` gives the layer's cache and `layer(x, cache=c)`
 returns `(y, new_cache)`: a recurrent state (+ conv state) for the linear layers and Mamba, so a
 token costs O(1), and a preallocated KV cache for softmax attention. `layer(x, segment_ids=ids)`
-computes packed documents, each as if alone (`jaxla.layers.segments`).
+computes packed documents, each as if alone (`jaxla.layers.segments`). `layer(x, norm=n)` (and
+`SwiGLU`'s, `SparseMoE`'s) is `layer(n(x))` for an `RMSNorm` n whose output the backward pass
+recomputes from x instead of saving it (`_common.input_projections`).
 """
 
 from jaxla.layers.attention import Attention, KVCache

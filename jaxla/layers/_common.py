@@ -22,10 +22,49 @@ def recomputed(fn):
     at B=8, T=2048 with all of them saved); recomputing them is one fused elementwise pass that
     reads the chain's inputs, which the neighbouring matmuls keep anyway. The chain's output is
     still saved when a later matmul's weight gradient reads it; a chain that ends in that matmul
-    (SwiGLU's down projection) recomputes the output instead, and not the matmul, whose result
-    the backward does not need.
+    (SwiGLU's down projection; a block's norms with the projections that read them,
+    `input_projections`) recomputes the output instead, and not the matmul, whose result the
+    backward does not need.
     """
     return jax.checkpoint(fn)
+
+
+def input_projections(x: jax.Array, norm, *projections):
+    """`tuple(p(norm(x)) for p in projections)`, a layer's projections of its normalised input.
+
+    `norm(x)` is recomputed from `x` in the backward pass, not saved for the projections' weight
+    gradients (the caller keeps `x`, the residual stream, anyway); the projections are not
+    rerun, as the backward does not need their outputs inside the chain. So each must be one
+    linear map of its input: an `nnx.Linear`, or `(fn, *weights)` for `fn(h, *weights)` (a
+    matmul, plus a bias at most: anything more would be recomputed too), or None (gives None).
+    The weights enter the chain cast to the compute dtype, so the backward keeps those casts as
+    it would without the chain (a scan over layers saves them rather than its stacked
+    parameters). `norm=None` applies the projections to `x` itself.
+    """
+    if norm is None:
+        return tuple(None if p is None else p(x) if isinstance(p, nnx.Linear) else p[0](x, *p[1:])
+                     for p in projections)
+    calls = [_projection_call(p) for p in projections]
+
+    def chain(x, weights):
+        h = norm.normalize(x)
+        return tuple(None if c is None else c[0](h, *w) for c, w in zip(calls, weights,
+                                                                          strict=True))
+
+    return recomputed(chain)(x, [None if c is None else c[1] for c in calls])
+
+
+def _projection_call(p):
+    """`(fn, weights)` of one `input_projections` projection."""
+    if p is None:
+        return None
+    if isinstance(p, nnx.Linear):
+        graphdef, state = nnx.split(p)
+        if p.dtype is not None:  # the cast nnx.Linear makes
+            state = jax.tree.map(lambda a: a.astype(p.dtype), state)
+        return (lambda h, state: nnx.merge(graphdef, state)(h)), (state,)
+    fn, *weights = p
+    return fn, tuple(weights)
 
 
 def normal_init(stddev: float = 0.02):
@@ -69,6 +108,9 @@ def canonical_dtype(dtype):
     return None if dtype is None else jnp.dtype(dtype)
 
 
-def compute_dtype(dtype, x: jax.Array):
-    """The module's compute dtype, or x's when the module has none."""
-    return x.dtype if dtype is None else dtype
+def compute_dtype(dtype, x: jax.Array, norm=None):
+    """The module's compute dtype, or when it has none its input's: x's, or with a `norm` (see
+    `input_projections`) norm(x)'s."""
+    if dtype is not None:
+        return dtype
+    return x.dtype if norm is None else norm.output_dtype(x)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxla.layers import segments
-from jaxla.layers._common import check_divides, compute_dtype, linear
+from jaxla.layers._common import check_divides, compute_dtype, input_projections, linear
 from jaxla.layers.rope import apply_rope
 
 ATTENTION_IMPLEMENTATIONS = (None, "cudnn", "xla", "pallas", "naive")
@@ -98,16 +98,18 @@ class Attention(nnx.Module):
         dtype = self.dtype or jnp.float32
         return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
 
-    def __call__(self, x: jax.Array, cache: KVCache | None = None, *, segment_ids=None):
+    def __call__(self, x: jax.Array, cache: KVCache | None = None, *, segment_ids=None,
+                 norm=None):
         B, T, D = x.shape
         if D != self.hidden_size:
             raise ValueError(f"Attention({self.hidden_size}) got {x.shape=}")
         segments.check("Attention", segment_ids, B, T, cache)
-        cd = compute_dtype(self.dtype, x)
+        cd = compute_dtype(self.dtype, x, norm)
         H, KVH, Dh = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_proj(x).astype(cd).reshape(B, T, H, Dh)
-        k = self.k_proj(x).astype(cd).reshape(B, T, KVH, Dh)
-        v = self.v_proj(x).astype(cd).reshape(B, T, KVH, Dh)
+        q, k, v = input_projections(x, norm, self.q_proj, self.k_proj, self.v_proj)
+        q = q.astype(cd).reshape(B, T, H, Dh)
+        k = k.astype(cd).reshape(B, T, KVH, Dh)
+        v = v.astype(cd).reshape(B, T, KVH, Dh)
         start = jnp.zeros((), jnp.int32) if cache is None else cache.length
         positions = start + jnp.arange(T, dtype=jnp.int32)
         if segment_ids is None:

@@ -15,6 +15,7 @@ from jaxla.layers._common import (
     check_implementation,
     check_kernel_sizes,
     compute_dtype,
+    input_projections,
     linear,
     recomputed,
 )
@@ -135,13 +136,17 @@ class GatedLinearAttention(nnx.Module):
         return GLACache(state, *(c.init_cache(batch_size) for c in
                                  (self.q_conv1d, self.k_conv1d, self.v_conv1d)))
 
-    def __call__(self, x: jax.Array, cache: GLACache | None = None, *, segment_ids=None):
+    def __call__(self, x: jax.Array, cache: GLACache | None = None, *, segment_ids=None,
+                 norm=None):
         B, T, D = x.shape
         if D != self.hidden_size:
             raise ValueError(f"GatedLinearAttention({self.hidden_size}) got {x.shape=}")
         segments.check("GatedLinearAttention", segment_ids, B, T, cache)
-        cd = compute_dtype(self.dtype, x)
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        cd = compute_dtype(self.dtype, x, norm)
+        # Of the low-rank forget gate only the first projection reads the input.
+        q, k, v, gk_low, gate = input_projections(
+            x, norm, self.q_proj, self.k_proj, self.v_proj, self.gk_proj.layers[0],
+            self.g_proj if self.use_output_gate else None)
         convs = (None, None, None)
         if self.use_short_conv:
             if cache is None:
@@ -158,7 +163,7 @@ class GatedLinearAttention(nnx.Module):
             return gk if self.clamp_min is None else jnp.maximum(gk, self.clamp_min)
 
         # Recomputed: the backward keeps the compute-dtype logits, not float32 activations.
-        gk = recomputed(log_decays)(self.gk_proj(x))
+        gk = recomputed(log_decays)(self.gk_proj.layers[1](gk_low))
 
         H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
         G = H // self.num_kv_heads
@@ -181,7 +186,6 @@ class GatedLinearAttention(nnx.Module):
                 o = o * jax.nn.silu(gate.astype(jnp.float32).reshape(B, T, H, V))
             return o.astype(cd)
 
-        gate = self.g_proj(x) if self.use_output_gate else None
         o = recomputed(norm_and_gate)(o, gate, self.g_norm.weight[...])
         y = self.o_proj(o.reshape(B, T, self.value_dim))
         if cache is None:

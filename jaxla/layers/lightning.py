@@ -15,6 +15,7 @@ from jaxla.layers._common import (
     check_implementation,
     check_kernel_sizes,
     compute_dtype,
+    input_projections,
     linear,
     recomputed,
 )
@@ -93,14 +94,16 @@ class LightningAttention(nnx.Module):
         return LightningCache(jnp.zeros(
             (batch_size, self.num_heads, self.head_dim, self.head_dim), jnp.float32))
 
-    def __call__(self, x: jax.Array, cache: LightningCache | None = None, *, segment_ids=None):
+    def __call__(self, x: jax.Array, cache: LightningCache | None = None, *, segment_ids=None,
+                 norm=None):
         B, T, D = x.shape
         if D != self.hidden_size:
             raise ValueError(f"LightningAttention({self.hidden_size}) got {x.shape=}")
         segments.check("LightningAttention", segment_ids, B, T, cache)
-        cd = compute_dtype(self.dtype, x)
+        cd = compute_dtype(self.dtype, x, norm)
         H, d = self.num_heads, self.head_dim
-        qkv = recomputed(lambda a: jax.nn.silu(a.astype(jnp.float32)).astype(cd))(self.qkv_proj(x))
+        qkv, gate = input_projections(x, norm, self.qkv_proj, self.output_gate)
+        qkv = recomputed(lambda a: jax.nn.silu(a.astype(jnp.float32)).astype(cd))(qkv)
         qkv = qkv.reshape(B, T, H, 3 * d)
         q, k, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
         op = simple_gla_recurrent if T <= RECURRENT_MAX_LEN else simple_gla
@@ -110,7 +113,7 @@ class LightningAttention(nnx.Module):
                       implementation=self.implementation)
         o = recomputed(lambda o, gate, weight: (
             rms_norm(o, weight, self.norm.eps) * jax.nn.sigmoid(gate.astype(jnp.float32))
-        ).astype(cd))(o.reshape(B, T, H * d), self.output_gate(x), self.norm.weight[...])
+        ).astype(cd))(o.reshape(B, T, H * d), gate, self.norm.weight[...])
         y = self.out_proj(o)
         if cache is None:
             return y

@@ -11,7 +11,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxla.layers import segments
-from jaxla.layers._common import check_implementation, check_kernel_sizes, compute_dtype, linear
+from jaxla.layers._common import (
+    check_implementation,
+    check_kernel_sizes,
+    compute_dtype,
+    input_projections,
+    linear,
+)
 from jaxla.layers.conv import ShortConvolution
 from jaxla.ops import selective_scan, selective_state_update
 
@@ -120,13 +126,14 @@ class Mamba(nnx.Module):
         return MambaCache(self.conv1d.init_cache(batch_size),
                           jnp.zeros((batch_size, self.d_inner, self.d_state), jnp.float32))
 
-    def __call__(self, x: jax.Array, cache: MambaCache | None = None, *, segment_ids=None):
+    def __call__(self, x: jax.Array, cache: MambaCache | None = None, *, segment_ids=None,
+                 norm=None):
         B, T, D = x.shape
         if D != self.hidden_size:
             raise ValueError(f"Mamba({self.hidden_size}) got {x.shape=}")
         segments.check("Mamba", segment_ids, B, T, cache)
-        cd = compute_dtype(self.dtype, x)
-        xz = self.in_proj(x)
+        cd = compute_dtype(self.dtype, x, norm)
+        xz, = input_projections(x, norm, self.in_proj)
         u, z = xz[..., :self.d_inner], xz[..., self.d_inner:]
         if cache is None:
             u = self.conv1d(u, segment_ids=segment_ids)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxla.layers._common import compute_dtype, linear, recomputed
+from jaxla.layers._common import compute_dtype, input_projections, linear, recomputed
 
 
 class SwiGLU(nnx.Module):
@@ -23,8 +23,8 @@ class SwiGLU(nnx.Module):
         self.up_proj = linear(hidden_size, intermediate_size, **kw)
         self.down_proj = linear(intermediate_size, hidden_size, **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        cd = compute_dtype(self.dtype, x)
+    def __call__(self, x: jax.Array, *, norm=None) -> jax.Array:
+        cd = compute_dtype(self.dtype, x, norm)
 
         def product_and_down(gate, up):
             return self.down_proj((jax.nn.silu(gate.astype(jnp.float32))
@@ -33,4 +33,5 @@ class SwiGLU(nnx.Module):
         # The down projection sits inside the recomputed chain so that the product, which its
         # weight gradient reads, is recomputed from gate and up in the backward rather than saved
         # (FLA's swiglu kernel does the same); the projection itself is not rerun.
-        return recomputed(product_and_down)(self.gate_proj(x), self.up_proj(x))
+        return recomputed(product_and_down)(
+            *input_projections(x, norm, self.gate_proj, self.up_proj))

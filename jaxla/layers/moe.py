@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxla.layers._common import compute_dtype, normal_init
+from jaxla.layers._common import compute_dtype, input_projections, normal_init
 
 
 class SparseMoE(nnx.Module):
@@ -40,22 +40,31 @@ class SparseMoE(nnx.Module):
 
     def routing_weights(self, x: jax.Array) -> jax.Array:
         """`[..., E]` float32: the renormalised top_k router probabilities, zero elsewhere."""
-        logits = jnp.dot(x.astype(jnp.float32), self.router[...].astype(jnp.float32))
+        return self._routing_weights(_router_logits(x, self.router[...].astype(jnp.float32)))
+
+    def _routing_weights(self, logits: jax.Array) -> jax.Array:
         probs = jax.nn.softmax(logits, axis=-1)
         top, idx = jax.lax.top_k(probs, self.top_k)
         top = top / jnp.sum(top, axis=-1, keepdims=True)
         one_hot = jax.nn.one_hot(idx, self.num_experts, dtype=jnp.float32)  # [..., k, E]
         return jnp.einsum("...k,...ke->...e", top, one_hot)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        cd = compute_dtype(self.dtype, x)
-        weights = self.routing_weights(x)
-        xc = x.astype(cd)
-        gate = jnp.einsum("...d,edi->...ei", xc, self.gate_proj[...].astype(cd),
-                          preferred_element_type=jnp.float32)
-        up = jnp.einsum("...d,edi->...ei", xc, self.up_proj[...].astype(cd),
-                        preferred_element_type=jnp.float32)
+    def __call__(self, x: jax.Array, *, norm=None) -> jax.Array:
+        cd = compute_dtype(self.dtype, x, norm)
+
+        def experts(x, w):
+            return jnp.einsum("...d,edi->...ei", x.astype(cd), w,
+                              preferred_element_type=jnp.float32)
+
+        logits, gate, up = input_projections(
+            x, norm, (_router_logits, self.router[...].astype(jnp.float32)),
+            (experts, self.gate_proj[...].astype(cd)), (experts, self.up_proj[...].astype(cd)))
+        weights = self._routing_weights(logits)
         h = (jax.nn.silu(gate) * up * weights[..., None]).astype(cd)
         y = jnp.einsum("...ei,eid->...d", h, self.down_proj[...].astype(cd),
                        preferred_element_type=jnp.float32)
         return y.astype(cd)
+
+
+def _router_logits(x: jax.Array, router: jax.Array) -> jax.Array:
+    return jnp.dot(x.astype(jnp.float32), router)

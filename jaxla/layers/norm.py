@@ -31,9 +31,18 @@ class RMSNorm(nnx.Module):
         self.dtype = dtype
         self.weight = nnx.Param(jnp.ones((num_features,), param_dtype))
 
+    def output_dtype(self, x: jax.Array, out_dtype=None):
+        """The dtype of `self(x, out_dtype=out_dtype)`."""
+        return jnp.dtype(out_dtype or self.dtype or x.dtype)
+
     def __call__(self, x: jax.Array, *, out_dtype=None) -> jax.Array:
+        return recomputed(lambda x, w: self.normalize(x, w, out_dtype=out_dtype))(
+            x, self.weight[...])
+
+    def normalize(self, x: jax.Array, weight=None, *, out_dtype=None) -> jax.Array:
+        """The norm without `recomputed` around it, for a chain that is recomputed as a whole
+        (`jaxla.layers._common.input_projections`); `weight` None reads the module's."""
         if x.shape[-1] != self.num_features:
             raise ValueError(f"RMSNorm({self.num_features}) got {x.shape=}")
-        out_dtype = out_dtype or self.dtype or x.dtype
-        return recomputed(lambda x, w: rms_norm(x, w, self.eps).astype(out_dtype))(
-            x, self.weight[...])
+        weight = self.weight[...] if weight is None else weight
+        return rms_norm(x, weight, self.eps).astype(self.output_dtype(x, out_dtype))

@@ -19,7 +19,7 @@ from jaxla.models.lm import Block
 
 def _saved_shapes(config, B, T, capsys):
     """`[(dtype, shape)]` of the residuals one block's backward keeps."""
-    block = Block(config, 0, rngs=nnx.Rngs(0))
+    block = Block(config, 0, rngs=nnx.Rngs(0), implementation=config.implementation)
     graphdef, state = nnx.split(block)
     x = jax.random.normal(jax.random.key(0), (B, T, config.hidden_size), jnp.bfloat16)
 
@@ -48,3 +48,23 @@ def test_gla_block_saves_no_gate_activations_or_swiglu_product(implementation, c
     # The gates: the bf16 logits, not float32 log-sigmoid activations.
     assert ("bf16", (B, T, config.key_dim)) in saved, saved
     assert ("f32", (B, T, config.key_dim)) not in saved, saved
+
+
+@pytest.mark.parametrize("kind, implementation, sizes", [
+    ("gla", "xla", dict(expand_v=2)),
+    ("gla", "pallas", dict(expand_v=2)),
+    ("lightning", "xla", dict(head_dim=16)),
+    ("mamba", "xla", dict(mlp=True)),
+    ("attention", "xla", dict(head_dim=16)),
+    ("attention", "xla", dict(head_dim=16, num_experts=4)),
+])
+def test_block_saves_its_inputs_not_the_norm_outputs(kind, implementation, sizes, capsys):
+    # The projections after each norm read its output for their weight gradients; the backward
+    # recomputes it from the block's input (mixer branch) and the mixer's residual sum (MLP
+    # branch), which it keeps anyway. Widths other than D = 64 (value_dim 128, heads 2 x 16, an
+    # MLP of 96), so that the block's [B, T, D] activations are those two alone.
+    B, T = 2, 96  # > 64: the chunked op
+    config = LMConfig.tiny(kind, dtype="bfloat16", param_dtype="bfloat16", intermediate_size=96,
+                           implementation=implementation, **sizes)
+    saved = _saved_shapes(config, B, T, capsys)
+    assert saved.count(("bf16", (B, T, config.hidden_size))) == 2, saved
