@@ -113,8 +113,11 @@ class LMConfig:
     # Rematerialise each block in the backward pass (saves activation memory, costs a forward).
     remat: bool = False
     # Run the blocks of a forward pass as a lax.scan over repetitions of layer_pattern, so XLA
-    # compiles one repetition instead of every layer (compile time independent of depth).
-    scan_layers: bool = True
+    # compiles one repetition instead of every layer (compile time independent of depth). Off by
+    # default: inside the scan every custom call (cuBLAS, Pallas) that reads a layer's slice of
+    # the stacked parameters and residuals gets a copy of it, and the copies cost more step time
+    # than the compile saves (benchmarks/RESULTS.md, "Layers unrolled").
+    scan_layers: bool = False
 
     def __post_init__(self):
         # Accept a list (e.g. read back from JSON); the config must stay hashable.
@@ -248,10 +251,11 @@ class LMConfig:
     @classmethod
     def mamba_370m(cls, **overrides) -> LMConfig:
         """mamba_ssm's mamba-370m: d_model 1024, 48 Mamba blocks, no MLP, vocab 50280, tied;
-        mamba_ssm's initialisation."""
+        mamba_ssm's initialisation. Its blocks run as a scan (`scan_layers`): unrolled, its 48
+        layers take over 90 s to compile on the GPU, and their step time is not yet measured."""
         return cls(**{**dict(vocab_size=50280, hidden_size=1024, num_layers=48,
                              layer_pattern=("mamba",), mlp=False, norm_eps=1e-5,
-                             mamba_init="mamba_ssm",
+                             mamba_init="mamba_ssm", scan_layers=True,
                              tie_embeddings=True), **overrides})
 
     @classmethod

@@ -158,8 +158,9 @@ class CausalLM(nnx.Module):
 
     `implementation` overrides `config.implementation` for every mixer's op.
 
-    With `config.scan_layers` (the default) a forward pass without a cache runs the blocks as a
-    `lax.scan` over repetitions of `config.layer_pattern` (parameters stay one module per block).
+    With `config.scan_layers` a forward pass without a cache runs the blocks as a `lax.scan` over
+    repetitions of `config.layer_pattern` (parameters stay one module per block); by default they
+    run one after another.
 
     Packed documents: `model(input_ids, segment_ids=ids)` (`ids [B, T]` integers; a new
     document starts wherever the id changes, `jaxla.layers.segments`) computes every document as

@@ -36,17 +36,16 @@ CASES = {
     # The recurrent mixers with convolutions (GLA's short ones, Mamba's), 2 repetitions of the
     # pattern as one lax.scan.
     "gla-mamba-scan-x64": (LMConfig.tiny("gla", num_layers=4, layer_pattern=("gla", "mamba"),
-                                         use_short_conv=True), 100, True),
+                                         use_short_conv=True, scan_layers=True), 100, True),
     # MiniMax-01's blocks: lightning and softmax attention (grouped KV heads), residuals from
     # the norm, scaled branches, a mixture of experts; blocks in a plain loop.
     "minimax-moe-loop": (LMConfig.tiny(
         "lightning", num_heads=4, num_kv_heads=2, layer_pattern=("lightning", "attention"),
         block_style="minimax", num_experts=3, num_experts_per_tok=2, intermediate_size=40,
-        linear_residual=(1.5, 0.5), tie_embeddings=False, scan_layers=False), 40, False),
+        linear_residual=(1.5, 0.5), tie_embeddings=False), 40, False),
     # Grouped GLA heads with a feature map, rematerialised blocks in a loop.
     "gla-grouped-remat-loop": (LMConfig.tiny(
-        "gla", num_heads=4, gla_kv_heads=2, feature_map="relu", scan_layers=False,
-        remat=True), 40, False),
+        "gla", num_heads=4, gla_kv_heads=2, feature_map="relu", remat=True), 40, False),
 }
 
 
