@@ -62,6 +62,8 @@ def run_preset(preset: str, args, remat: bool, timeout: float, out: Path | None)
     memory = gpu_memory_in_use()
     if memory is not None:
         print(f"GPU memory before the run: {memory}", flush=True)
+    summary_path = run_dir / "summary.json"
+    summary_path.unlink(missing_ok=True)  # so that only this run's summary is read below
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
@@ -78,9 +80,12 @@ def run_preset(preset: str, args, remat: bool, timeout: float, out: Path | None)
         (out / f"train_{preset}{'_remat' if remat else ''}.log").write_text(text)
     row = {"preset": preset, "remat": remat or "--remat" in args.extra, "rc": rc, "wall_s": wall,
            "oom": _is_oom(text), "gpu_memory_before": memory}
-    summary_path = run_dir / "summary.json"
-    if rc == 0 and summary_path.exists():
+    # A run stopped by the timeout after it wrote its summary (while exiting) still measured.
+    if summary_path.exists():
         row.update(json.loads(summary_path.read_text()))
+        if rc != 0:
+            print(f"{preset}: exited with rc {rc} after writing its summary; its numbers are kept",
+                  flush=True)
         if out is not None:
             (out / f"train_{preset}_summary.json").write_text(summary_path.read_text())
     return row

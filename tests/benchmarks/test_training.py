@@ -3,6 +3,7 @@
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -31,3 +32,29 @@ def test_bench_refuses_a_warmup_that_leaves_no_timed_step(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--presets", "tiny_gla", "--steps", "20", "--warmup", "20"])
     assert "--warmup must be in [0, --steps)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("writes_summary", [True, False])
+def test_a_run_timed_out_after_its_summary_keeps_its_numbers(writes_summary, tmp_path, monkeypatch):
+    """A run killed while exiting (after summary.json) is measured; one killed earlier is not,
+    and a summary left by an earlier run is never read as this run's."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "runs" / "bench-tiny_gla"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"tokens_per_s": 1.0, "step_ms": 1.0}))
+    measured = {"tokens_per_s": 1234.5, "step_ms": 6.5}
+
+    def killed(cmd, **kwargs):
+        if writes_summary:
+            (run_dir / "summary.json").write_text(json.dumps(measured))
+        raise bench.subprocess.TimeoutExpired(cmd, kwargs["timeout"], output="step 1\n")
+
+    monkeypatch.setattr(bench, "gpu_memory_in_use", lambda: None)
+    monkeypatch.setattr(bench.subprocess, "run", killed)
+    args = SimpleNamespace(batch_size=2, seq_len=64, steps=8, warmup=3, extra=[])
+    row = bench.run_preset("tiny_gla", args, remat=False, timeout=5, out=None)
+    assert row["rc"] == -1
+    if writes_summary:
+        assert (row["tokens_per_s"], row["step_ms"]) == (1234.5, 6.5)
+    else:
+        assert "tokens_per_s" not in row
