@@ -43,24 +43,44 @@ SMOKE_DIMS = dict(B=1, T=256, H=2, K=32, V=32)
 INTERPRET = default_interpret()
 MISMATCH = 1e-2  # a variant whose kernel output differs more from the default's is wrong
 
+# Each family's table starts with the op's default configuration for the shape
+# (`BlockSizes.get_default`), then these variants (duplicates of the default dropped).
 STATE_VARIANTS = [  # (block_k_state, block_v_state, num_warps, num_stages)
     (32, 128, 4, 2), (32, 128, 4, 3), (64, 128, 4, 2), (64, 128, 4, 3), (32, 128, 2, 3),
-    (64, 128, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (16, 128, 4, 3),
+    (64, 128, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (16, 128, 4, 3), (16, 256, 4, 3),
+    (16, 64, 4, 3),
 ]
 SMOKE_STATE_VARIANTS = [(16, 32, 4, 2), (32, 16, 4, 3)]
-# Per-chunk kernels: (num_warps, num_stages, chunks_per_program, block_k). The offline compile
-# (Triton 3.6, sm_90) of the defaults: output 218 registers, no spills; grads 255 registers,
-# ~90 B spilled; 4 warps spill kilobytes in both.
+# Per-chunk kernels: (num_warps, num_stages, chunks_per_program, block_k, block_v); block_v
+# is clipped to V, so at K=V=128 the 256 variants repeat the 128 ones and are dropped. The
+# offline compile (Triton 3.6, sm_90) at K=V=128: output 218 registers with 8 warps, no
+# spills; grads 255 registers, ~90 B spilled; 4 warps spill kilobytes in both.
 OUTPUT_VARIANTS = [
-    (8, 2, 1, 32), (8, 3, 1, 32), (8, 2, 2, 32), (8, 3, 4, 32), (8, 2, 1, 64), (8, 2, 1, 16),
-    (4, 2, 1, 32), (16, 2, 1, 32),
+    (8, 2, 1, 32, 128), (8, 3, 1, 32, 128), (8, 2, 2, 32, 128), (8, 3, 4, 32, 128),
+    (8, 2, 1, 64, 128), (8, 2, 1, 16, 128), (4, 2, 1, 32, 128), (16, 2, 1, 32, 128),
+    (8, 2, 1, 32, 64), (4, 2, 1, 32, 64), (8, 2, 1, 32, 256), (16, 2, 1, 32, 256),
+    (8, 2, 1, 16, 256),
 ]
-SMOKE_OUTPUT_VARIANTS = [(8, 2, 1, 32), (4, 2, 2, 16)]
+SMOKE_OUTPUT_VARIANTS = [(8, 2, 1, 32, 32), (4, 2, 2, 16, 16)]
 GRAD_VARIANTS = [
-    (4, 2, 1, 32), (8, 2, 1, 32), (8, 1, 1, 32), (8, 3, 1, 32), (8, 2, 1, 16), (8, 2, 1, 64),
-    (16, 2, 1, 32), (4, 3, 1, 32),
+    (4, 2, 1, 32, 128), (8, 2, 1, 32, 128), (8, 1, 1, 32, 128), (8, 3, 1, 32, 128),
+    (8, 2, 1, 16, 128), (8, 2, 1, 64, 128), (16, 2, 1, 32, 128), (4, 3, 1, 32, 128),
+    (8, 2, 1, 32, 64), (4, 2, 1, 32, 64), (8, 2, 1, 16, 256), (16, 2, 1, 16, 256),
 ]  # chunks_per_program_bwd > 1 is refused (wrong gradients on the GPU, see config.py)
-SMOKE_GRAD_VARIANTS = [(8, 2, 1, 32), (4, 2, 1, 16)]
+SMOKE_GRAD_VARIANTS = [(8, 2, 1, 32, 32), (4, 2, 1, 16, 16)]
+
+
+def with_default_first(default_variant, variants, *, k_at: int, v_at: int, K: int, V: int):
+    """`[default_variant, *variants]` with the K and V tiles (tuple positions k_at, v_at) clipped
+    to the head dims and repeats dropped, so that each table's first row is the op's own
+    configuration for the shape."""
+    out = []
+    for p in [default_variant, *variants]:
+        p = list(p)
+        p[k_at], p[v_at] = min(p[k_at], K), min(p[v_at], V)
+        if tuple(p) not in out:
+            out.append(tuple(p))
+    return out
 
 
 def log(msg):
@@ -115,6 +135,16 @@ def main(argv=None):
     B, T, H, K, V = (dims[d] for d in "BTHKV")
     h0 = jnp.zeros((B, H, K, V), jnp.float32)
     default = BlockSizes.get_default(head_dim_k=K, head_dim_v=V)
+    d = default
+    state_variants = with_default_first(
+        (d.block_k_state, d.block_v_state, d.num_warps_state, d.num_stages_state),
+        state_variants, k_at=0, v_at=1, K=K, V=V)
+    output_variants = with_default_first(
+        (d.num_warps_fwd, d.num_stages_fwd, d.chunks_per_program_fwd, d.block_k, d.block_v),
+        output_variants, k_at=3, v_at=4, K=K, V=V)
+    grad_variants = with_default_first(
+        (d.num_warps_bwd, d.num_stages_bwd, d.chunks_per_program_bwd, d.block_k, d.block_v),
+        grad_variants, k_at=3, v_at=4, K=K, V=V)
     scale = K**-0.5
     results = {"device": str(jax.devices()[0].device_kind), "default": dataclasses.asdict(default),
                "kernels": {}}
@@ -158,16 +188,16 @@ def main(argv=None):
     log("state scan (backward state gradients)")
     run_family("state_bwd", state_variants[:5], make_state(True), (q, do, g, h0), describe_state)
 
-    describe_chunk = lambda p: f"w={p[0]} s={p[1]} cpp={p[2]} bk={p[3]}"  # noqa: E731
-    log("output kernel: warps, stages, chunks per program, block_k")
+    describe_chunk = lambda p: f"w={p[0]} s={p[1]} cpp={p[2]} bk={p[3]} bv={p[4]}"  # noqa: E731
+    log("output kernel: warps, stages, chunks per program, block_k, block_v")
     span_limit = default.span_limit_for(q.dtype)
     make_out = lambda p, sl=span_limit: functools.partial(  # noqa: E731
-        chunk_output, scale=scale, chunk=64, block_k=p[3], block_v=default.block_v, span_limit=sl,
+        chunk_output, scale=scale, chunk=64, block_k=p[3], block_v=p[4], span_limit=sl,
         chunks_per_program=p[2], num_warps=p[0], num_stages=p[1], interpret=INTERPRET)
     run_family("output", output_variants, make_out, (q, k, v, g, hs), describe_chunk)
-    log("gradient kernel: warps, stages, chunks per program, block_k")
+    log("gradient kernel: warps, stages, chunks per program, block_k, block_v")
     make_grad = lambda p, sl=span_limit: functools.partial(  # noqa: E731
-        chunk_grads, scale=scale, chunk=64, block_k=p[3], block_v=default.block_v, span_limit=sl,
+        chunk_grads, scale=scale, chunk=64, block_k=p[3], block_v=p[4], span_limit=sl,
         chunks_per_program=p[2], num_warps=p[0], num_stages=p[1], interpret=INTERPRET)
     run_family("grads", grad_variants, make_grad, (q, k, v, g, do, hs, dhs), describe_chunk)
 
@@ -193,7 +223,8 @@ def main(argv=None):
         default, block_k_state=bs_state[0], block_v_state=bs_state[1],
         num_warps_state=bs_state[2], num_stages_state=bs_state[3],
         num_warps_fwd=bs_out[0], num_stages_fwd=bs_out[1], chunks_per_program_fwd=bs_out[2],
-        block_k=bs_grad[3],  # one K tile for both kernels: the backward's choice (it costs more)
+        # One K and one V tile for both kernels: the backward's choice (it costs more).
+        block_k=bs_grad[3], block_v=bs_grad[4],
         num_warps_bwd=bs_grad[0], num_stages_bwd=bs_grad[1], chunks_per_program_bwd=bs_grad[2])
     results["tuned"] = dataclasses.asdict(tuned)
 
@@ -227,12 +258,13 @@ def main(argv=None):
           "(no anchor runs here: python -m benchmarks.kernels)")
     print(f"default vs xla: o rel err {results['default_vs_xla']:.2e}")
     for family, rows in tables.items():
-        print(f"\n{family} (sorted; first listed variant = default)")
+        print(f"\n{family} (sorted; * the op's default, the reference of the others)")
         for r in sorted(rows, key=lambda r: (r["ms"] is None, r["ms"] or 0)):
             status = "ok" if r["ok"] else ("FAILED" if r["error"] else "MISMATCH")
             err = "" if r["err_vs_default"] is None else f"  err {r['err_vs_default']:.1e}"
             ms = "   -   " if r["ms"] is None else f"{r['ms']:7.3f}"
-            print(f"  {ms} ms  {r['variant']:<26} {status}{err}")
+            mark = "*" if r is rows[0] else " "
+            print(f" {mark}{ms} ms  {r['variant']:<32} {status}{err}")
     print("\nintra-chunk paths (default launch):")
     for name, ms in paths.items():
         print(f"  {name:<40} " + (f"{ms:.3f} ms" if isinstance(ms, float) else str(ms)))

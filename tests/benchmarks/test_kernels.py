@@ -157,3 +157,19 @@ def test_gpu_tools_take_registry_shapes(tool, capsys):
     with pytest.raises(SystemExit) as exit_:
         module.main(["--dims", "X=3"])
     assert exit_.value.code == 2 and "--dims" in capsys.readouterr().err
+
+
+def test_gla_tune_tables_start_with_the_ops_default():
+    """Each gla_tune table's first row (the reference of the others) is the op's configuration
+    for the shape; V tiles wider than V are clipped to it and repeats dropped."""
+    from benchmarks.gpu import gla_tune
+
+    default = (8, 2, 1, 32, 128)  # gla_340m's layer (K=128, V=256) takes block_v 128
+    rows = gla_tune.with_default_first(default, gla_tune.GRAD_VARIANTS, k_at=3, v_at=4,
+                                       K=128, V=256)
+    assert rows[0] == default and len(rows) == len(set(rows))
+    assert (8, 2, 1, 16, 256) in rows  # the whole V in one tile is among the variants
+    narrow = gla_tune.with_default_first(default, gla_tune.GRAD_VARIANTS, k_at=3, v_at=4,
+                                         K=128, V=128)
+    assert narrow[0] == default and max(p[4] for p in narrow) == 128
+    assert len(narrow) == len(set(narrow)) < len(gla_tune.GRAD_VARIANTS) + 1
