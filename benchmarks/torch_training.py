@@ -11,8 +11,9 @@ mamba_ssm come as carried wheels / a build):
 The setting of FLA's `benchmark_training_throughput.py`: bf16 weights, fused AdamW (lr 3e-4,
 betas 0.9/0.95, weight decay 0.1), random tokens as inputs and labels, one synchronised step at a
 time; tokens/s over the steps after `--warmup` (the first compile and autotune Triton kernels).
-Prints `RESULT {json}` last: tokens_per_s, step_ms, params, peak_memory_bytes
-(`torch.cuda.max_memory_allocated`).
+Prints `RESULT {json}`: tokens_per_s, step_ms, params, peak_memory_bytes
+(`torch.cuda.max_memory_allocated`); with `--profile N` then `PROFILE {json}`: device_ms_per_step,
+the kernels' summed time per step of N traced steps.
 """
 
 from __future__ import annotations
@@ -110,9 +111,16 @@ def main(argv=None) -> int:
             for _ in range(args.profile):
                 train_step()
             torch.cuda.synchronize()
+        events = prof.key_averages()
         print(f"CUDA time of {args.profile} steps by kernel (divide by {args.profile} for a step):")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40,
-                                        max_name_column_width=90))
+        print(events.table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90))
+        # The GPU's busy time per step: against step_ms it tells whether the step is bound by
+        # the GPU or by the host launching kernels.
+        device_us = sum(getattr(e, "self_device_time_total", None)
+                        or getattr(e, "self_cuda_time_total", 0) for e in events)
+        print("PROFILE " + json.dumps({"steps": args.profile,
+                                       "device_ms_per_step": device_us / 1e3 / args.profile}),
+              flush=True)
     return 0
 
 

@@ -99,7 +99,8 @@ def run_anchor(name: str, args, timeout: float, out: Path | None) -> dict:
     """A PyTorch anchor (`benchmarks.torch_training`) on the same batch shape, its own process."""
     cmd = [sys.executable, "-m", "benchmarks.torch_training", "--model", name,
            "--batch_size", str(args.batch_size), "--seq_len", str(args.seq_len),
-           "--steps", str(args.steps), "--warmup", str(args.warmup)]
+           "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--profile", str(args.anchor_profile)]
     print("$ " + " ".join(cmd), flush=True)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -112,10 +113,21 @@ def run_anchor(name: str, args, timeout: float, out: Path | None) -> dict:
         (out / f"anchor_{name}.log").write_text(text)
     row = {"preset": f"{name} (PyTorch)", "remat": False, "rc": rc, "anchor": True,
            "oom": _is_oom(text)}
-    results = [line for line in text.splitlines() if line.startswith("RESULT ")]
-    if rc == 0 and results:
-        row.update(json.loads(results[-1][len("RESULT "):]))
+    for key in ("RESULT ", "PROFILE "):
+        found = [line for line in text.splitlines() if line.startswith(key)]
+        if rc == 0 and found:
+            row.update(json.loads(found[-1][len(key):]))
     return row
+
+
+def launch_notes(rows: list[dict]) -> list[str]:
+    """One line per anchor whose GPU time was traced: its kernels' time against its step time
+    (an eager PyTorch step can leave the GPU idle while the host launches kernels, so its
+    tokens/s depends on the machine's CPU too)."""
+    return [f"{r['preset']}: {r['device_ms_per_step']:.1f} ms of GPU time per step in "
+            f"{r['step_ms']:.1f}-ms steps (GPU busy "
+            f"{100 * r['device_ms_per_step'] / r['step_ms']:.0f} %)"
+            for r in rows if r.get("anchor") and r.get("device_ms_per_step") and r.get("step_ms")]
 
 
 def table(rows: list[dict]) -> str:
@@ -159,11 +171,15 @@ def main(argv=None) -> int:
     p.add_argument("--budget_s", type=float, default=560.0)
     p.add_argument("--anchors", default="", help="PyTorch anchors to train in the same run, "
                    "comma separated (benchmarks.torch_training: fla_gla_340m, mamba_ssm_370m)")
+    p.add_argument("--anchor_profile", type=int, default=3, metavar="N",
+                   help="trace N more steps of each anchor for its GPU time per step (0: none)")
     p.add_argument("extra", nargs="*", help="more `python -m train` options (after --)")
     args = p.parse_args(argv)
     if not 0 <= args.warmup < args.steps:
         p.error(f"--warmup must be in [0, --steps) so that some steps are timed, got "
                 f"--warmup {args.warmup}, --steps {args.steps}")
+    if args.anchor_profile < 0:
+        p.error(f"--anchor_profile must be >= 0, got {args.anchor_profile}")
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +199,7 @@ def main(argv=None) -> int:
             rows.append(row)
             if not row["oom"] or remat:
                 break
-    text = table(rows)
+    text = "\n".join([table(rows), *launch_notes(rows)])
     note = (f"B={args.batch_size}, T={args.seq_len}, {args.steps} steps, random tokens, tokens/s "
             f"after {args.warmup} warm-up steps; anchors trained in this run: "
             f"{args.anchors or 'none'}.")

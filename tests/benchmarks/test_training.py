@@ -58,3 +58,30 @@ def test_a_run_timed_out_after_its_summary_keeps_its_numbers(writes_summary, tmp
         assert (row["tokens_per_s"], row["step_ms"]) == (1234.5, 6.5)
     else:
         assert "tokens_per_s" not in row
+
+
+def test_anchor_rows_carry_their_gpu_time(monkeypatch, capsys):
+    """An anchor's RESULT and PROFILE lines both reach its row, and the table says how busy its
+    steps kept the GPU."""
+    seen = {}
+
+    def anchor_run(cmd, **kwargs):
+        seen["cmd"] = cmd
+        out = ('step 0 loss 10.5\nRESULT {"tokens_per_s": 99000.0, "step_ms": 165.0, '
+               '"params": 341707776, "peak_memory_bytes": 16339038720}\n'
+               'CUDA time of 3 steps by kernel\nPROFILE {"steps": 3, "device_ms_per_step": 108.9}\n')
+        return bench.subprocess.CompletedProcess(cmd, 0, stdout=out, stderr="")
+
+    monkeypatch.setattr(bench.subprocess, "run", anchor_run)
+    args = SimpleNamespace(batch_size=8, seq_len=2048, steps=40, warmup=10, anchor_profile=3)
+    row = bench.run_anchor("fla_gla_340m", args, timeout=60, out=None)
+    assert seen["cmd"][-2:] == ["--profile", "3"]
+    assert (row["tokens_per_s"], row["device_ms_per_step"]) == (99000.0, 108.9)
+    assert bench.launch_notes([row]) == [
+        "fla_gla_340m (PyTorch): 108.9 ms of GPU time per step in 165.0-ms steps (GPU busy 66 %)"]
+
+
+def test_bench_refuses_a_negative_anchor_profile(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--presets", "tiny_gla", "--anchor_profile", "-1"])
+    assert exit_.value.code == 2 and "--anchor_profile" in capsys.readouterr().err
