@@ -36,12 +36,16 @@ PALLAS_PREFIXES = ("gla_", "simple_gla_", "selective_scan_")
 KINDS = ("matmuls", "Pallas kernels", "copies and memsets", "other")
 
 
+def is_copy(name: str) -> bool:
+    """A device copy: CUDA's ("MemcpyD2D") or XLA's own copy kernels ("memcpy128",
+    "memcpy32_post": what a dynamic slice or update becomes inside a loop)."""
+    return name.lower().startswith("memcpy")
+
+
 def kind_of(name: str) -> str:
     """The kind of a device event, from its name."""
     low = name.lower()
-    # CUDA's copies and memsets ("MemcpyD2D", "Memset 0") and XLA's own copy kernels
-    # ("memcpy128", "memcpy32_post": what a dynamic slice or update becomes inside a loop).
-    if low.startswith(("memcpy", "memset")):
+    if is_copy(name) or low.startswith("memset"):
         return "copies and memsets"
     if name.startswith(PALLAS_PREFIXES):
         return "Pallas kernels"
@@ -73,7 +77,7 @@ def summarize(xspace: jp.ProfileData, steps: int) -> dict:
             continue
         ns[e.name] += e.duration_ns
         calls[e.name] += 1
-        if e.name.lower().startswith("memcpy"):
+        if is_copy(e.name):
             stats = {str(k): str(v) for k, v in e.stats}
             # CUPTI's details: "kind_src:device kind_dst:device size:N dest:0 async:1".
             nbytes = re.search(r"(?:^|\s)size:(\d+)", stats.get("memcpy_details", ""))
