@@ -41,17 +41,16 @@ def input_projections(x: jax.Array, norm, *projections):
     it would without the chain (a scan over layers saves them rather than its stacked
     parameters). `norm=None` applies the projections to `x` itself.
     """
-    if norm is None:
-        return tuple(None if p is None else p(x) if isinstance(p, nnx.Linear) else p[0](x, *p[1:])
-                     for p in projections)
     calls = [_projection_call(p) for p in projections]
+    weights = [None if c is None else c[1] for c in calls]
 
-    def chain(x, weights):
-        h = norm.normalize(x)
+    def project(h, weights):
         return tuple(None if c is None else c[0](h, *w) for c, w in zip(calls, weights,
                                                                           strict=True))
 
-    return recomputed(chain)(x, [None if c is None else c[1] for c in calls])
+    if norm is None:
+        return project(x, weights)
+    return recomputed(lambda x, weights: project(norm.normalize(x), weights))(x, weights)
 
 
 def _projection_call(p):

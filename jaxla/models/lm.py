@@ -57,8 +57,8 @@ class Block(nnx.Module):
     In general `a r + b branch(norm(x))` with `(a, b)` from the config's `*_residual` pairs, and
     the residual `r` is `x` ("prenorm") or `norm(x)` ("minimax", MiniMax-01's blocks).
 
-    Without a cache each branch gets `x` and its norm (`branch(x, norm=norm)`), so the backward
-    pass recomputes the norm's output from `x`, which it keeps anyway, instead of saving it.
+    Each branch gets `x` and its norm (`branch(x, norm=norm)`), so the backward pass recomputes
+    the norm's output from `x`, which it keeps anyway, instead of saving it.
     """
 
     def __init__(self, config: LMConfig, layer_idx: int, *, rngs: nnx.Rngs, implementation=None):
@@ -95,20 +95,15 @@ class Block(nnx.Module):
         return residual + y
 
     def __call__(self, x: jax.Array, cache=None, *, segment_ids=None):
-        if cache is not None:
-            h = self.attn_norm(x)
-            y, cache = self.mixer(h, cache=cache)
-            x = self._add(x, h, y, self.mixer_residual)
-            if self.mlp is not None:
-                h = self.mlp_norm(x)
-                x = self._add(x, h, self.mlp(h), self.mlp_residual)
-            return x, cache
-        y = self.mixer(x, segment_ids=segment_ids, norm=self.attn_norm)
+        if cache is None:
+            y = self.mixer(x, segment_ids=segment_ids, norm=self.attn_norm)
+        else:
+            y, cache = self.mixer(x, cache=cache, norm=self.attn_norm)
         x = self._add(x, self._residual_norm(self.attn_norm, x), y, self.mixer_residual)
         if self.mlp is not None:
             y = self.mlp(x, norm=self.mlp_norm)
             x = self._add(x, self._residual_norm(self.mlp_norm, x), y, self.mlp_residual)
-        return x
+        return x if cache is None else (x, cache)
 
     def _residual_norm(self, norm, x):
         """norm(x) when it is the residual (MiniMax), computed apart from the branch's own."""
