@@ -115,17 +115,19 @@ class BlockSizes:
         # 2026-11-24): state tiles of 16 x 128 with 3 stages (0.56 vs 0.71 ms for 32 x 128), and
         # 4-warp per-chunk kernels (output 0.56 vs 0.89 ms, grads 1.65 vs 1.96 ms with 8 warps)
         # although offline Triton 3.6 showed 4 warps spilling: whole op fwd+bwd 2.20 vs 2.54 ms.
-        # Wider heads keep 8 warps (more live [C, block_k] tiles per program).
-        wide = max(K, V) > 128
+        # At FLA's 340M layer (B=8 T=2048 H=4, K=128 V=256; gla_tune, 2026-12-06) 16 x 256 state
+        # tiles (0.22 vs 0.40 ms for 16 x 128), an 8-warp output kernel and a 4-warp gradient
+        # kernel (0.92 vs 1.64 ms with 8: its V tile is 128 wide as at V=128). Wider keys keep 8
+        # warps in both (more live [C, block_k] tiles per program).
         sizes = dict(
-            # K/16 * B*H state-scan programs: 512 at the anchor shape (B*H = 64) for 132 SMs.
+            # K/16 * V/256 * B*H state-scan programs: 512 at the anchor shape (B*H = 64).
             block_k_state=min(K, 16),
-            block_v_state=min(V, 128),
+            block_v_state=min(V, 256),
             block_k=min(K, 32),
             block_v=min(V, 128),
             block_v_recurrent=min(V, 32 if K <= 128 else 16),
-            num_warps_fwd=8 if wide else 4,
-            num_warps_bwd=8 if wide else 4,
+            num_warps_fwd=8 if max(K, V) > 128 else 4,
+            num_warps_bwd=8 if K > 128 else 4,
         )
         return cls(**(sizes | overrides))
 

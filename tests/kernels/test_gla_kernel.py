@@ -108,9 +108,11 @@ CHUNK_SHAPES = [
 BF16_SHAPES = [(1, 65, 3, 48, 100), (1, 200, 1, 128, 64)]
 RECURRENT_SHAPES = [(1, 1, 1, 16, 16), (2, 63, 3, 48, 100), (1, 65, 1, 100, 48)]
 # Compiled twins only (each shape and dtype compiles four Triton kernels, ~10 s): long T at the
-# benchmark's head size, 256-wide heads, a non-power-of-two V with 256-wide keys.
+# benchmark's head size, FLA's 340M layer (K=128, V=256: its own default tiles), 256-wide heads, a
+# non-power-of-two V with 256-wide keys.
 GPU_CHUNK_CASES = [((2, 1000, 4, 128, 128), jnp.float32), ((2, 1000, 4, 128, 128), jnp.bfloat16),
-                   ((1, 300, 2, 256, 256), jnp.bfloat16), ((2, 129, 3, 256, 60), jnp.float32)]
+                   ((2, 600, 2, 128, 256), jnp.bfloat16), ((1, 300, 2, 256, 256), jnp.bfloat16),
+                   ((2, 129, 3, 256, 60), jnp.float32)]
 GPU_RECURRENT_CASES = [((2, 300, 4, 128, 128), jnp.bfloat16), ((1, 100, 2, 256, 256), jnp.float32)]
 
 
