@@ -8,6 +8,16 @@ mamba_ssm come as carried wheels / a build):
   4 heads, expand_k 0.5, expand_v 1, SwiGLU x4, vocab 32000, tied embeddings, norm eps 1e-6).
 * `mamba_ssm_370m`: mamba_ssm's `MambaLMHeadModel` (d_model 1024, 48 layers, vocab 50280, tied)
   with its CUDA kernels.
+* `hf_llama_340m`: transformers' `LlamaForCausalLM` with PyTorch's SDPA attention, its config
+  made from jaxla's `transformer_340m` preset (RoPE, SwiGLU, RMSNorm, no biases: the same
+  architecture and parameter count).
+* `hf_minimax_hybrid_340m`, `hf_minimax_lightning_340m`: transformers' `MiniMaxForCausalLM`
+  (MiniMax-01's lightning attention in plain PyTorch, block by block) with the config that
+  `jaxla.convert` exports for the `minimax_hybrid_340m` / `lightning_340m` preset with
+  `MINIMAX_FIELDS` (MiniMax's block wiring, a one-expert MoE MLP, the lightning norm's fixed eps):
+  `benchmarks.training` trains the preset with those fields beside it.
+The Hugging Face configs come from the jaxla presets (importing jaxla, not running it), so the
+two sides cannot drift apart.
 The setting of FLA's `benchmark_training_throughput.py`: bf16 weights, fused AdamW (lr 3e-4,
 betas 0.9/0.95, weight decay 0.1), random tokens as inputs and labels, one synchronised step at a
 time; tokens/s over the steps after `--warmup` (the first compile and autotune Triton kernels).
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 
@@ -40,12 +51,64 @@ def _mamba_ssm_370m(torch):
     return MambaLMHeadModel(config), config.vocab_size
 
 
-MODELS = {"fla_gla_340m": _fla_gla_340m, "mamba_ssm_370m": _mamba_ssm_370m}
+# The fields a MiniMax anchor's jaxla preset takes to be transformers' `MiniMaxForCausalLM`
+# (`jaxla.convert.minimax.config_to_hf` refuses anything else).
+MINIMAX_FIELDS = dict(block_style="minimax", num_experts=1, num_experts_per_tok=1,
+                      lightning_norm_eps=1e-6)
+
+
+def _hf_llama(torch, preset="transformer_340m", **overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from jaxla.models.config import LMConfig
+
+    c = LMConfig.preset(preset, **overrides)
+    if set(c.layer_pattern) != {"attention"} or not c.mlp or c.num_experts:
+        raise ValueError(f"{preset}: a Llama anchor needs attention layers with a SwiGLU MLP")
+    config = LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.mlp_size,
+        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
+        num_key_value_heads=c.kv_heads, head_dim=c.attn_head_dim, rms_norm_eps=c.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
+        tie_word_embeddings=c.tie_embeddings, initializer_range=c.initializer_range,
+        max_position_embeddings=8192, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    config._attn_implementation = "sdpa"
+    return LlamaForCausalLM(config), c.vocab_size
+
+
+def _hf_minimax(torch, preset, **overrides):
+    from transformers import MiniMaxConfig, MiniMaxForCausalLM
+
+    from jaxla.convert.minimax import config_to_hf
+    from jaxla.models.config import LMConfig
+
+    c = LMConfig.preset(preset, **(MINIMAX_FIELDS | overrides))
+    config = MiniMaxConfig.from_dict(config_to_hf(c, eos_token_id=None))
+    config._attn_implementation = "sdpa"
+    return MiniMaxForCausalLM(config), c.vocab_size
+
+
+MODELS = {
+    "fla_gla_340m": _fla_gla_340m,
+    "mamba_ssm_370m": _mamba_ssm_370m,
+    "hf_llama_340m": _hf_llama,
+    "hf_minimax_hybrid_340m": lambda torch: _hf_minimax(torch, "minimax_hybrid_340m"),
+    "hf_minimax_lightning_340m": lambda torch: _hf_minimax(torch, "lightning_340m"),
+}
+# Each anchor's jaxla preset, and the LMConfig fields that preset takes beside it.
+PRESET_OF = {
+    "fla_gla_340m": ("gla_340m", {}),
+    "mamba_ssm_370m": ("mamba_370m", {}),
+    "hf_llama_340m": ("transformer_340m", {}),
+    "hf_minimax_hybrid_340m": ("minimax_hybrid_340m", MINIMAX_FIELDS),
+    "hf_minimax_lightning_340m": ("lightning_340m", MINIMAX_FIELDS),
+}
 
 
 def _loss(name, model, tokens):
-    """The mean next-token cross-entropy (FLA's models shift the labels themselves)."""
-    if name == "fla_gla_340m":
+    """The mean next-token cross-entropy (FLA's and transformers' models shift the labels
+    themselves)."""
+    if name != "mamba_ssm_370m":
         return model(input_ids=tokens, labels=tokens).loss
     import torch.nn.functional as F
 
@@ -70,6 +133,8 @@ def main(argv=None) -> int:
     if args.profile < 0:
         p.error(f"--profile must be >= 0, got {args.profile}")
 
+    # The Hugging Face anchors read jaxla's presets, which imports jax: keep it off the GPU.
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import torch
 
     model, vocab = MODELS[args.model](torch)

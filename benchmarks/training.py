@@ -12,8 +12,10 @@ out-of-memory error is retried once with `--remat`. Runs that would start after 
 are skipped, and each gets at most the budget left, so the command ends inside a 10-minute limit.
 `--anchors` names PyTorch models (`benchmarks.torch_training`) trained in the same call on the same
 batch shape, each in its own process: their tokens/s and peak memory stand in the same table, and
-every jaxla row carries its ratio to the first anchor that ran (no number measured elsewhere is
-used). The table (tokens/s after the warm-up steps, step ms, TFLOP/s per device, MFU from jaxla's
+each jaxla row carries its ratio to its own anchor when that ran (`torch_training.PRESET_OF`; no
+number measured elsewhere is used). A preset trained beside its anchor takes the LMConfig fields
+that make it the anchor's architecture (the MiniMax anchors': MiniMax's block wiring and a
+one-expert MoE), named in its row. The table (tokens/s after the warm-up steps, step ms, TFLOP/s per device, MFU from jaxla's
 FLOP formulas and from 6N, peak memory) is printed last and, with OUT set, written to
 `$OUT/train_bench.md` with the logs and summaries beside it.
 """
@@ -27,6 +29,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.torch_training import PRESET_OF
 
 
 def _is_oom(text: str) -> bool:
@@ -50,14 +54,27 @@ def gpu_memory_in_use() -> str | None:
     return f"{used or '?'} used; processes: {apps.replace(chr(10), '; ') or 'none'}"
 
 
-def run_preset(preset: str, args, remat: bool, timeout: float, out: Path | None) -> dict:
+def anchor_of(preset: str, anchors: list[str]) -> str | None:
+    """The anchor among `anchors` that stands for `preset` (None when none does)."""
+    return next((a for a in anchors if PRESET_OF.get(a, (None,))[0] == preset), None)
+
+
+def field_flags(fields: dict) -> list[str]:
+    """`python -m train` options setting these LMConfig fields."""
+    return [x for name, value in fields.items() for x in (f"--{name}", str(value))]
+
+
+def run_preset(preset: str, args, remat: bool, timeout: float, out: Path | None,
+               fields: dict | None = None) -> dict:
+    fields = fields or {}
     run_dir = Path("runs") / f"bench-{preset}"
     cmd = [sys.executable, "-m", "train", "--preset", preset, "--data", "random",
            "--batch_size", str(args.batch_size), "--seq_len", str(args.seq_len),
            "--steps", str(args.steps), "--no-checkpoint", "--timing_warmup", str(args.warmup),
            "--eval_every", str(10 * args.steps), "--eval_batches", "2", "--progress", "lines",
            "--log_every", str(max(1, args.steps // 6)), "--run_dir", str(run_dir),
-           "--overwrite", "--no-plot"] + (["--remat"] if remat else []) + args.extra
+           "--overwrite", "--no-plot"]
+    cmd += (["--remat"] if remat else []) + field_flags(fields) + args.extra
     print("$ " + " ".join(cmd), flush=True)
     memory = gpu_memory_in_use()
     if memory is not None:
@@ -79,7 +96,7 @@ def run_preset(preset: str, args, remat: bool, timeout: float, out: Path | None)
     if out is not None:
         (out / f"train_{preset}{'_remat' if remat else ''}.log").write_text(text)
     row = {"preset": preset, "remat": remat or "--remat" in args.extra, "rc": rc, "wall_s": wall,
-           "oom": _is_oom(text), "gpu_memory_before": memory}
+           "oom": _is_oom(text), "gpu_memory_before": memory, "fields": fields}
     # A run stopped by the timeout after it wrote its summary (while exiting) still measured.
     if summary_path.exists():
         row.update(json.loads(summary_path.read_text()))
@@ -111,7 +128,7 @@ def run_anchor(name: str, args, timeout: float, out: Path | None) -> dict:
     print("\n".join(text.splitlines()[-15:]), flush=True)
     if out is not None:
         (out / f"anchor_{name}.log").write_text(text)
-    row = {"preset": f"{name} (PyTorch)", "remat": False, "rc": rc, "anchor": True,
+    row = {"preset": f"{name} (PyTorch)", "remat": False, "rc": rc, "anchor": name,
            "oom": _is_oom(text)}
     for key in ("RESULT ", "PROFILE "):
         found = [line for line in text.splitlines() if line.startswith(key)]
@@ -130,11 +147,18 @@ def launch_notes(rows: list[dict]) -> list[str]:
             for r in rows if r.get("anchor") and r.get("device_ms_per_step") and r.get("step_ms")]
 
 
+def _versus(row: dict, rows: list[dict]) -> str:
+    """A jaxla row's tokens/s over its own anchor's, when that ran in this call."""
+    anchor = next((r for r in rows if row.get("versus") and r.get("anchor") == row["versus"]
+                   and r.get("tokens_per_s")), None)
+    if anchor is None:
+        return "n/a"
+    return f"{row['tokens_per_s'] / anchor['tokens_per_s']:.2f}x {anchor['anchor']}"
+
+
 def table(rows: list[dict]) -> str:
-    anchor = next((r for r in rows if r.get("anchor") and r.get("tokens_per_s")), None)
-    versus = f"vs {anchor['preset']} (same run)" if anchor else "vs anchor (none ran)"
     head = ("| preset | remat | params | tokens/s | step ms | TFLOP/s/dev | MFU | MFU (6N) | "
-            f"peak GiB | compile s | {versus} |")
+            "peak GiB | compile s | vs its anchor, same run |")
     lines = [head, "| " + " | ".join(["---"] * (head.count("|") - 1)) + " |"]
     for r in rows:
         if r.get("anchor") and r.get("tokens_per_s") is not None:
@@ -149,14 +173,15 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {r['preset']} | {r.get('remat', '')} | {why} |" + " |" * 8)
             continue
         peak = r.get("peak_memory_bytes")
+        name = r["preset"] + "".join(f" {k}={v}" for k, v in (r.get("fields") or {}).items())
         lines.append(
-            f"| {r['preset']} | {r['remat']} | {r['params'] / 1e6:.1f}M | "
+            f"| {name} | {r['remat']} | {r['params'] / 1e6:.1f}M | "
             f"{r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | "
             f"{_fmt(r['tflops_per_device'], '.3g')} | "
             f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f', '%')} | "
             f"{_fmt(None if r['mfu_6n'] is None else 100 * r['mfu_6n'], '.1f', '%')} | "
             f"{_fmt(None if peak is None else peak / 2**30, '.2f')} | {r['compile_s']:.0f} | "
-            + (f"{r['tokens_per_s'] / anchor['tokens_per_s']:.2f}x |" if anchor else "n/a |"))
+            f"{_versus(r, rows)} |")
     return "\n".join(lines)
 
 
@@ -170,7 +195,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=20, help="steps left out of the timing")
     p.add_argument("--budget_s", type=float, default=560.0)
     p.add_argument("--anchors", default="", help="PyTorch anchors to train in the same run, "
-                   "comma separated (benchmarks.torch_training: fla_gla_340m, mamba_ssm_370m)")
+                   f"comma separated (benchmarks.torch_training: {', '.join(PRESET_OF)})")
     p.add_argument("--anchor_profile", type=int, default=3, metavar="N",
                    help="trace N more steps of each anchor for its GPU time per step (0: none)")
     p.add_argument("extra", nargs="*", help="more `python -m train` options (after --)")
@@ -185,17 +210,23 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows = []
-    for name in [s for s in args.anchors.split(",") if s]:
+    anchors = [s for s in args.anchors.split(",") if s]
+    unknown = [a for a in anchors if a not in PRESET_OF]
+    if unknown:
+        p.error(f"--anchors: unknown {', '.join(unknown)} (known: {', '.join(PRESET_OF)})")
+    for name in anchors:
         left = args.budget_s - (time.perf_counter() - start)
         rows.append(run_anchor(name, args, left, out) if left >= 30
-                    else {"preset": f"{name} (PyTorch)", "anchor": True, "skipped": True})
+                    else {"preset": f"{name} (PyTorch)", "anchor": name, "skipped": True})
     for preset in [s for s in args.presets.split(",") if s]:
         for remat in (False, True):
             left = args.budget_s - (time.perf_counter() - start)
             if left < 30:
                 rows.append({"preset": preset, "remat": remat, "skipped": True})
                 break
-            row = run_preset(preset, args, remat, left, out)
+            anchor = anchor_of(preset, anchors)
+            fields = PRESET_OF[anchor][1] if anchor else {}
+            row = run_preset(preset, args, remat, left, out, fields) | {"versus": anchor}
             rows.append(row)
             if not row["oom"] or remat:
                 break

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from benchmarks import training as bench
+from benchmarks.torch_training import PRESET_OF
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,3 +86,47 @@ def test_bench_refuses_a_negative_anchor_profile(capsys):
     with pytest.raises(SystemExit) as exit_:
         bench.main(["--presets", "tiny_gla", "--anchor_profile", "-1"])
     assert exit_.value.code == 2 and "--anchor_profile" in capsys.readouterr().err
+
+
+
+def test_each_preset_is_compared_with_its_own_anchor(tmp_path, monkeypatch):
+    """Two presets beside their two anchors in one call: each ratio is against the preset's own
+    anchor, and the MiniMax preset trains with the fields that make it the anchor's model."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    monkeypatch.setattr(bench, "gpu_memory_in_use", lambda: None)
+    speed = {"fla_gla_340m": 100.0, "hf_minimax_hybrid_340m": 40.0,
+             "gla_340m": 150.0, "minimax_hybrid_340m": 120.0}
+    commands = {}
+
+    def fake_run(cmd, **kwargs):
+        anchor = "--model" in cmd
+        name = cmd[cmd.index("--model" if anchor else "--preset") + 1]
+        commands[name] = cmd
+        result = {"tokens_per_s": speed[name], "step_ms": 1.0, "params": 1e6,
+                  "peak_memory_bytes": 2**30}
+        if anchor:
+            return bench.subprocess.CompletedProcess(cmd, 0, "RESULT " + json.dumps(result), "")
+        summary = Path(cmd[cmd.index("--run_dir") + 1]) / "summary.json"
+        summary.write_text(json.dumps(result | {"tflops_per_device": 1.0, "mfu": 0.1,
+                                                "mfu_6n": 0.1, "compile_s": 1.0}))
+        return bench.subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    (tmp_path / "runs" / "bench-gla_340m").mkdir(parents=True)
+    (tmp_path / "runs" / "bench-minimax_hybrid_340m").mkdir(parents=True)
+    rc = bench.main(["--presets", "gla_340m,minimax_hybrid_340m", "--steps", "4", "--warmup", "1",
+                     "--anchors", "fla_gla_340m,hf_minimax_hybrid_340m", "--anchor_profile", "0"])
+    assert rc == 0
+    assert "--block_style" not in commands["gla_340m"]
+    flags = commands["minimax_hybrid_340m"]
+    for name, value in PRESET_OF["hf_minimax_hybrid_340m"][1].items():
+        assert flags[flags.index(f"--{name}") + 1] == str(value)
+    table = (tmp_path / "out" / "train_bench.md").read_text()
+    assert "| 1.50x fla_gla_340m |" in table and "| 3.00x hf_minimax_hybrid_340m |" in table
+
+
+def test_bench_refuses_an_unknown_anchor(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--presets", "tiny_gla", "--anchors", "fla_gla_1b"])
+    assert exit_.value.code == 2 and "--anchors: unknown fla_gla_1b" in capsys.readouterr().err
