@@ -23,6 +23,7 @@
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)  # absolute: the before stage runs in another folder
 source benchmarks/gpu/fla_env.sh
 DEADLINE=$(( $(date +%s) + ${TOTAL_S:-570} ))
 stage() {  # stage NAME SECONDS COMMAND...: at most SECONDS (and what is left of the budget)
@@ -64,7 +65,9 @@ for name in ${STAGES:-tests kernels before}; do
     kernels) stage kernels ${STAGE_S_kernels:-240} python3 -m benchmarks.kernels \
                ${KERNEL_ARGS:---variant jaxla jla cudnn\ causal mamba_ssm} --out "$OUT" \
                ${BANDWIDTH:+--bandwidth $BANDWIDTH} ;;
-    before) stage before ${STAGE_S_before:-120} env PYTHONPATH=.carry/before:$PYTHONPATH \
+    # `python -m` puts the working directory ahead of PYTHONPATH: the earlier commit's packages
+    # are found first only when it runs from their folder (benchmarks and anchors from here).
+    before) stage before ${STAGE_S_before:-120} env -C .carry/before PYTHONPATH=.:$PWD:$PYTHONPATH \
               python3 -m benchmarks.kernels --packing dense --variant jaxla --label before \
               ${BEFORE_ARGS:-} --out "$OUT" ;;
     script) stage script ${STAGE_S_script:-300} bash -c "$SCRIPT" ;;

@@ -38,6 +38,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import jaxla  # noqa: E402
+import pallas_kernels  # noqa: E402
 from benchmarks.kernels import registry  # noqa: E402
 from benchmarks.kernels.registry import DIFF_ARGS, OPS  # noqa: E402
 from benchmarks.timing import time_jax, time_jax_pipelined, time_torch  # noqa: E402
@@ -201,7 +203,11 @@ def main(argv=None):
     device = jax.devices()[0]
     meta = {"device": getattr(device, "device_kind", str(device)), "jax": jax.__version__,
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "argv": sys.argv, "label": args.label}
+            "argv": sys.argv, "label": args.label,
+            # Where the code under test came from: a "before" run must show an older checkout's.
+            "jaxla": str(Path(jaxla.__file__).parent),
+            "pallas_kernels": str(Path(pallas_kernels.__file__).parent)}
+    print(f"jaxla from {meta['jaxla']}, pallas_kernels from {meta['pallas_kernels']}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for op in args.op:
