@@ -15,9 +15,9 @@ batch shape, each in its own process: their tokens/s and peak memory stand in th
 each jaxla row carries its ratio to its own anchor when that ran (`torch_training.PRESET_OF`; no
 number measured elsewhere is used). A preset trained beside its anchor takes the LMConfig fields
 that make it the anchor's architecture (the MiniMax anchors': MiniMax's block wiring and a
-one-expert MoE), named in its row. The table (tokens/s after the warm-up steps, step ms, TFLOP/s per device, MFU from jaxla's
-FLOP formulas and from 6N, peak memory) is printed last and, with OUT set, written to
-`$OUT/train_bench.md` with the logs and summaries beside it.
+one-expert MoE), named in its row. The table (tokens/s after the warm-up steps, step ms, TFLOP/s
+per device, MFU from jaxla's FLOP formulas and from 6N, peak memory) is printed last and, with OUT
+set, written to `$OUT/train_bench.md` with the logs and summaries beside it.
 """
 
 from __future__ import annotations
