@@ -7,7 +7,8 @@ On the dense inputs of a registered GLA shape (`benchmarks/kernels/registry.py`;
 "anchor": B=4, T=4096, H=16, K=V=128, bf16, g = logsigmoid(randn)/16; `--dims` overrides some of
 its dims) this times each of the four chunk kernels on its own over a handful of variants (tiles,
 num_warps, num_stages, chunks per program), then the whole op (fwd, fwd+bwd) with the default and
-with the fastest variant of each kernel. Correctness: the default op is compared with the xla
+with the fastest variant of each kernel; every time is the mean of 30 back-to-back calls with one
+sync (`timing.time_jax_pipelined`, as `benchmarks.kernels` times). Correctness: the default op is compared with the xla
 path; every variant's kernel output with the default configuration's. It also times the exact
 intra-chunk path (taken by chunks with a decay span > 60, i.e. very strong gates) and the matmul
 path compiled without it. Writes `$OUT/gla_tune.json` when OUT is set. About 2-4 minutes on an
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.kernels import registry
-from benchmarks.timing import time_jax
+from benchmarks.timing import time_jax_pipelined
 from jaxla import ops
 from jaxla.testing import rel_error
 from pallas_kernels._common import default_interpret
@@ -100,7 +101,9 @@ def timed(name, fn, *args, reference=None):
     try:
         run = jax.jit(fn)
         out = jax.block_until_ready(run(*args))
-        ms = time_jax(run, *args, warmup=2, iters=20)
+        # Back-to-back calls, one sync (as benchmarks.kernels times): a sync per call added its
+        # host latency to sub-millisecond kernels and reordered variants between runs.
+        ms = time_jax_pipelined(run, *args, calls=30)
     except Exception as e:  # noqa: BLE001
         log(f"  {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
         return None, None, f"{type(e).__name__}: {str(e)[:200]}", None
