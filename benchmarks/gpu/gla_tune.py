@@ -8,8 +8,8 @@ On the dense inputs of a registered GLA shape (`benchmarks/kernels/registry.py`;
 its dims) this times each of the four chunk kernels on its own over a handful of variants (tiles,
 num_warps, num_stages, chunks per program), then the whole op (fwd, fwd+bwd) with the default and
 with the fastest variant of each kernel; every time is the mean of 30 back-to-back calls with one
-sync (`timing.time_jax_pipelined`, as `benchmarks.kernels` times). Correctness: the default op is compared with the xla
-path; every variant's kernel output with the default configuration's. It also times the exact
+sync (`timing.time_jax_pipelined`, as `benchmarks.kernels` times). Correctness: the default op is
+compared with the xla path; every variant's kernel output with the default configuration's. It also times the exact
 intra-chunk path (taken by chunks with a decay span > 60, i.e. very strong gates) and the matmul
 path compiled without it. Writes `$OUT/gla_tune.json` when OUT is set. About 2-4 minutes on an
 H100, compiles included. `--smoke` checks this script on a CPU: B=1 T=256 H=2 K=V=32 in
