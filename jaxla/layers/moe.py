@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxla.layers._common import compute_dtype, input_projections, normal_init
+from jaxla.layers._common import compute_dtype, input_projections, normal_init, recomputed
 
 
 class SparseMoE(nnx.Module):
@@ -52,17 +52,23 @@ class SparseMoE(nnx.Module):
     def __call__(self, x: jax.Array, *, norm=None) -> jax.Array:
         cd = compute_dtype(self.dtype, x, norm)
 
-        def experts(x, w):
+        def experts(x, w):  # [..., E, I] in the compute dtype, as SwiGLU's projections
             return jnp.einsum("...d,edi->...ei", x.astype(cd), w,
-                              preferred_element_type=jnp.float32)
+                              preferred_element_type=jnp.float32).astype(cd)
+
+        def mix_and_down(gate, up, weights, down):
+            h = (jax.nn.silu(gate.astype(jnp.float32)) * up.astype(jnp.float32)
+                 * weights[..., None]).astype(cd)
+            return jnp.einsum("...ei,eid->...d", h, down, preferred_element_type=jnp.float32)
 
         logits, gate, up = input_projections(
             x, norm, (_router_logits, self.router[...].astype(jnp.float32)),
             (experts, self.gate_proj[...].astype(cd)), (experts, self.up_proj[...].astype(cd)))
         weights = self._routing_weights(logits)
-        h = (jax.nn.silu(gate) * up * weights[..., None]).astype(cd)
-        y = jnp.einsum("...ei,eid->...d", h, self.down_proj[...].astype(cd),
-                       preferred_element_type=jnp.float32)
+        # As in SwiGLU: the float32 activation chain and the mixed product that the down
+        # projection's weight gradient reads are recomputed from gate and up in the backward,
+        # not saved (at E x I per token they were most of a MoE block's activation memory).
+        y = recomputed(mix_and_down)(gate, up, weights, self.down_proj[...].astype(cd))
         return y.astype(cd)
 
 

@@ -68,3 +68,14 @@ def test_block_saves_its_inputs_not_the_norm_outputs(kind, implementation, sizes
                            implementation=implementation, **sizes)
     saved = _saved_shapes(config, B, T, capsys)
     assert saved.count(("bf16", (B, T, config.hidden_size))) == 2, saved
+
+
+def test_moe_block_saves_its_expert_projections_in_the_compute_dtype(capsys):
+    """A MoE MLP keeps gate and up per expert in bf16, as SwiGLU does: no float32 `[B, T, E, I]`
+    activation (silu, the routed product) is saved; the backward recomputes them."""
+    B, T, E, inner = 2, 96, 4, 96
+    config = LMConfig.tiny("attention", dtype="bfloat16", param_dtype="bfloat16", head_dim=16,
+                           intermediate_size=inner, num_experts=E, implementation="xla")
+    saved = _saved_shapes(config, B, T, capsys)
+    assert saved.count(("bf16", (B, T, E, inner))) == 2, saved
+    assert not [s for s in saved if s[1] == (B, T, E, inner) and s[0] != "bf16"], saved
