@@ -56,7 +56,7 @@ def gpu_memory_in_use() -> str | None:
 
 def anchor_of(preset: str, anchors: list[str]) -> str | None:
     """The anchor among `anchors` that stands for `preset` (None when none does)."""
-    return next((a for a in anchors if PRESET_OF.get(a, (None,))[0] == preset), None)
+    return next((a for a in anchors if PRESET_OF[a][0] == preset), None)
 
 
 def field_flags(fields: dict) -> list[str]:
