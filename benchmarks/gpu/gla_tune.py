@@ -5,15 +5,14 @@ beside its anchors is `python -m benchmarks.kernels`, which runs them; this runs
 
 On the dense inputs of a registered GLA shape (`benchmarks/kernels/registry.py`; default
 "anchor": B=4, T=4096, H=16, K=V=128, bf16, g = logsigmoid(randn)/16; `--dims` overrides some of
-its dims) this times each of the four chunk kernels and the one-kernel forward (`--families`
-picks some) on its own over a handful of variants (tiles, num_warps, num_stages, chunks per
-program), then the whole op (fwd, fwd+bwd) with the default, with the fastest variant of each
-kernel, and with the fastest fused forward; every time is the mean of 30 back-to-back calls with
-one sync (`timing.time_jax_pipelined`, as `benchmarks.kernels` times). Correctness: the default
-op is compared with the xla path; every variant's kernel output with its table's first row (the
-op's configuration). It also times the exact intra-chunk path (taken by chunks with a decay span
-> 60, i.e. very strong gates) and the matmul path compiled without it. Writes
-`$OUT/gla_tune.json` when OUT is set. About 2-4 minutes on an H100, compiles included. `--smoke` checks this script on a CPU: B=1 T=256 H=2 K=V=32 in
+its dims) this times each of the four chunk kernels on its own over a handful of variants (tiles,
+num_warps, num_stages, chunks per program), then the whole op (fwd, fwd+bwd) with the default and
+with the fastest variant of each kernel; every time is the mean of 30 back-to-back calls with one
+sync (`timing.time_jax_pipelined`, as `benchmarks.kernels` times). Correctness: the default op is
+compared with the xla path; every variant's kernel output with the default configuration's. It also times the exact
+intra-chunk path (taken by chunks with a decay span > 60, i.e. very strong gates) and the matmul
+path compiled without it. Writes `$OUT/gla_tune.json` when OUT is set. About 2-4 minutes on an
+H100, compiles included. `--smoke` checks this script on a CPU: B=1 T=256 H=2 K=V=32 in
 interpret mode, two variants per kernel.
 """
 
@@ -37,7 +36,6 @@ from jaxla.testing import rel_error
 from pallas_kernels._common import default_interpret
 from pallas_kernels.gla import BlockSizes, chunk_gla
 from pallas_kernels.gla.chunk_bwd import chunk_grads
-from pallas_kernels.gla.chunk_fused import fused_fwd
 from pallas_kernels.gla.chunk_fwd import chunk_fwd, chunk_output
 from pallas_kernels.gla.chunk_state import state_scan
 
@@ -71,15 +69,6 @@ GRAD_VARIANTS = [
     (8, 2, 1, 32, 64), (4, 2, 1, 32, 64), (8, 2, 1, 16, 256), (16, 2, 1, 16, 256),
 ]  # chunks_per_program_bwd > 1 is refused (wrong gradients on the GPU, see config.py)
 SMOKE_GRAD_VARIANTS = [(8, 2, 1, 32, 32), (4, 2, 1, 16, 16)]
-# The one-kernel forward (BlockSizes.fused_forward): (block_v_fused, num_warps, num_stages).
-# Offline compile (Triton 3.6, sm_90) at K=V=128, BV=64: 8 warps spill ~0.3 KB per thread, 4 warps
-# 3-4 KB; ~139 KB of shared memory at 2 stages.
-FUSED_VARIANTS = [
-    (64, 8, 2), (64, 8, 3), (64, 8, 1), (64, 4, 2), (64, 16, 2), (32, 4, 2), (32, 4, 3),
-    (32, 8, 2), (128, 8, 2), (128, 16, 2),
-]
-SMOKE_FUSED_VARIANTS = [(16, 4, 2), (32, 8, 1)]
-FAMILIES = ("state_fwd", "state_bwd", "output", "grads", "fused")
 
 
 def with_default_first(default_variant, variants, *, k_at: int, v_at: int, K: int, V: int):
@@ -135,14 +124,12 @@ def main(argv=None):
                         help="a registered GLA shape (benchmarks/kernels/registry.py)")
     parser.add_argument("--dims", nargs="+", type=registry.dims_item, default=[],
                         metavar="NAME=INT", help="override dims of the shape, e.g. T=2048")
-    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES),
-                        help="the kernel tables to time (the others keep the defaults)")
     parser.add_argument("--smoke", action="store_true",
                         help="check this script on a CPU (tiny dims, two variants per kernel)")
     opts = parser.parse_args(argv)
-    state_variants, output_variants, grad_variants, fused_variants = (
-        (SMOKE_STATE_VARIANTS, SMOKE_OUTPUT_VARIANTS, SMOKE_GRAD_VARIANTS, SMOKE_FUSED_VARIANTS)
-        if opts.smoke else (STATE_VARIANTS, OUTPUT_VARIANTS, GRAD_VARIANTS, FUSED_VARIANTS))
+    state_variants, output_variants, grad_variants = (
+        (SMOKE_STATE_VARIANTS, SMOKE_OUTPUT_VARIANTS, SMOKE_GRAD_VARIANTS) if opts.smoke
+        else (STATE_VARIANTS, OUTPUT_VARIANTS, GRAD_VARIANTS))
     try:
         smoke = list(SMOKE_DIMS.items()) if opts.smoke else []
         dims, q, k, v, g, do = inputs(opts.shape, smoke + opts.dims)
@@ -161,9 +148,6 @@ def main(argv=None):
     grad_variants = with_default_first(
         (d.num_warps_bwd, d.num_stages_bwd, d.chunks_per_program_bwd, d.block_k, d.block_v),
         grad_variants, k_at=3, v_at=4, K=K, V=V)
-    fused_variants = with_default_first(
-        (d.block_v_fused, d.num_warps_fused, d.num_stages_fused), fused_variants, k_at=0, v_at=0,
-        K=V, V=V)
     scale = K**-0.5
     results = {"device": str(jax.devices()[0].device_kind), "default": dataclasses.asdict(default),
                "kernels": {}}
@@ -185,8 +169,6 @@ def main(argv=None):
     tables = {}
 
     def run_family(family, variants, make, args, describe):
-        if family not in opts.families:
-            return []
         rows, ref = [], None
         for variant in variants:
             label = describe(variant)
@@ -221,13 +203,6 @@ def main(argv=None):
         chunk_grads, scale=scale, chunk=64, block_k=p[3], block_v=p[4], span_limit=sl,
         chunks_per_program=p[2], num_warps=p[0], num_stages=p[1], interpret=INTERPRET)
     run_family("grads", grad_variants, make_grad, (q, k, v, g, do, hs, dhs), describe_chunk)
-    log("fused forward (one kernel, no states written): block_v_fused, warps, stages")
-    make_fused = lambda p: functools.partial(  # noqa: E731
-        fused_fwd, scale=scale, block_sizes=dataclasses.replace(
-            default, fused_forward=True, block_v_fused=p[0], num_warps_fused=p[1],
-            num_stages_fused=p[2]), interpret=INTERPRET, save_states=False)
-    run_family("fused", fused_variants, make_fused, (q, k, v, g, h0),
-               lambda p: f"bv={p[0]} w={p[1]} s={p[2]}")
 
     log("intra-chunk paths at the default launch: exact path forced / matmul path only")
     paths = {}
@@ -235,15 +210,13 @@ def main(argv=None):
         ("output", make_out, (q, k, v, g, hs), output_variants[0]),
         ("grads", make_grad, (q, k, v, g, do, hs, dhs), grad_variants[0]),
     ):
-        if family not in opts.families:
-            continue
         for name, sl in (("exact path (span > 60)", -1.0), ("matmul path only", float("inf"))):
             ms, _, msg, _ = timed(f"{family} {name}", make(p, sl), *args)
             paths[f"{family}: {name}"] = ms if msg is None else msg
     results["paths"] = paths
 
     def best(family, default_params):
-        ok = [r for r in tables.get(family, []) if r["ok"] and r["ms"] is not None]
+        ok = [r for r in tables[family] if r["ok"] and r["ms"] is not None]
         return min(ok, key=lambda r: r["ms"])["params"] if ok else default_params
 
     bs_state = best("state_fwd", state_variants[0])
@@ -257,14 +230,11 @@ def main(argv=None):
         block_k=bs_grad[3], block_v=bs_grad[4],
         num_warps_bwd=bs_grad[0], num_stages_bwd=bs_grad[1], chunks_per_program_bwd=bs_grad[2])
     results["tuned"] = dataclasses.asdict(tuned)
-    bs_fused = best("fused", fused_variants[0])
-    fused = dataclasses.replace(tuned, fused_forward=True, block_v_fused=bs_fused[0],
-                                num_warps_fused=bs_fused[1], num_stages_fused=bs_fused[2])
 
-    log("whole op: default vs tuned vs chunk 32 vs the tuned fused forward")
+    log("whole op: default vs tuned vs chunk 32")
     whole = {}
     configs = (("default", default), ("tuned", tuned),
-               ("tuned, chunk 32", dataclasses.replace(tuned, chunk=32)), ("tuned fused", fused))
+               ("tuned, chunk 32", dataclasses.replace(tuned, chunk=32)))
     for name, bs in configs:
         fwd = lambda q, k, v, g, bs=bs: chunk_gla(q, k, v, g, block_sizes=bs)[0]  # noqa: E731
 
@@ -301,7 +271,7 @@ def main(argv=None):
     print("\nintra-chunk paths (default launch):")
     for name, ms in paths.items():
         print(f"  {name:<40} " + (f"{ms:.3f} ms" if isinstance(ms, float) else str(ms)))
-    print(f"\ntuned BlockSizes: {fused}")
+    print(f"\ntuned BlockSizes: {tuned}")
     print(f"\n{'whole op':<18}{'fwd ms':>10}{'fwd+bwd ms':>12}{'o vs xla':>10}")
     for name, r in whole.items():
         fmt = lambda x: "failed" if x is None else f"{x:.3f}"  # noqa: E731

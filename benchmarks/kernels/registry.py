@@ -190,22 +190,6 @@ def _jaxla_gla(impl):
     return build
 
 
-def _jaxla_gla_blocks(**fields):
-    """The GLA kernel called directly with the default block sizes but `fields` (e.g.
-    `fused_forward=True`): configurations the op does not choose by itself, on the same inputs;
-    packed rows become the kernel's `resets`."""
-    def build(x, packed):
-        from pallas_kernels import gla as kernels
-
-        seg = x["segment_ids"]
-        resets = None if seg is None else ops.packing.resets_from_segment_ids(seg)
-        bs = kernels.BlockSizes.get_default(head_dim_k=x["q"].shape[-1],
-                                            head_dim_v=x["v"].shape[-1], **fields)
-        return lambda q, k, v, g: kernels.chunk_gla(q, k, v, g, resets=resets,
-                                                    block_sizes=bs)[0]
-    return build
-
-
 def _jla_gla(x, packed):
     jla_ops, why = _try_jla()
     if jla_ops is None:
@@ -369,8 +353,7 @@ OPS: dict[str, OpBench] = {
         make=lambda dims, packed, seed: _attention_inputs(dims, packed, seed, "gla"),
         variants=(Variant("jaxla", _jaxla_gla("pallas")), Variant("jla", _jla_gla),
                   Variant("fla", _fla_gla, torch=True), Variant("cudnn causal", _cudnn),
-                  Variant("jaxla xla", _jaxla_gla("xla")),
-                  Variant("jaxla fused", _jaxla_gla_blocks(fused_forward=True))),
+                  Variant("jaxla xla", _jaxla_gla("xla"))),
         bytes_moved=lambda dims, mode: _attention_bytes(dims, mode, "gla"),
     ),
     "simple_gla": OpBench(  # a data-dependent scalar gate per head and step

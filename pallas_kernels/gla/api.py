@@ -47,7 +47,7 @@ def _packed(st: _Static, flags):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _chunk(st: _Static, q, k, v, g, h0, flags):
     o, ht, _ = chunk_fwd(q, k, v, g, h0, scale=st.scale, block_sizes=st.block_sizes,
-                         interpret=st.interpret, packed=_packed(st, flags), save_states=False)
+                         interpret=st.interpret, packed=_packed(st, flags))
     return o, ht
 
 

@@ -14,9 +14,9 @@ Two kernels, with the chunk states materialised in HBM (FLA's scheme):
    walking K in tiles of `block_k` (A and the inter-chunk term accumulate over the tiles, so only
    a few `[C, block_k]` float32 tiles are live at once).
 
-The fused alternative (chunk_fused.py, `BlockSizes.fused_forward`), one program per (b, h,
-V tile) carrying the state through all chunks, has only B*H*V/BV sequential programs and
-recomputes the intra-chunk attention for every V tile, but writes no states in the primal.
+The fused alternative, one program per (b, h, V tile) carrying the state through all chunks,
+has only B*H*V/BV sequential programs (fewer than the SMs of an H100 at the benchmark shape) and
+recomputes the intra-chunk attention for every V tile.
 
 Intra-chunk attention without per-pair exponentials. Any per-channel reference r factorises
 exp(G_i - G_j) = exp(G_i - r) * exp(r - G_j). With r = G_last / 2 both factors are bounded by
@@ -47,7 +47,6 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels.gla.chunk_fused import fused_fwd
 from pallas_kernels.gla.chunk_state import state_scan
 from pallas_kernels.gla.common import (
     F32,
@@ -206,18 +205,14 @@ def chunk_output(q, k, v, g, hs, *, scale: float, chunk: int, block_k: int, bloc
 
 
 def chunk_fwd(q, k, v, g, h0, *, scale: float, block_sizes: BlockSizes, interpret: bool,
-              packed=None, save_states: bool = True):
+              packed=None):
     """Forward on padded inputs (Tp % chunk == 0, K and V powers of two).
 
     packed: None, `("segments", starts)` or `("documents", chunk flags)` (chunk_state.py).
     Returns (o `[B, Tp, H, V]`, final state `[B, H, K, V]` float32 (`[N, H, K, V]` for
-    documents), chunk states hs `[B, H, NT, K, V]`). With `block_sizes.fused_forward` one kernel
-    (chunk_fused.py) computes all three, and hs is None unless `save_states` (the backward's).
+    documents), chunk states hs).
     """
     bs = block_sizes
-    if bs.fused_forward:
-        return fused_fwd(q, k, v, g, h0, scale=scale, block_sizes=bs, interpret=interpret,
-                         packed=packed, save_states=save_states)
     span_limit = bs.span_limit_for(q.dtype)
     hs, ht = state_scan(
         k, v, g, h0, chunk=bs.chunk, reverse=False, scale=1.0, block_k=bs.block_k_state,

@@ -38,12 +38,16 @@ from pallas_kernels.gla.common import (
     itemsize,
     mm,
     operand_dtype,
-    scalar_at,
     split_bh,
     suffix_sums,
     use_matmul_path,
 )
 from pallas_kernels.gla.config import DEFAULT_SPAN_LIMIT
+
+
+def _scalar(ref, n):
+    """Element n of a 1-D ref as a scalar (max keeps the dtype; sum would widen under x64)."""
+    return jnp.max(ref[pl.ds(n, 1)])
 
 
 def _state_scan_kernel(x_ref, y_ref, g_ref, s0_ref, *refs, chunk, reverse, scale, span_limit,
@@ -60,8 +64,8 @@ def _state_scan_kernel(x_ref, y_ref, g_ref, s0_ref, *refs, chunk, reverse, scale
     def body(i, s):
         n = NT - 1 - i if reverse else i
         if packing == "documents":
-            doc = scalar_at(doc_ref, n)
-            enter = scalar_at(last_ref if reverse else first_ref, n) > 0
+            doc = _scalar(doc_ref, n)
+            enter = _scalar(last_ref if reverse else first_ref, n) > 0
             s = lax.cond(enter, lambda: s0_ref[doc].astype(F32), lambda: s)
         states_ref[n] = s.astype(states_ref.dtype)
         rows = pl.ds(pl.multiple_of(n * chunk, chunk), chunk)
@@ -87,7 +91,7 @@ def _state_scan_kernel(x_ref, y_ref, g_ref, s0_ref, *refs, chunk, reverse, scale
                     split=1)
         s = s * decay + update
         if packing == "documents":
-            @pl.when(scalar_at(first_ref if reverse else last_ref, n) > 0)
+            @pl.when(_scalar(first_ref if reverse else last_ref, n) > 0)
             def _():
                 sT_ref[doc] = s
 

@@ -57,45 +57,6 @@ def split_bh(i, H: int):
     return lax.div(i, jnp.int32(H)), lax.rem(i, jnp.int32(H))
 
 
-def scalar_at(ref, n):
-    """Element n of a 1-D ref as a scalar (max keeps the dtype; sum would widen under x64)."""
-    return jnp.max(ref[pl.ds(n, 1)])
-
-
-def vtile_specs(T: int, H: int, K: int, BV: int, packing=None, num_docs: int = 0,
-                num_flags: int = 0):
-    """Block specs of a (V tile, b*h) program grid that walks all T rows of one (b, h):
-    `[T, K]` rows, `[T, BV]` rows, the `[K, BV]` state tile (`[N, K, BV]` per-document states),
-    the `[T, K]` float32 partials over V tiles (`[NV, B, T, H, K]`), and the packing inputs:
-    `starts [B, T]` for "segments", three `[num_flags]` flag arrays for "documents"."""
-    def kmap(vv, i):
-        b, h = split_bh(i, H)
-        return b, 0, h, 0
-
-    def vmap_(vv, i):
-        b, h = split_bh(i, H)
-        return b, 0, h, vv
-
-    def smap(vv, i):
-        b, h = split_bh(i, H)
-        return b, h, 0, vv
-
-    def partial_map(vv, i):
-        b, h = split_bh(i, H)
-        return vv, b, 0, h, 0
-
-    if packing == "documents":
-        state = pl.BlockSpec((num_docs, None, K, BV),
-                             lambda vv, i: (0, lax.rem(i, jnp.int32(H)), 0, vv))
-        flags = [pl.BlockSpec((num_flags,), lambda vv, i: (0,))] * 3
-    else:
-        state = pl.BlockSpec((None, None, K, BV), smap)
-        flags = ([pl.BlockSpec((None, T), lambda vv, i: (split_bh(i, H)[0], 0))]
-                 if packing == "segments" else [])
-    return (pl.BlockSpec((None, T, None, K), kmap), pl.BlockSpec((None, T, None, BV), vmap_),
-            state, pl.BlockSpec((None, None, T, None, K), partial_map), flags)
-
-
 def starts_spec(rows: int, H: int):
     """Block of the `[B, Tp]` document starts for a (V tile, row block, b*h) program grid."""
     return pl.BlockSpec((None, rows), lambda vv, n, i: (split_bh(i, H)[0], n))

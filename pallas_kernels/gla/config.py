@@ -51,9 +51,6 @@ class BlockSizes:
     chunks_per_program_fwd, chunks_per_program_bwd: chunks one program of the output (forward) or
       gradient (backward) kernel handles in a loop (power of two; fewer programs, but Triton can
       prefetch the next chunk while computing this one). Clipped to divide the number of chunks.
-    fused_forward: the forward as one kernel (chunk_fused.py): one program per (b, h, V tile of
-      `block_v_fused`) carries the float32 state through the chunks and writes each chunk's
-      output beside it; False: the state scan, then the per-chunk output kernel (chunk_fwd.py).
     span_limit: chunks whose largest decay span `-sum(g)` exceeds this take the exact intra-chunk
       path; None: DEFAULT_SPAN_LIMIT of the input dtype (`span_limit_for`); `inf` forces the
       matmul path, a negative value the exact one.
@@ -77,17 +74,12 @@ class BlockSizes:
     num_stages_bwd: int = 2
     num_warps_recurrent: int = 4
     num_stages_recurrent: int = 2
-    fused_forward: bool = False
-    block_v_fused: int = 64
-    num_warps_fused: int = 8
-    num_stages_fused: int = 2
 
     def __post_init__(self):
         if not is_pow2(self.chunk) or not 16 <= self.chunk <= MAX_CHUNK:
             raise ValueError(
                 f"chunk must be a power of two in [16, {MAX_CHUNK}], got {self.chunk=}")
-        for name in ("block_k_state", "block_v_state", "block_k", "block_v", "block_v_recurrent",
-                     "block_v_fused"):
+        for name in ("block_k_state", "block_v_state", "block_k", "block_v", "block_v_recurrent"):
             value = getattr(self, name)
             if not is_pow2(value) or not 16 <= value <= MAX_HEAD_DIM:
                 raise ValueError(
@@ -101,15 +93,12 @@ class BlockSizes:
         if self.chunks_per_program_bwd != 1:
             raise ValueError(f"chunks_per_program_bwd must be 1 (larger values computed wrong "
                              f"gradients on the GPU), got {self.chunks_per_program_bwd}")
-        if not isinstance(self.fused_forward, bool):
-            raise TypeError(f"fused_forward must be a bool, got {self.fused_forward!r}")
-        for name in ("num_warps_state", "num_warps_fwd", "num_warps_bwd", "num_warps_recurrent",
-                     "num_warps_fused"):
+        for name in ("num_warps_state", "num_warps_fwd", "num_warps_bwd", "num_warps_recurrent"):
             value = getattr(self, name)
             if not is_pow2(value) or value > 16:
                 raise ValueError(f"{name} must be a power of two <= 16, got {value}")
         for name in ("num_stages_state", "num_stages_fwd", "num_stages_bwd",
-                     "num_stages_recurrent", "num_stages_fused"):
+                     "num_stages_recurrent"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= 8:
                 raise ValueError(f"{name} must be an int in [1, 8], got {value}")
@@ -160,5 +149,4 @@ class BlockSizes:
             block_k=min(self.block_k, K),
             block_v=min(self.block_v, V),
             block_v_recurrent=min(self.block_v_recurrent, V),
-            block_v_fused=min(self.block_v_fused, V),
         )

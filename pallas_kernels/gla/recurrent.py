@@ -32,12 +32,17 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels.gla.common import F32, itemsize, scalar_at, vtile_specs
+from pallas_kernels.gla.common import F32, itemsize, split_bh
 from pallas_kernels.gla.config import BlockSizes
 
 
 def _row(ref, t):
     return ref[pl.ds(t, 1), :].astype(F32)  # [1, D]
+
+
+def _flag(ref, t):
+    """Step t's entry of a 1-D ref as a scalar (max keeps the dtype under x64)."""
+    return jnp.max(ref[pl.ds(t, 1)])
 
 
 class _Packing:
@@ -53,10 +58,10 @@ class _Packing:
         """The state before step t's decay: zeroed at a segment start, the document's own
         initial state at a document's first step."""
         if self.mode == "segments":
-            return jnp.where(scalar_at(self.starts, t) > 0, 0.0, s)
+            return jnp.where(_flag(self.starts, t) > 0, 0.0, s)
         if self.mode == "documents":
-            doc = scalar_at(self.docs, t)
-            return lax.cond(scalar_at(self.first, t) > 0, lambda: s0_ref[doc].astype(F32),
+            doc = _flag(self.docs, t)
+            return lax.cond(_flag(self.first, t) > 0, lambda: s0_ref[doc].astype(F32),
                             lambda: s)
         return s
 
@@ -75,9 +80,9 @@ def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, h0_ref, *refs, scale, packing):
         q_col = (scale * _row(q_ref, t)).T
         o_ref[pl.ds(t, 1), :] = jnp.sum(s * q_col, axis=0, keepdims=True).astype(o_ref.dtype)
         if packing == "documents":
-            @pl.when(scalar_at(pk.last, t) > 0)
+            @pl.when(_flag(pk.last, t) > 0)
             def _():
-                ht_ref[scalar_at(pk.docs, t)] = s
+                ht_ref[_flag(pk.docs, t)] = s
 
         return s
 
@@ -121,9 +126,9 @@ def _dkv_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, dqp_ref, ht_ref, dht_ref, *r
         t = T - 1 - i
         ds, acc = carry  # ds: gradient reaching S_t from later tokens
         if packing == "documents":  # a document's last step: its final state's cotangent
-            doc = scalar_at(pk.docs, t)
+            doc = _flag(pk.docs, t)
             ds, acc = lax.cond(
-                scalar_at(pk.last, t) > 0,
+                _flag(pk.last, t) > 0,
                 lambda: (dht_ref[doc].astype(F32), rowsum(ht_ref[doc], dht_ref[doc])),
                 lambda: (ds, acc))
         q, k, v, do = _row(q_ref, t), _row(k_ref, t), _row(v_ref, t), _row(do_ref, t)
@@ -138,12 +143,12 @@ def _dkv_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, dqp_ref, ht_ref, dht_ref, *r
         dv_ref[pl.ds(t, 1), :] = jnp.sum(ds * k.T, axis=0, keepdims=True).astype(dv_ref.dtype)
         ds = ds * jnp.exp(_row(g_ref, t)).T
         if packing == "segments":  # a start: nothing flows into the previous document
-            start = scalar_at(pk.starts, t) > 0
+            start = _flag(pk.starts, t) > 0
             dg_ref[pl.ds(t, 1), :] = jnp.where(start, 0.0, acc)
             return jnp.where(start, 0.0, ds), jnp.where(start, 0.0, acc)
         dg_ref[pl.ds(t, 1), :] = acc
         if packing == "documents":
-            @pl.when(scalar_at(pk.first, t) > 0)
+            @pl.when(_flag(pk.first, t) > 0)
             def _():
                 dh0_ref[doc] = ds
 
@@ -156,6 +161,37 @@ def _dkv_kernel(q_ref, k_ref, v_ref, g_ref, do_ref, dqp_ref, ht_ref, dht_ref, *r
         dht = dht_ref[...].astype(F32)
         ds, _ = lax.fori_loop(0, T, body, (dht, rowsum(ht_ref[...], dht)))
         dh0_ref[...] = ds
+
+
+def _specs(B, T, H, K, V, BV, packing=None, num_docs=0):
+    """Block specs: [T, K] rows, [T, BV] rows, the state tile ([N, K, BV] per-document states),
+    dq/dk/dg partials, and the packing inputs."""
+    def kmap(vv, i):
+        b, h = split_bh(i, H)
+        return b, 0, h, 0
+
+    def vmap_(vv, i):
+        b, h = split_bh(i, H)
+        return b, 0, h, vv
+
+    def smap(vv, i):
+        b, h = split_bh(i, H)
+        return b, h, 0, vv
+
+    def partial_map(vv, i):
+        b, h = split_bh(i, H)
+        return vv, b, 0, h, 0
+
+    if packing == "documents":
+        state = pl.BlockSpec((num_docs, None, K, BV),
+                             lambda vv, i: (0, lax.rem(i, jnp.int32(H)), 0, vv))
+        flags = [pl.BlockSpec((T,), lambda vv, i: (0,))] * 3
+    else:
+        state = pl.BlockSpec((None, None, K, BV), smap)
+        flags = ([pl.BlockSpec((None, T), lambda vv, i: (split_bh(i, H)[0], 0))]
+                 if packing == "segments" else [])
+    return (pl.BlockSpec((None, T, None, K), kmap), pl.BlockSpec((None, T, None, BV), vmap_),
+            state, pl.BlockSpec((None, None, T, None, K), partial_map), flags)
 
 
 def _params(bs: BlockSizes):
@@ -175,7 +211,7 @@ def recurrent_fwd(q, k, v, g, h0, *, scale: float, block_sizes: BlockSizes, inte
     BV = block_sizes.block_v_recurrent
     NV = V // BV
     packing, flags = (None, ()) if packed is None else (packed[0], _as_tuple(packed[1]))
-    k_spec, v_spec, s_spec, _, f_specs = vtile_specs(T, H, K, BV, packing, h0.shape[0], T)
+    k_spec, v_spec, s_spec, _, f_specs = _specs(B, T, H, K, V, BV, packing, h0.shape[0])
     # Per step: decay, outer product, sum and readout 5*K*V, q's scale K per V tile
     # (jaxla.flops.kernels; bytes: every array once).
     cost = pl.CostEstimate(
@@ -209,7 +245,7 @@ def recurrent_bwd(q, k, v, g, h0, ht, do, dht, *, scale: float, block_sizes: Blo
     BV = block_sizes.block_v_recurrent
     NV = V // BV
     packing, flags = (None, ()) if packed is None else (packed[0], _as_tuple(packed[1]))
-    k_spec, v_spec, s_spec, p_spec, f_specs = vtile_specs(T, H, K, BV, packing, h0.shape[0], T)
+    k_spec, v_spec, s_spec, p_spec, f_specs = _specs(B, T, H, K, V, BV, packing, h0.shape[0])
     partial = jax.ShapeDtypeStruct((NV, B, T, H, K), F32)
     # jaxla.flops.kernels; bytes: every array once (k, g, v, do in both, q in the second).
     in_bytes = q.size * itemsize(q.dtype) + g.size * 4 + 2 * v.size * itemsize(v.dtype)

@@ -11,7 +11,6 @@ On the GPU every shape meets every gate regime; in interpret mode each shape mee
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -181,89 +180,6 @@ def test_chunk_forced_paths(rng, path, gate, span_limit, dtype, interpret):
     bs = BlockSizes(span_limit=span_limit)
     _run_and_compare(rng, (1, 130, 2, 32, 64), kind="chunk", interpret=interpret, gate=gate,
                      dtype=dtype, block_sizes=bs)
-
-
-# The one-kernel forward (chunk_fused.py) against the float64 spec: two V tiles, three chunks
-# (one partial), each gate regime, both intra-chunk paths forced, with the two-kernel backward.
-FUSED = BlockSizes(fused_forward=True, block_v_fused=32)
-
-
-@pytest.mark.parametrize("interpret", MODES)
-@pytest.mark.parametrize("gate", GATES)
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-def test_fused_forward(rng, gate, dtype, interpret):
-    _run_and_compare(rng, (2, 150, 2, 32, 64), kind="chunk", interpret=interpret, gate=gate,
-                     dtype=dtype, block_sizes=FUSED)
-
-
-@pytest.mark.parametrize("interpret", MODES)
-@pytest.mark.parametrize("path,gate,span_limit", [("exact", "weak", -1.0),
-                                                  ("matmul", "medium", float("inf"))])
-def test_fused_forward_forced_paths(rng, path, gate, span_limit, interpret):
-    bs = dataclasses.replace(FUSED, span_limit=span_limit, chunk=16)
-    _run_and_compare(rng, (1, 70, 2, 32, 64), kind="chunk", interpret=interpret, gate=gate,
-                     block_sizes=bs)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("gate", GATES)
-@pytest.mark.parametrize("case", [((2, 1000, 4, 128, 128), jnp.bfloat16),
-                                  ((2, 1000, 4, 128, 128), jnp.float32),
-                                  ((2, 600, 2, 128, 256), jnp.bfloat16)], ids=case_id)
-def test_fused_forward_large_gpu(rng, case, gate):
-    shape, dtype = case
-    bs = BlockSizes.get_default(head_dim_k=shape[3], head_dim_v=shape[4], fused_forward=True)
-    _run_and_compare(rng, shape, kind="chunk", interpret=False, gate=gate, dtype=dtype,
-                     block_sizes=bs)
-
-
-@pytest.mark.parametrize("interpret", MODES)
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-def test_fused_forward_matches_two_kernels_per_document(rng, dtype, interpret):
-    """Per-document states (documents aligned to 16-row chunks, one of them a padding chunk):
-    the one-kernel forward gives the two-kernel forward's outputs, final states and gradients
-    (the same arithmetic in another order)."""
-    chunk_docs = jnp.asarray([0, 0, 1, 2, 2, 2, -1, 3], jnp.int32)
-    q, k, v, g, _ = gla_inputs(rng, 1, 16 * chunk_docs.shape[0], 2, 32, 48, dtype=dtype,
-                               initial_state=False)
-    h0 = jnp.asarray(rng.standard_normal((4, 2, 32, 48)), jnp.float32)
-
-    def run(bs):
-        return jax.jit(lambda q, k, v, g, h0: chunk_gla(
-            q, k, v, g, initial_state=h0, output_final_state=True, chunk_docs=chunk_docs,
-            num_docs=4, block_sizes=bs, interpret=interpret))
-
-    seed = int(rng.integers(1 << 30))
-    two = BlockSizes(chunk=16, block_v=16)
-    (o, h), grads = outputs_and_grads(run(two), (q, k, v, g, h0), np.random.default_rng(seed))
-    (o_f, h_f), grads_f = outputs_and_grads(
-        run(dataclasses.replace(two, fused_forward=True, block_v_fused=16)), (q, k, v, g, h0),
-        np.random.default_rng(seed))
-    assert_close(o_f, o, dtype=dtype, name="o")
-    assert_close(h_f, h, dtype=dtype, name="final_state")
-    for name, a, b in zip(GRAD_NAMES, grads_f, grads, strict=True):
-        assert_close(a, b, dtype=dtype, name=name)
-
-
-def test_fused_forward_lowers_to_one_kernel():
-    """The fused forward is one Triton kernel (no states written) without gradients, and the
-    backward adds the two gradient kernels (dense, segment_ids, per-document states, x64 on)."""
-    with jax.enable_x64(True):
-        q = jnp.ones((1, 96, 2, 32), jnp.bfloat16)
-        g = -jnp.ones(q.shape, jnp.float32)
-        resets = jnp.zeros((1, 96), bool).at[0, 40].set(True)
-        docs = jnp.repeat(jnp.arange(3, dtype=jnp.int32), 2)
-        h0 = jnp.ones((3, 2, 32, 32), jnp.float32)
-        bs = BlockSizes(chunk=16, fused_forward=True, block_v_fused=16)
-        for kw in ({}, dict(resets=resets), dict(chunk_docs=docs, num_docs=3, initial_state=h0)):
-            def out(q, g, kw=kw):
-                o, h = chunk_gla(q, q, q, g, output_final_state=True, interpret=False,
-                                 block_sizes=bs, **kw)
-                return o.astype(jnp.float32).sum() + h.sum()
-
-            assert lower_for_cuda(out, q, g).count("__gpu$xla.gpu.triton") == 1, kw.keys()
-            text = lower_for_cuda(jax.value_and_grad(out, argnums=(0, 1)), q, g)
-            assert text.count("__gpu$xla.gpu.triton") == 3, kw.keys()
 
 
 def test_float32_margin_at_large_decay_spans(rng):
@@ -527,8 +443,6 @@ PACKED_BLOCKS = {
     "vtiles-2chunks": BlockSizes(chunk=16, block_v=16, block_v_state=16,
                                  chunks_per_program_fwd=2),
     "chunk64": BlockSizes(chunk=64),
-    "fused": BlockSizes(chunk=16, fused_forward=True, block_v_fused=16),
-    "fused-exact": BlockSizes(chunk=16, fused_forward=True, span_limit=-1.0),
 }
 
 
