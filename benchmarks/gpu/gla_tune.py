@@ -1,18 +1,20 @@
 """Which launch configuration of the GLA kernels is fastest (a tuning tool: the speed of jaxla
 beside its anchors is `python -m benchmarks.kernels`, which runs them; this runs none).
 
-    python -m benchmarks.gpu.gla_tune [--shape anchor] [--dims T=2048 ...] [--smoke]
+    python -m benchmarks.gpu.gla_tune [--shape anchor] [--dims T=2048 ...] [--families ...]
+        [--smoke]
 
 On the dense inputs of a registered GLA shape (`benchmarks/kernels/registry.py`; default
 "anchor": B=4, T=4096, H=16, K=V=128, bf16, g = logsigmoid(randn)/16; `--dims` overrides some of
-its dims) this times each of the four chunk kernels on its own over a handful of variants (tiles,
-num_warps, num_stages, chunks per program), then the whole op (fwd, fwd+bwd) with the default and
-with the fastest variant of each kernel; every time is the mean of 30 back-to-back calls with one
-sync (`timing.time_jax_pipelined`, as `benchmarks.kernels` times). Correctness: the default op is
-compared with the xla path; every variant's kernel output with the default configuration's. It also times the exact
-intra-chunk path (taken by chunks with a decay span > 60, i.e. very strong gates) and the matmul
-path compiled without it. Writes `$OUT/gla_tune.json` when OUT is set. About 2-4 minutes on an
-H100, compiles included. `--smoke` checks this script on a CPU: B=1 T=256 H=2 K=V=32 in
+its dims) this times each of the four chunk kernels (`--families` picks some; the others keep
+the defaults) on its own over a handful of variants (tiles, num_warps, num_stages, chunks per
+program), then the whole op (fwd, fwd+bwd) with the default and with the fastest variant of each
+kernel; every time is the mean of 30 back-to-back calls with one sync
+(`timing.time_jax_pipelined`, as `benchmarks.kernels` times). Correctness: the default op is
+compared with the xla path; every variant's kernel output with the default configuration's. It
+also times the exact intra-chunk path (taken by chunks with a decay span > 60, i.e. very strong
+gates) and the matmul path compiled without it. Writes `$OUT/gla_tune.json` when OUT is set.
+About 2-4 minutes on an H100, compiles included. `--smoke` checks this script on a CPU: B=1 T=256 H=2 K=V=32 in
 interpret mode, two variants per kernel.
 """
 
@@ -69,6 +71,7 @@ GRAD_VARIANTS = [
     (8, 2, 1, 32, 64), (4, 2, 1, 32, 64), (8, 2, 1, 16, 256), (16, 2, 1, 16, 256),
 ]  # chunks_per_program_bwd > 1 is refused (wrong gradients on the GPU, see config.py)
 SMOKE_GRAD_VARIANTS = [(8, 2, 1, 32, 32), (4, 2, 1, 16, 16)]
+FAMILIES = ("state_fwd", "state_bwd", "output", "grads")
 
 
 def with_default_first(default_variant, variants, *, k_at: int, v_at: int, K: int, V: int):
@@ -124,6 +127,8 @@ def main(argv=None):
                         help="a registered GLA shape (benchmarks/kernels/registry.py)")
     parser.add_argument("--dims", nargs="+", type=registry.dims_item, default=[],
                         metavar="NAME=INT", help="override dims of the shape, e.g. T=2048")
+    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES),
+                        help="the kernel tables to time (the others keep the defaults)")
     parser.add_argument("--smoke", action="store_true",
                         help="check this script on a CPU (tiny dims, two variants per kernel)")
     opts = parser.parse_args(argv)
@@ -169,6 +174,8 @@ def main(argv=None):
     tables = {}
 
     def run_family(family, variants, make, args, describe):
+        if family not in opts.families:
+            return []
         rows, ref = [], None
         for variant in variants:
             label = describe(variant)
@@ -210,13 +217,15 @@ def main(argv=None):
         ("output", make_out, (q, k, v, g, hs), output_variants[0]),
         ("grads", make_grad, (q, k, v, g, do, hs, dhs), grad_variants[0]),
     ):
+        if family not in opts.families:
+            continue
         for name, sl in (("exact path (span > 60)", -1.0), ("matmul path only", float("inf"))):
             ms, _, msg, _ = timed(f"{family} {name}", make(p, sl), *args)
             paths[f"{family}: {name}"] = ms if msg is None else msg
     results["paths"] = paths
 
     def best(family, default_params):
-        ok = [r for r in tables[family] if r["ok"] and r["ms"] is not None]
+        ok = [r for r in tables.get(family, []) if r["ok"] and r["ms"] is not None]
         return min(ok, key=lambda r: r["ms"])["params"] if ok else default_params
 
     bs_state = best("state_fwd", state_variants[0])
