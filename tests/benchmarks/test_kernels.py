@@ -148,8 +148,8 @@ def test_runner_rejects_bad_options(argv, capsys):
     assert exit_.value.code == 2 and argv[0] in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("tool", ["gla_tune", "simple_gla_tune", "selective_scan_tune",
-                                  "scan_profile"])
+@pytest.mark.parametrize("tool", ["gla_tune", "gla_fwd_profile", "simple_gla_tune",
+                                  "selective_scan_tune", "scan_profile"])
 def test_gpu_tools_take_registry_shapes(tool, capsys):
     """The tuning and profiling tools read their shapes from the registry: a dim the shape does
     not have is an argparse error naming --dims (exit 2), before any work."""
