@@ -14,9 +14,9 @@ floor matters only for tensors whose true values are far below the terms that pr
 as a gate gradient under a decay of exp(-20) per step: there the reference's own rounding error
 (eps x the size of the cancelling terms) is larger than the value itself. A sum of n such values
 (a constant decay's gradient sums the B x T per-position gate gradients) carries n floors: the
-rounding errors of its terms are correlated, so they add up. A sum of n independent products (a
-position's gate gradient sums the K x V products of its state) carries sqrt(n) floors: their
-rounding errors add in quadrature. `sum_floor` computes both; `floor=` passes the result.
+rounding errors of its terms are correlated, so they add up (`floor=` passes it). A sum of n
+independent products (a position's gate gradient sums the K x V products of its state) carries
+sqrt(n) floors: their rounding errors add in quadrature.
 NaN or Inf in either array always fails. Failure messages print the measured errors.
 """
 
@@ -65,14 +65,6 @@ def rel_error(actual, expected) -> float:
 
 def _is_low(x) -> bool:
     return jnp.dtype(getattr(x, "dtype", np.float64)) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-
-
-def sum_floor(dtype, *, repeated: int = 1, independent: int = 1) -> float:
-    """The floor of a value summed from `repeated` terms whose rounding errors are correlated
-    (they add up: `repeated` floors), each itself a sum of `independent` products (their errors
-    add in quadrature: sqrt floors): `repeated * sqrt(independent) * FLOOR[dtype]`. A constant
-    decay's gradient sums B x T per-position gate gradients of K x V products each."""
-    return repeated * float(np.sqrt(independent)) * FLOOR[jnp.dtype(dtype)]
 
 
 def assert_close(actual, expected, *, dtype=None, name: str = "value", bound: float | None = None,

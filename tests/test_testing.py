@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxla.testing import FLOOR, assert_close, rel_error, sum_floor, tolerance
+from jaxla.testing import assert_close, rel_error, tolerance
 
 
 def test_passes_within_bound(rng):
@@ -45,9 +45,3 @@ def test_shape_mismatch_fails(rng):
 def test_rel_error_of_bf16(rng):
     x = rng.standard_normal(4096)
     assert 1e-4 < rel_error(jnp.asarray(x, jnp.bfloat16), x) < 5e-3
-
-
-def test_sum_floor_adds_correlated_terms_and_independent_ones_in_quadrature():
-    assert sum_floor(jnp.float32) == FLOOR[jnp.dtype(jnp.float32)]
-    assert sum_floor(jnp.float32, repeated=64, independent=4096) == pytest.approx(64 * 64 * 1e-6)
-    assert sum_floor(jnp.bfloat16, independent=16) == pytest.approx(4 * 1e-4)
