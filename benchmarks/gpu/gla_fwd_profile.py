@@ -41,23 +41,33 @@ def _without_splits(*args, split=0, **kwargs):
     return mm(*args, **kwargs)
 
 
-def measure(q, k, v, g, do, interpret: bool) -> dict:
-    """Times (ms) of the op and of the forward's kernels, and errors against the xla path."""
+def _loss(fn, do, *args):
+    return jnp.sum(fn(*args).astype(jnp.float32) * do.astype(jnp.float32))
+
+
+def _grads(fn, do, *args):
+    return jax.grad(_loss, argnums=(2, 3, 4, 5))(fn, do, *args)
+
+
+def xla_reference(q, k, v, g, do):
+    """The xla path's output and gradients of q, k, v, g (the errors' reference)."""
+    def xla(q, k, v, g):
+        return ops.gla(q, k, v, g, implementation="xla")[0]
+
+    return jax.jit(xla)(q, k, v, g), jax.jit(lambda *a: _grads(xla, do, *a))(q, k, v, g)
+
+
+def measure(q, k, v, g, do, reference, interpret: bool) -> dict:
+    """Times (ms) of the op and of the forward's kernels, and errors against `reference`
+    (`xla_reference`)."""
     B, _, H, K = q.shape
     V = v.shape[-1]
     bs = BlockSizes.get_default(head_dim_k=K, head_dim_v=V)
 
-    def loss(fn, *a):
-        return jnp.sum(fn(*a).astype(jnp.float32) * do.astype(jnp.float32))
-
     def pallas(q, k, v, g):
         return chunk_gla(q, k, v, g, block_sizes=bs, interpret=interpret)[0]
 
-    def xla(q, k, v, g):
-        return ops.gla(q, k, v, g, implementation="xla")[0]
-
-    grads = jax.grad(loss, argnums=(1, 2, 3, 4))
-    fwd, fwd_bwd = jax.jit(pallas), jax.jit(lambda *a: grads(pallas, *a))
+    fwd, fwd_bwd = jax.jit(pallas), jax.jit(lambda *a: _grads(pallas, do, *a))
     states = jax.jit(functools.partial(
         state_scan, chunk=bs.chunk, reverse=False, scale=1.0, block_k=bs.block_k_state,
         block_v=bs.block_v_state, num_warps=bs.num_warps_state, num_stages=bs.num_stages_state,
@@ -68,8 +78,7 @@ def measure(q, k, v, g, do, interpret: bool) -> dict:
         num_warps=bs.num_warps_fwd, num_stages=bs.num_stages_fwd, interpret=interpret))
     h0 = jnp.zeros((B, H, K, V), jnp.float32)
     hs, _ = states(k, v, g, h0)
-    o_ref = jax.jit(xla)(q, k, v, g)
-    g_ref = jax.jit(lambda *a: grads(xla, *a))(q, k, v, g)
+    o_ref, g_ref = reference
     return {
         "fwd": time_jax_pipelined(fwd, q, k, v, g, calls=30),
         "fwd+bwd": time_jax_pipelined(fwd_bwd, q, k, v, g, calls=30),
@@ -96,11 +105,12 @@ def main(argv=None):
     q, k, v, g = x["q"], x["k"], x["v"], x["g"]
     do = jax.random.normal(jax.random.key(1), v.shape, jnp.bfloat16)
     interpret = default_interpret()
-    rows = {"as shipped (hi/lo splits)": measure(q, k, v, g, do, interpret)}
+    reference = xla_reference(q, k, v, g, do)
+    rows = {"as shipped (hi/lo splits)": measure(q, k, v, g, do, reference, interpret)}
     for module in MODULES:
         module.mm = _without_splits
     try:
-        rows["no splits (FLA's rounding)"] = measure(q, k, v, g, do, interpret)
+        rows["no splits (FLA's rounding)"] = measure(q, k, v, g, do, reference, interpret)
     finally:
         for module in MODULES:
             module.mm = mm
