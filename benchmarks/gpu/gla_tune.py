@@ -14,8 +14,8 @@ kernel; every time is the mean of 30 back-to-back calls with one sync
 compared with the xla path; every variant's kernel output with the default configuration's. It
 also times the exact intra-chunk path (taken by chunks with a decay span > 60, i.e. very strong
 gates) and the matmul path compiled without it. Writes `$OUT/gla_tune.json` when OUT is set.
-About 2-4 minutes on an H100, compiles included. `--smoke` checks this script on a CPU: B=1 T=256 H=2 K=V=32 in
-interpret mode, two variants per kernel.
+About 2-4 minutes on an H100, compiles included. `--smoke` checks this script on a CPU: B=1
+T=256 H=2 K=V=32 in interpret mode, two variants per kernel.
 """
 
 from __future__ import annotations
