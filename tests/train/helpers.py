@@ -13,13 +13,16 @@ from train.config import parse_args
 
 def corpus(tmp_path: Path, rng) -> Path:
     """A folder of 40 text documents, 60 kB in all, with structure to learn (repeated words)
-    and noise; as a folder it trains on packed documents (one per file)."""
+    and noise; as a folder it trains on packed documents (one per file). Every document has at
+    least 300 bytes: the validation split is one file (`doc10.txt`, by its path's hash), which
+    must outlast `seq_len + 1` of every test (a free cut once left it 24 bytes)."""
     words = [bytes(rng.integers(97, 123, int(rng.integers(2, 8))).astype(np.uint8)).decode()
              for _ in range(50)]
     text = " ".join(words[int(i)] for i in rng.integers(0, 50, 12_000))[:60_000]
     folder = tmp_path / "corpus"
     folder.mkdir()
-    cuts = np.sort(rng.choice(np.arange(1, len(text)), 39, replace=False))
+    slots = np.arange(1, len(text) // 300)
+    cuts = 300 * np.sort(rng.choice(slots, 39, replace=False))
     for i, (start, end) in enumerate(zip([0, *cuts], [*cuts, len(text)], strict=True)):
         (folder / f"doc{i:02d}.txt").write_text(text[start:end])
     return folder
