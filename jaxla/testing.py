@@ -12,11 +12,11 @@ The bound depends on the dtype under test (the precision of the inputs and outpu
 A comparison passes when `rms(actual - expected) <= bound * rms(expected) + floor`. The absolute
 floor matters only for tensors whose true values are far below the terms that produce them, such
 as a gate gradient under a decay of exp(-20) per step: there the reference's own rounding error
-(eps x the size of the cancelling terms) is larger than the value itself. A sum of n such values
-(a constant decay's gradient sums the B x T per-position gate gradients) carries n floors: the
-rounding errors of its terms are correlated, so they add up (`floor=` passes it). A sum of n
-independent products (a position's gate gradient sums the K x V products of its state) carries
-sqrt(n) floors: their rounding errors add in quadrature.
+(eps x the size of the cancelling terms) is larger than the value itself. A sum of n independent
+products (a position's gate gradient sums the K x V products of its state) carries sqrt(n)
+floors: their rounding errors add in quadrature (`floor=` passes it). A sum of n computed terms
+(a constant decay's gradient sums the B x T per-position gate gradients, which can cancel to far
+below their own size) is allowed the quadrature sum of its terms' allowances: `floor_of_sum`.
 NaN or Inf in either array always fails. Failure messages print the measured errors.
 """
 
@@ -93,6 +93,29 @@ def assert_close(actual, expected, *, dtype=None, name: str = "value", bound: fl
             f"rms expected {ref:.3e}, floor {floor:.0e})"
         )
     return err
+
+
+def floor_of_sum(terms, *, dtype, products: int = 1, bound: float | None = None) -> float:
+    """The `floor=` for a sum of n computed terms: the quadrature sum of the terms' allowances.
+
+    terms: `[n, ...]`, the float64 reference's terms (summed over axis 0; the other axes are the
+      sum's elements, e.g. a constant decay's gradient `[H]` from per-position gate gradients
+      `[B * T, H]`). Each term is held to `bound x |term| + sqrt(products) x floor` (a term that
+      sums `products` independent products; `bound` as `assert_close` takes it); independent errors add in quadrature, and by the
+      triangle inequality that is at most `bound x ||terms|| + sqrt(n x products) x floor` per
+      element, returned as the rms over the elements (what `assert_close` measures). Where the
+      terms cancel (a weak decay's 64 per-position gradients, of total size 8,360, summing to
+      40) the float32 rounding of the sum exceeds `bound x |sum|` in any implementation; where
+      they do not (terms of one sign), `||terms|| <= |sum|`, so this adds at most the usual
+      allowance once more.
+    """
+    dtype = jnp.dtype(dtype)
+    t = np.asarray(terms, np.float64)
+    t = t.reshape(t.shape[0], -1)
+    norms = np.sqrt(np.sum(np.square(t), axis=0))
+    rms_norm = float(np.sqrt(np.mean(np.square(norms))))
+    bound = tolerance(dtype) if bound is None else bound
+    return bound * rms_norm + float(np.sqrt(t.shape[0] * products)) * FLOOR[dtype]
 
 
 def random_like(rng: np.random.Generator, x, dtype=None):

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxla.testing import assert_close, rel_error, tolerance
+from jaxla.testing import FLOOR, assert_close, floor_of_sum, rel_error, tolerance
 
 
 def test_passes_within_bound(rng):
@@ -45,3 +45,27 @@ def test_shape_mismatch_fails(rng):
 def test_rel_error_of_bf16(rng):
     x = rng.standard_normal(4096)
     assert 1e-4 < rel_error(jnp.asarray(x, jnp.bfloat16), x) < 5e-3
+
+
+def test_floor_of_sum_admits_the_rounding_of_a_cancelling_sum_and_no_more(rng):
+    """Terms of size ~100 summing to ~1: float32 rounding of each term (relative 1e-7, far
+    inside the bound) passes with `floor_of_sum`, fails without it; a 1e-3 error still fails."""
+    n, m = 4096, 3
+    terms = rng.standard_normal((n, m)) * 100.0
+    terms[-1] -= terms.sum(axis=0) - rng.standard_normal(m)  # the sum is ~1 per element
+    exact = terms.sum(axis=0)
+    rounded = (terms * (1 + 1e-6 * rng.standard_normal((n, m)))).sum(axis=0)
+    floor = floor_of_sum(terms, dtype=jnp.float32)
+    assert floor == pytest.approx(1e-5 * np.sqrt(np.mean(np.sum(terms ** 2, axis=0)))
+                                  + np.sqrt(n) * FLOOR[jnp.dtype(jnp.float32)])
+    with pytest.raises(AssertionError, match="relative error"):
+        assert_close(jnp.asarray(rounded, jnp.float32), exact, name="sum")
+    assert_close(jnp.asarray(rounded, jnp.float32), exact, name="sum", floor=floor)
+    with pytest.raises(AssertionError, match="relative error"):
+        assert_close(jnp.asarray(exact + 1e-3 * np.linalg.norm(terms, axis=0), jnp.float32),
+                     exact, name="sum", floor=floor)
+    # Terms of one sign: at most the usual allowance again (`||terms|| <= |sum|`).
+    same_sign = np.abs(terms)
+    assert floor_of_sum(same_sign, dtype=jnp.float32, products=1) <= (
+        1e-5 * np.abs(same_sign.sum(axis=0)).max() + np.sqrt(n) * 1e-6)
+    assert floor_of_sum(terms, dtype=jnp.float32, bound=1e-3) > floor

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxla import ops
-from jaxla.testing import FLOOR, assert_close, outputs_and_grads
+from jaxla.testing import assert_close, floor_of_sum, outputs_and_grads
 from tests.inputs import GATES, gla_inputs, log_decay
 
 SHAPES = [
@@ -56,17 +56,21 @@ FLOAT64_CASES = [
 
 @pytest.mark.parametrize("shape,gate,kind,with_h0", FLOAT64_CASES)
 def test_chunked_matches_spec_float64(x64, rng, shape, gate, kind, with_h0):
-    args = _inputs(rng, shape, gate, kind, with_h0)
+    args = q, k, v, g, g_gamma, h0 = _inputs(rng, shape, gate, kind, with_h0)
     seed = int(rng.integers(1 << 30))
     names, ((o_ref, h_ref), g_ref) = _run("naive", *args, np.random.default_rng(seed))
     _, ((o, h), grads) = _run("xla", *args, np.random.default_rng(seed))
     assert_close(o, o_ref, name="o")
     assert_close(h, h_ref, name="final_state")
-    B, T = shape[:2]
+    B, T, H, K, V = shape
+    floor = None
+    if g_gamma is not None:  # dg_gamma sums the per-position gate gradients with it folded in g
+        folded = jnp.broadcast_to(g_gamma + (0.0 if g is None else g), (B, T, H))
+        _, (_, fold_grads) = _run("naive", q, k, v, folded, None, h0, np.random.default_rng(seed))
+        floor = floor_of_sum(np.asarray(fold_grads[3]).reshape(B * T, H), dtype=jnp.float64,
+                             products=K * V)
     for name, a, b in zip(["dq", "dk", "dv"] + ["d" + n for n in names], grads, g_ref, strict=True):
-        # dg_gamma sums the B x T per-position gate gradients: B x T floors (jaxla.testing).
-        floor = B * T * FLOOR[jnp.dtype(jnp.float64)] if name == "dg_gamma" else None
-        assert_close(a, b, name=name, floor=floor)
+        assert_close(a, b, name=name, floor=floor if name == "dg_gamma" else None)
 
 
 @pytest.mark.parametrize("chunk_size", [16, 128])
