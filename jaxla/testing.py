@@ -101,13 +101,13 @@ def floor_of_sum(terms, *, dtype, products: int = 1, bound: float | None = None)
     terms: `[n, ...]`, the float64 reference's terms (summed over axis 0; the other axes are the
       sum's elements, e.g. a constant decay's gradient `[H]` from per-position gate gradients
       `[B * T, H]`). Each term is held to `bound x |term| + sqrt(products) x floor` (a term that
-      sums `products` independent products; `bound` as `assert_close` takes it); independent errors add in quadrature, and by the
-      triangle inequality that is at most `bound x ||terms|| + sqrt(n x products) x floor` per
-      element, returned as the rms over the elements (what `assert_close` measures). Where the
-      terms cancel (a weak decay's 64 per-position gradients, of total size 8,360, summing to
-      40) the float32 rounding of the sum exceeds `bound x |sum|` in any implementation; where
-      they do not (terms of one sign), `||terms|| <= |sum|`, so this adds at most the usual
-      allowance once more.
+      sums `products` independent products; `bound` as `assert_close` takes it). Independent
+      errors add in quadrature, and by the triangle inequality that is at most
+      `bound x ||terms|| + sqrt(n x products) x floor` per element, returned as the rms over
+      the elements (what `assert_close` measures). Where the terms cancel (a weak decay's 64
+      per-position gradients, of total size 8,360, summing to 40) the float32 rounding of the
+      sum exceeds `bound x |sum|` in any implementation; where they do not (terms of one sign),
+      `||terms|| <= |sum|`, so this adds at most the usual allowance once more.
     """
     dtype = jnp.dtype(dtype)
     t = np.asarray(terms, np.float64)

@@ -48,8 +48,8 @@ def test_rel_error_of_bf16(rng):
 
 
 def test_floor_of_sum_admits_the_rounding_of_a_cancelling_sum_and_no_more(rng):
-    """Terms of size ~100 summing to ~1: float32 rounding of each term (relative 1e-7, far
-    inside the bound) passes with `floor_of_sum`, fails without it; a 1e-3 error still fails."""
+    """Terms of size ~100 summing to ~1: a relative error of 1e-6 on each term (a tenth of the
+    float32 bound) passes with `floor_of_sum`, fails without it; an error of 1e-3 still fails."""
     n, m = 4096, 3
     terms = rng.standard_normal((n, m)) * 100.0
     terms[-1] -= terms.sum(axis=0) - rng.standard_normal(m)  # the sum is ~1 per element
