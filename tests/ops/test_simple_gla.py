@@ -64,10 +64,15 @@ def test_chunked_matches_spec_float64(x64, rng, shape, gate, kind, with_h0):
     assert_close(h, h_ref, name="final_state")
     B, T, H, K, V = shape
     floor = None
-    if g_gamma is not None:  # dg_gamma sums the per-position gate gradients with it folded in g
-        folded = jnp.broadcast_to(g_gamma + (0.0 if g is None else g), (B, T, H))
-        _, (_, fold_grads) = _run("naive", q, k, v, folded, None, h0, np.random.default_rng(seed))
-        floor = floor_of_sum(np.asarray(fold_grads[3]).reshape(B * T, H), dtype=jnp.float64,
+    if g_gamma is not None:
+        # dg_gamma sums the per-position gate gradients: g's own when g is given (the gate is
+        # g + g_gamma), else those of g_gamma folded into a per-position g (grads[3] is dg).
+        grads_with_g = g_ref
+        if g is None:
+            folded = jnp.broadcast_to(g_gamma, (B, T, H))
+            _, (_, grads_with_g) = _run("naive", q, k, v, folded, None, h0,
+                                        np.random.default_rng(seed))
+        floor = floor_of_sum(np.asarray(grads_with_g[3]).reshape(B * T, H), dtype=jnp.float64,
                              products=K * V)
     for name, a, b in zip(["dq", "dk", "dv"] + ["d" + n for n in names], grads, g_ref, strict=True):
         assert_close(a, b, name=name, floor=floor if name == "dg_gamma" else None)
